@@ -1,0 +1,24 @@
+"""steepest: gradient-based optimization on PyTorch.
+
+Optimizers are drop-in ``torch.optim`` twins whose update rules are written once and run
+per tensor, multi-tensor or fused::
+
+    import steepest
+    opt = steepest.AdamW(model.parameters(), lr=1e-3)
+"""
+
+from steepest.engine import Optimizer
+from steepest.rules import SGD, Adagrad, Adam, AdamW, Lion, NAdam, RMSprop
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Optimizer",
+    "SGD",
+    "Adagrad",
+    "RMSprop",
+    "Adam",
+    "AdamW",
+    "NAdam",
+    "Lion",
+]

@@ -1,0 +1,289 @@
+"""The Optimizer shell: everything an update rule needs done around it, done once.
+
+An update rule (``steepest.rules``) is a pure function of tensors and plain floats::
+
+    update(param, grad, *, <state buffers by name>, <this step's coefficients>) -> None
+
+The shell does the rest for every rule alike:
+
+1. collect the parameters of a group that have a gradient (``grad is None`` means
+   "no update, no state change", as in torch.optim);
+2. negate gradients when ``maximize=True``;
+3. create state lazily: tensor buffers shaped like the parameter, and CPU scalar state
+   (``step`` and the like) kept as 0-d float tensors, exactly as torch.optim stores them,
+   so state_dicts move between ``torch.optim`` and ``steepest`` both ways;
+4. bucket the tensors by (device, dtype, scalar state): inside a bucket every
+   step-dependent coefficient (bias corrections, ...) is one Python float computed once
+   on the CPU, so no device synchronisation is ever needed;
+5. run the rule per tensor (``foreach=False``: the readable reference) or once per bucket
+   over :class:`~steepest.engine.tensorlist.TensorList` s (``foreach=None/True``: the
+   multi-tensor path, ``torch._foreach_*``). The same lines of math serve both.
+
+A future fused path only changes step 5: a bucket's params, grads and buffers can live in
+one flat buffer each, and the rule runs on those flat tensors unchanged.
+
+Non-finite gradients: like torch.optim, the shell applies the rule as given, so a NaN or
+infinite gradient propagates into the parameters under IEEE arithmetic. It never does so
+silently: :meth:`Optimizer.all_finite` tells, and ``torch.amp.GradScaler`` skips such
+steps as usual. Policies that skip or back off are the business of ``steepest.lr``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from steepest.engine import validation
+from steepest.engine.tensorlist import TensorList
+
+ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
+
+# torch.optim stores scalar state (``step``) as float32 CPU tensors unless the default
+# dtype is float64; matching it keeps state_dicts interchangeable.
+def _scalar_dtype() -> torch.dtype:
+    return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+class Optimizer(torch.optim.Optimizer):
+    """Base class of every steepest optimizer; a drop-in ``torch.optim.Optimizer``.
+
+    A subclass supplies the rule and describes its state:
+
+    * ``update``: the rule, a pure function (see the module docstring);
+    * ``_checks``: hyperparameter name -> check, run on every param group;
+    * :meth:`_buffer_names`: the tensor state this group's settings need;
+    * :meth:`_scalar_state`: CPU scalar state and its initial values (default ``step``);
+    * :meth:`_coefficients`: this step's keyword arguments for ``update``.
+
+    Example:
+        >>> w = torch.zeros(3, requires_grad=True)
+        >>> opt = steepest.SGD([w], lr=0.1)
+        >>> (w - 1).pow(2).sum().backward()
+        >>> opt.step()
+    """
+
+    update: ClassVar[Callable[..., None]]
+    _checks: ClassVar[dict[str, validation.Check]] = {}
+
+    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+        if isinstance(params, Tensor):
+            raise TypeError(
+                "params must be an iterable of Tensors or dicts, got a single Tensor; "
+                "wrap it in a list: [tensor]"
+            )
+        params = list(params)
+        if not params:
+            raise ValueError("params is empty: the optimizer needs at least one Tensor to optimize")
+        self._check_hyperparameters(defaults)
+        super().__init__(params, defaults)
+
+    # -- what a rule declares ----------------------------------------------------------
+    def _buffer_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """Names of the tensor state buffers this group's settings need."""
+        return ()
+
+    def _new_buffer(self, name: str, param: Tensor, group: dict[str, Any]) -> Tensor:
+        """A fresh state buffer; zeros shaped (and strided) like the parameter."""
+        return torch.zeros_like(param, memory_format=torch.preserve_format)
+
+    def _scalar_state(self, group: dict[str, Any]) -> dict[str, float]:
+        """CPU scalar state and its initial values; the shell increments ``step``."""
+        return {"step": 0.0}
+
+    def _coefficients(
+        self, group: dict[str, Any], scalars: dict[str, Tensor], fresh: bool
+    ) -> dict[str, Any]:
+        """Keyword arguments of ``update`` for one bucket at this step.
+
+        ``scalars`` holds the bucket's scalar state after ``step`` was incremented; a rule
+        with more scalar state (NAdam's ``mu_product``) advances it here, in place.
+        ``fresh`` is True when the bucket's buffers were created at this step.
+        """
+        raise NotImplementedError
+
+    def _check_group(self, group: dict[str, Any]) -> None:
+        """Checks that involve several hyperparameters of one group (override)."""
+
+    # -- param groups --------------------------------------------------------------------
+    def _check_hyperparameters(self, group: dict[str, Any]) -> None:
+        for name, check in self._checks.items():
+            if name in group:
+                check(name, group[name])
+        self._check_group(group)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group, checking its tensors and hyperparameters first."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        params = param_group.get("params")
+        if isinstance(params, Tensor):
+            params = [params]
+        elif isinstance(params, set):
+            raise TypeError("params must be an ordered collection (a list), not a set")
+        elif params is None:
+            raise ValueError("param_group has no 'params' entry")
+        params = list(params)
+        tensors = [p[1] if isinstance(p, tuple) else p for p in params]
+        for index, tensor in enumerate(tensors):
+            if not isinstance(tensor, Tensor):
+                raise TypeError(
+                    f"params[{index}] must be a torch.Tensor, got {type(tensor).__name__}"
+                )
+        seen: set[int] = {id(p) for group in self.param_groups for p in group["params"]}
+        for index, tensor in enumerate(tensors):
+            if id(tensor) in seen:
+                raise ValueError(
+                    f"params[{index}] (shape {tuple(tensor.shape)}) appears more than once "
+                    "in the optimizer's param groups"
+                )
+            seen.add(id(tensor))
+        merged = {**self.defaults, **param_group}
+        self._check_hyperparameters(merged)
+        super().add_param_group({**param_group, "params": params})
+
+    # -- the step ----------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """Perform one update of every parameter that has a gradient.
+
+        Args:
+            closure: optional; re-evaluates the model and returns the loss.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            self._step_group(group)
+        return loss
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        grads = [p.grad for p in params]
+        for p, grad in zip(params, grads):
+            if grad.is_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients "
+                    f"(parameter of shape {tuple(p.shape)})"
+                )
+        if group.get("maximize", False):
+            grads = torch._foreach_neg(grads)
+
+        buffer_names = self._buffer_names(group)
+        initial_scalars = self._scalar_state(group)
+        buckets: dict[tuple, list[tuple[Tensor, Tensor, dict[str, Any]]]] = {}
+        for p, grad in zip(params, grads):
+            state, fresh = self._init_state(p, group)
+            scalar_values = tuple(float(state[name]) for name in initial_scalars)
+            key = (p.device, p.dtype, fresh, scalar_values)
+            buckets.setdefault(key, []).append((p, grad, state))
+
+        foreach = group.get("foreach")
+        for (_, _, fresh, _), members in buckets.items():
+            leader = members[0][2]
+            scalars = {name: leader[name] for name in initial_scalars}
+            if "step" in scalars:
+                scalars["step"] += 1
+            coefficients = self._coefficients(group, scalars, fresh)
+            for _, _, state in members[1:]:
+                for name in initial_scalars:
+                    state[name].copy_(leader[name])
+            self._apply(members, buffer_names, coefficients, foreach is not False)
+
+    def _init_state(self, param: Tensor, group: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create whatever state ``param`` lacks; True when a buffer was created.
+
+        Missing entries are created, never replaced, so state loaded from torch.optim (or
+        a setting switched on mid-run, like amsgrad) is picked up as it is.
+        """
+        buffer_names = self._buffer_names(group)
+        initial_scalars = self._scalar_state(group)
+        if not buffer_names and not initial_scalars:
+            return {}, False  # stateless (plain SGD): leave optimizer.state untouched, like torch
+        state = self.state[param]
+        for name, value in initial_scalars.items():
+            if name not in state:
+                state[name] = torch.tensor(value, dtype=_scalar_dtype())
+        fresh = False
+        for name in buffer_names:
+            if name not in state:
+                state[name] = self._new_buffer(name, param, group)
+                fresh = True
+        return state, fresh
+
+    def _apply(
+        self,
+        members: list[tuple[Tensor, Tensor, dict[str, Any]]],
+        buffer_names: tuple[str, ...],
+        coefficients: dict[str, Any],
+        multi_tensor: bool,
+    ) -> None:
+        """Run the rule on one bucket: per tensor, or once over TensorLists."""
+        params = [_real_view(p) for p, _, _ in members]
+        grads = [_real_view(g) for _, g, _ in members]
+        buffers = {name: [_real_view(s[name]) for _, _, s in members] for name in buffer_names}
+        rule = type(self).update
+        if multi_tensor:
+            rule(
+                TensorList(params),
+                TensorList(grads),
+                **{name: TensorList(column) for name, column in buffers.items()},
+                **coefficients,
+            )
+        else:
+            for index, (param, grad) in enumerate(zip(params, grads)):
+                rule(
+                    param,
+                    grad,
+                    **{name: column[index] for name, column in buffers.items()},
+                    **coefficients,
+                )
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state_dict from steepest or from the torch.optim twin.
+
+        torch.optim casts every floating-point state entry but ``step`` to the parameter's
+        dtype and device; scalar state such as NAdam's ``mu_product`` is moved back to the
+        CPU scalar dtype it is computed in, so a resumed run continues bit-identically.
+        """
+        super().load_state_dict(state_dict)
+        for group in self.param_groups:
+            scalar_names = self._scalar_state(group)
+            for param in group["params"]:
+                state = self.state.get(param)
+                if not state:
+                    continue
+                for name in scalar_names:
+                    if name in state and torch.is_tensor(state[name]):
+                        state[name] = state[name].to(device="cpu", dtype=_scalar_dtype())
+
+    # -- inspection ----------------------------------------------------------------------
+    @torch.no_grad()
+    def all_finite(self) -> bool:
+        """True when every parameter of every group is finite (synchronises the device).
+
+        A non-finite gradient makes the parameters non-finite after a step, as in
+        torch.optim; call this (or watch the loss) to detect it.
+        """
+        params = [p for group in self.param_groups for p in group["params"]]
+        return all(bool(torch.isfinite(p).all()) for p in params)
+
+    def __repr__(self) -> str:
+        lines = [f"{type(self).__name__} ("]
+        for index, group in enumerate(self.param_groups):
+            lines.append(f"Parameter Group {index}")
+            for key in sorted(group):
+                if key not in ("params", "param_names"):
+                    lines.append(f"    {key}: {group[key]}")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def _real_view(tensor: Tensor) -> Tensor:
+    """Complex tensors are updated as pairs of reals, as torch.optim does."""
+    return torch.view_as_real(tensor) if tensor.is_complex() else tensor

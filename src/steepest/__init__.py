@@ -7,7 +7,10 @@ per tensor, multi-tensor or fused::
     opt = steepest.AdamW(model.parameters(), lr=1e-3)
 """
 
+from steepest import clipping, init
 from steepest.engine import Optimizer
+from steepest.init import init_report, initialize
+from steepest.plateau import reduce_on_plateau
 from steepest.rules import SGD, Adagrad, Adam, AdamW, Lion, NAdam, RMSprop
 
 __version__ = "0.1.0"
@@ -21,4 +24,9 @@ __all__ = [
     "AdamW",
     "NAdam",
     "Lion",
+    "clipping",
+    "init",
+    "initialize",
+    "init_report",
+    "reduce_on_plateau",
 ]

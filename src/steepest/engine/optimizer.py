@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from steepest import clipping
 from steepest.engine import validation
 from steepest.engine.tensorlist import TensorList
 
@@ -68,7 +69,16 @@ class Optimizer(torch.optim.Optimizer):
     update: ClassVar[Callable[..., None]]
     _checks: ClassVar[dict[str, validation.Check]] = {}
 
-    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
+    def __init__(
+        self, params: ParamsT, defaults: dict[str, Any], *, clip_norm: float | None = None
+    ) -> None:
+        # Set before torch's __init__, which calls add_param_group for every group.
+        self.step_count = 0  # completed steps; every schedule is evaluated at this step
+        self._schedules: list[dict[str, Any]] = []  # per group: hyperparameter -> schedule
+        if clip_norm is not None:
+            validation.positive("clip_norm", clip_norm)
+        self.clip_norm = clip_norm
+        self._last_grad_norm: Tensor | None = None
         if isinstance(params, Tensor):
             raise TypeError(
                 "params must be an iterable of Tensors or dicts, got a single Tensor; "
@@ -77,7 +87,7 @@ class Optimizer(torch.optim.Optimizer):
         params = list(params)
         if not params:
             raise ValueError("params is empty: the optimizer needs at least one Tensor to optimize")
-        self._check_hyperparameters(defaults)
+        self._check_hyperparameters(self._evaluate(_schedules_in(defaults), defaults))
         super().__init__(params, defaults)
 
     # -- what a rule declares ----------------------------------------------------------
@@ -141,8 +151,69 @@ class Optimizer(torch.optim.Optimizer):
                 )
             seen.add(id(tensor))
         merged = {**self.defaults, **param_group}
-        self._check_hyperparameters(merged)
-        super().add_param_group({**param_group, "params": params})
+        schedules = _schedules_in(merged)
+        resolved = self._evaluate(schedules, merged)
+        self._check_hyperparameters(resolved)
+        super().add_param_group({**resolved, "params": params})
+        self._schedules.append(schedules)
+
+    # -- schedules -------------------------------------------------------------------------
+    def _evaluate(self, schedules: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]:
+        """``group`` with each scheduled hyperparameter replaced by its value at this step."""
+        resolved = dict(group)
+        for name, schedule in schedules.items():
+            if isinstance(schedule, tuple):
+                resolved[name] = tuple(
+                    float(item(self.step_count)) if _is_schedule(item) else item
+                    for item in schedule
+                )
+            else:
+                resolved[name] = float(schedule(self.step_count))
+        return resolved
+
+    def _resolve_schedules(self, check: bool = False) -> None:
+        """Write every schedule's value at ``step_count`` into its param group.
+
+        Values are computed on the CPU from the optimizer's own step count, so torch
+        tooling and users read the rate the next step will use in ``param_groups``, and a
+        resumed run continues at exactly the same position. With ``check``, (at the start
+        of a step) a value out of range raises before anything is updated.
+        """
+        for group, schedules in zip(self.param_groups, self._schedules):
+            if not schedules:
+                continue
+            resolved = self._evaluate(schedules, group)
+            if check:
+                try:
+                    self._check_hyperparameters({name: resolved[name] for name in schedules})
+                except ValueError as error:
+                    raise ValueError(f"{error} (a schedule's value at step {self.step_count})") from None
+            for name in schedules:
+                group[name] = resolved[name]
+
+    def _stateful_hyperparameters(self) -> dict[str, Any]:
+        """Scheduled hyperparameters that hold state (plateau cuts), keyed 'group.name'."""
+        found = {}
+        for index, schedules in enumerate(self._schedules):
+            for name, schedule in schedules.items():
+                items = schedule if isinstance(schedule, tuple) else (schedule,)
+                for position, item in enumerate(items):
+                    if hasattr(item, "report") and hasattr(item, "state_dict"):
+                        suffix = f"[{position}]" if isinstance(schedule, tuple) else ""
+                        found[f"{index}.{name}{suffix}"] = item
+        return found
+
+    def report(self, metric: float) -> bool:
+        """Report a monitored metric (e.g. validation loss) to plateau-driven hyperparameters.
+
+        Returns True when some hyperparameter was cut. Its new value is in ``param_groups``
+        at once and used from the next step on.
+        """
+        cut = False
+        for stateful in self._stateful_hyperparameters().values():
+            cut = stateful.report(metric, self.step_count) or cut
+        self._resolve_schedules()
+        return cut
 
     # -- the step ----------------------------------------------------------------------
     @torch.no_grad()
@@ -156,9 +227,39 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._resolve_schedules(check=True)
+        if self.clip_norm is not None:
+            self._clip_gradients(self.clip_norm)
         for group in self.param_groups:
             self._step_group(group)
+        self.step_count += 1
+        self._resolve_schedules()
         return loss
+
+    def _clip_gradients(self, max_norm: float) -> None:
+        """Scale all gradients together so that their global 2-norm is at most ``max_norm``.
+
+        This runs inside ``step``; under ``torch.amp.GradScaler``, ``scaler.step(optimizer)``
+        unscales the gradients before calling ``step``, so clipping always sees true
+        gradients without the user calling ``scaler.unscale_`` first.
+        """
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        if not grads:
+            return
+        total = clipping.global_norm(grads)
+        clipping.scale_by_max_norm_(grads, max_norm, total)
+        self._last_grad_norm = total
+
+    @property
+    def last_grad_norm(self) -> float | None:
+        """Global gradient norm before clipping at the last step (None without clip_norm)."""
+        return None if self._last_grad_norm is None else float(self._last_grad_norm)
+
+    @property
+    def last_clipped(self) -> bool:
+        """Whether the last step's gradients were scaled down by ``clip_norm``."""
+        norm = self.last_grad_norm
+        return norm is not None and self.clip_norm is not None and norm > self.clip_norm
 
     def _step_group(self, group: dict[str, Any]) -> None:
         params = [p for p in group["params"] if p.grad is not None]
@@ -244,14 +345,41 @@ class Optimizer(torch.optim.Optimizer):
                     **coefficients,
                 )
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch.optim's state_dict plus a ``"steepest"`` entry: the step count and the state
+        of stateful hyperparameters. Schedules themselves are configuration, rebuilt by the
+        constructor, so the dict holds only tensors and plain numbers (``weights_only``-safe).
+        """
+        state_dict = super().state_dict()
+        state_dict["steepest"] = {
+            "step_count": self.step_count,
+            "hyperparameters": {
+                key: item.state_dict() for key, item in self._stateful_hyperparameters().items()
+            },
+        }
+        return state_dict
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict from steepest or from the torch.optim twin.
 
         torch.optim casts every floating-point state entry but ``step`` to the parameter's
         dtype and device; scalar state such as NAdam's ``mu_product`` is moved back to the
         CPU scalar dtype it is computed in, so a resumed run continues bit-identically.
+        Schedules resume at the saved step count (from a torch.optim state_dict, which has
+        none, at the largest per-parameter ``step``).
         """
-        super().load_state_dict(state_dict)
+        extra = state_dict.get("steepest")
+        super().load_state_dict({k: v for k, v in state_dict.items() if k != "steepest"})
+        if extra is not None:
+            self.step_count = int(extra["step_count"])
+            stateful = self._stateful_hyperparameters()
+            for key, saved in extra.get("hyperparameters", {}).items():
+                if key in stateful:
+                    stateful[key].load_state_dict(saved)
+        else:
+            steps = [float(s["step"]) for s in self.state.values() if "step" in s]
+            self.step_count = int(max(steps, default=0))
+        self._resolve_schedules()
         for group in self.param_groups:
             scalar_names = self._scalar_state(group)
             for param in group["params"]:
@@ -282,6 +410,24 @@ class Optimizer(torch.optim.Optimizer):
                     lines.append(f"    {key}: {group[key]}")
         lines.append(")")
         return "\n".join(lines)
+
+
+def _is_schedule(value: Any) -> bool:
+    """A hyperparameter given as a function of the step rather than a number."""
+    return callable(value) and not isinstance(value, type)
+
+
+def _schedules_in(group: dict[str, Any]) -> dict[str, Any]:
+    """The hyperparameters of ``group`` that are schedules (or tuples holding one)."""
+    found = {}
+    for name, value in group.items():
+        if name == "params":
+            continue
+        if _is_schedule(value) or (
+            isinstance(value, tuple) and any(_is_schedule(item) for item in value)
+        ):
+            found[name] = value
+    return found
 
 
 def _real_view(tensor: Tensor) -> Tensor:

@@ -23,8 +23,8 @@ from typing import Union
 import torch
 from torch import Tensor
 
-Scalar = Union[float, int]
-Operand = Union["TensorList", Scalar]
+Scalar = float | int
+Operand = Union["TensorList", Scalar]  # noqa: UP007 - a forward reference
 
 
 class TensorList:

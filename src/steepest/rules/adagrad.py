@@ -47,6 +47,7 @@ class Adagrad(Optimizer):
         initial_accumulator_value: starting value of the sum of squares (default 0).
         eps: added to the denominator (default 1e-10).
         foreach: None or True for the multi-tensor path, False for the per-tensor reference.
+        clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
         maximize: ascend the objective instead of descending it.
 
     Example:
@@ -78,6 +79,7 @@ class Adagrad(Optimizer):
         foreach: bool | None = None,
         *,
         maximize: bool = False,
+        clip_norm: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -88,7 +90,7 @@ class Adagrad(Optimizer):
             foreach=foreach,
             maximize=maximize,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, clip_norm=clip_norm)
         for group in self.param_groups:
             for param in group["params"]:
                 self._init_state(param, group)

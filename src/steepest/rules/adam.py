@@ -89,6 +89,7 @@ class Adam(Optimizer):
         amsgrad: use the running maximum of the second moment (Reddi et al. 2018).
         maximize: ascend the objective instead of descending it.
         foreach: None or True for the multi-tensor path, False for the per-tensor reference.
+        clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
         decoupled_weight_decay: shrink parameters directly (AdamW) instead of adding an L2
             term to the gradient.
 
@@ -114,6 +115,7 @@ class Adam(Optimizer):
         foreach: bool | None = None,
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
+        clip_norm: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -125,7 +127,7 @@ class Adam(Optimizer):
             foreach=foreach,
             decoupled_weight_decay=decoupled_weight_decay,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, clip_norm=clip_norm)
 
     def _buffer_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         if group["amsgrad"]:
@@ -170,6 +172,7 @@ class AdamW(Adam):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        clip_norm: float | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -181,6 +184,7 @@ class AdamW(Adam):
             foreach=foreach,
             maximize=maximize,
             decoupled_weight_decay=True,
+            clip_norm=clip_norm,
         )
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -235,7 +239,7 @@ class NAdam(Optimizer):
         weight_decay: L2 penalty (default 0); decoupled when decoupled_weight_decay=True.
         momentum_decay: psi of the momentum schedule mu_t (default 4e-3).
         decoupled_weight_decay: shrink parameters directly (NAdamW).
-        maximize, foreach: as in :class:`Adam`.
+        maximize, foreach, clip_norm: as in :class:`Adam`.
 
     Example:
         >>> opt = steepest.NAdam(model.parameters(), lr=2e-3)
@@ -259,6 +263,7 @@ class NAdam(Optimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
+        clip_norm: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -270,7 +275,7 @@ class NAdam(Optimizer):
             maximize=maximize,
             foreach=foreach,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, clip_norm=clip_norm)
 
     def _buffer_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg", "exp_avg_sq")

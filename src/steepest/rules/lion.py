@@ -47,6 +47,7 @@ class Lion(Optimizer):
         weight_decay: decoupled weight decay (default 0).
         maximize: ascend the objective instead of descending it.
         foreach: None or True for the multi-tensor path, False for the per-tensor reference.
+        clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
 
     Example:
         >>> opt = steepest.Lion(model.parameters(), lr=3e-4, weight_decay=0.1)
@@ -73,11 +74,12 @@ class Lion(Optimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        clip_norm: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, clip_norm=clip_norm)
 
     def _buffer_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         return ("exp_avg",)

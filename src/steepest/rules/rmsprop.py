@@ -59,6 +59,7 @@ class RMSprop(Optimizer):
         centered: normalise by the estimated variance of the gradient instead of its
             second moment.
         foreach: None or True for the multi-tensor path, False for the per-tensor reference.
+        clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
         maximize: ascend the objective instead of descending it.
 
     Example:
@@ -93,6 +94,7 @@ class RMSprop(Optimizer):
         *,
         foreach: bool | None = None,
         maximize: bool = False,
+        clip_norm: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -104,7 +106,7 @@ class RMSprop(Optimizer):
             foreach=foreach,
             maximize=maximize,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, clip_norm=clip_norm)
 
     def _buffer_names(self, group: dict[str, Any]) -> tuple[str, ...]:
         names = ["square_avg"]

@@ -53,6 +53,7 @@ class SGD(Optimizer):
         nesterov: Nesterov momentum; needs momentum > 0 and dampening = 0.
         maximize: ascend the objective instead of descending it.
         foreach: None or True for the multi-tensor path, False for the per-tensor reference.
+        clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
 
     Example:
         >>> opt = steepest.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
@@ -83,6 +84,7 @@ class SGD(Optimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        clip_norm: float | None = None,
     ) -> None:
         defaults = dict(
             lr=lr,
@@ -93,7 +95,7 @@ class SGD(Optimizer):
             maximize=maximize,
             foreach=foreach,
         )
-        super().__init__(params, defaults)
+        super().__init__(params, defaults, clip_norm=clip_norm)
 
     def _check_group(self, group: dict[str, Any]) -> None:
         if group.get("nesterov") and (group.get("momentum", 0) <= 0 or group.get("dampening", 0) != 0):

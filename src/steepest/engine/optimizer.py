@@ -31,6 +31,7 @@ steps as usual. Policies that skip or back off are the business of ``steepest.lr
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -46,6 +47,24 @@ ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tens
 # dtype is float64; matching it keeps state_dicts interchangeable.
 def _scalar_dtype() -> torch.dtype:
     return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+
+@dataclass
+class Bucket:
+    """Tensors of one param group that are updated with the same coefficients."""
+
+    fresh: bool  # the state buffers were created at this step
+    scalar_names: tuple[str, ...]  # CPU scalar state shared by the bucket (step, ...)
+    params: list[Tensor] = field(default_factory=list)
+    grads: list[Tensor] = field(default_factory=list)
+    states: list[dict[str, Any]] = field(default_factory=list)
+
+    def share_scalars(self) -> None:
+        """Copy the first tensor's (advanced) scalar state to the others."""
+        leader = self.states[0]
+        for state in self.states[1:]:
+            for name in self.scalar_names:
+                state[name].copy_(leader[name])
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -262,9 +281,28 @@ class Optimizer(torch.optim.Optimizer):
         return norm is not None and self.clip_norm is not None and norm > self.clip_norm
 
     def _step_group(self, group: dict[str, Any]) -> None:
+        """The standard pipeline: per bucket, advance scalar state, compute coefficients, update.
+
+        A rule that needs a global statistic first (a distance estimate, say) overrides this
+        and composes :meth:`_buckets`, :meth:`_advance` and :meth:`_apply` itself.
+        """
+        multi_tensor = group.get("foreach") is not False
+        for bucket in self._buckets(group):
+            scalars = self._advance(group, bucket)
+            coefficients = self._coefficients(group, scalars, bucket.fresh)
+            bucket.share_scalars()
+            self._apply(type(self).update, bucket, self._buffer_names(group), coefficients, multi_tensor)
+
+    def _buckets(self, group: dict[str, Any]) -> list[Bucket]:
+        """Parameters of ``group`` that have a gradient, with their state, in buckets.
+
+        Gradients are negated for ``maximize``; state is created where missing. A bucket
+        holds tensors of one device and dtype whose scalar state (``step``, ...) agrees,
+        so its coefficients are plain floats shared by all of them.
+        """
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
-            return
+            return []
         grads = [p.grad for p in params]
         for p, grad in zip(params, grads):
             if grad.is_sparse:
@@ -274,27 +312,55 @@ class Optimizer(torch.optim.Optimizer):
                 )
         if group.get("maximize", False):
             grads = torch._foreach_neg(grads)
-
-        buffer_names = self._buffer_names(group)
-        initial_scalars = self._scalar_state(group)
-        buckets: dict[tuple, list[tuple[Tensor, Tensor, dict[str, Any]]]] = {}
+        scalar_names = tuple(self._scalar_state(group))
+        buckets: dict[tuple, Bucket] = {}
         for p, grad in zip(params, grads):
             state, fresh = self._init_state(p, group)
-            scalar_values = tuple(float(state[name]) for name in initial_scalars)
-            key = (p.device, p.dtype, fresh, scalar_values)
-            buckets.setdefault(key, []).append((p, grad, state))
+            key = (p.device, p.dtype, fresh, tuple(float(state[name]) for name in scalar_names))
+            bucket = buckets.setdefault(key, Bucket(fresh=fresh, scalar_names=scalar_names))
+            bucket.params.append(p)
+            bucket.grads.append(grad)
+            bucket.states.append(state)
+        return list(buckets.values())
 
-        foreach = group.get("foreach")
-        for (_, _, fresh, _), members in buckets.items():
-            leader = members[0][2]
-            scalars = {name: leader[name] for name in initial_scalars}
-            if "step" in scalars:
-                scalars["step"] += 1
-            coefficients = self._coefficients(group, scalars, fresh)
-            for _, _, state in members[1:]:
-                for name in initial_scalars:
-                    state[name].copy_(leader[name])
-            self._apply(members, buffer_names, coefficients, foreach is not False)
+    def _advance(self, group: dict[str, Any], bucket: Bucket) -> dict[str, Tensor]:
+        """Increment the bucket's ``step`` (on its first tensor's state) and return its scalars."""
+        scalars = {name: bucket.states[0][name] for name in bucket.scalar_names}
+        if "step" in scalars:
+            scalars["step"] += 1
+        return scalars
+
+    def _apply(
+        self,
+        rule: Callable[..., Any],
+        bucket: Bucket,
+        buffer_names: tuple[str, ...],
+        coefficients: dict[str, Any],
+        multi_tensor: bool,
+    ) -> Any:
+        """Run ``rule`` on one bucket: per tensor, or once over TensorLists.
+
+        Returns what the rule returns; per tensor, the sum of the returns (so a rule can
+        also compute a statistic, e.g. a partial sum that the caller reduces).
+        """
+        params = [_real_view(p) for p in bucket.params]
+        grads = [_real_view(g) for g in bucket.grads]
+        buffers = {name: [_real_view(s[name]) for s in bucket.states] for name in buffer_names}
+        if multi_tensor:
+            return rule(
+                TensorList(params),
+                TensorList(grads),
+                **{name: TensorList(column) for name, column in buffers.items()},
+                **coefficients,
+            )
+        total = None
+        for index, (param, grad) in enumerate(zip(params, grads)):
+            result = rule(
+                param, grad, **{name: column[index] for name, column in buffers.items()}, **coefficients
+            )
+            if result is not None:
+                total = result if total is None else total + result
+        return total
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create whatever state ``param`` lacks; True when a buffer was created.
@@ -316,34 +382,6 @@ class Optimizer(torch.optim.Optimizer):
                 state[name] = self._new_buffer(name, param, group)
                 fresh = True
         return state, fresh
-
-    def _apply(
-        self,
-        members: list[tuple[Tensor, Tensor, dict[str, Any]]],
-        buffer_names: tuple[str, ...],
-        coefficients: dict[str, Any],
-        multi_tensor: bool,
-    ) -> None:
-        """Run the rule on one bucket: per tensor, or once over TensorLists."""
-        params = [_real_view(p) for p, _, _ in members]
-        grads = [_real_view(g) for _, g, _ in members]
-        buffers = {name: [_real_view(s[name]) for _, _, s in members] for name in buffer_names}
-        rule = type(self).update
-        if multi_tensor:
-            rule(
-                TensorList(params),
-                TensorList(grads),
-                **{name: TensorList(column) for name, column in buffers.items()},
-                **coefficients,
-            )
-        else:
-            for index, (param, grad) in enumerate(zip(params, grads)):
-                rule(
-                    param,
-                    grad,
-                    **{name: column[index] for name, column in buffers.items()},
-                    **coefficients,
-                )
 
     def state_dict(self) -> dict[str, Any]:
         """torch.optim's state_dict plus a ``"steepest"`` entry: the step count and the state

@@ -7,7 +7,7 @@ per tensor, multi-tensor or fused::
     opt = steepest.AdamW(model.parameters(), lr=1e-3)
 """
 
-from steepest import clipping, init
+from steepest import clipping, init, schedules
 from steepest.engine import Optimizer
 from steepest.init import init_report, initialize
 from steepest.plateau import reduce_on_plateau
@@ -25,6 +25,7 @@ __all__ = [
     "NAdam",
     "Lion",
     "clipping",
+    "schedules",
     "init",
     "initialize",
     "init_report",

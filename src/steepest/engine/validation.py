@@ -1,69 +1,102 @@
-"""Checks for hyperparameters: each names the argument and the offending value.
+"""Checks for user input: each names the argument and the offending value.
 
 User errors raise ``ValueError`` (a value out of range) or ``TypeError`` (a value of the
 wrong kind), never ``AssertionError``, so a caller can catch them and a command line can
-print them as one line.
+print them as one line. Every check returns the value, normalised (a float, an int), so
+callers can write ``self.peak = positive("peak", peak)``. Messages read
+``"lr must be >= 0, got lr=-0.1"``. The whole library (optimizers, schedules, stopping
+criteria, clipping) uses these, so a message looks the same wherever it comes from.
 """
 
 from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+import operator
+from collections.abc import Callable, Sequence
 from typing import Any
 
-Check = Callable[[str, Any], None]
+Check = Callable[[str, Any], Any]
 
 
-def _real(name: str, value: Any) -> float:
-    # bool is an int subclass; lr=True is a bug, not a learning rate of 1.
+def real(name: str, value: Any) -> float:
+    """``value`` is a finite real number; returned as a float."""
+    # bool is a numbers.Real, but lr=True is a bug, not a learning rate of 1.
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    value = float(value)
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value!r}")
+        raise TypeError(f"{name} must be a real number, got {name}={value!r} ({type(value).__name__})")
+    result = float(value)
+    if not math.isfinite(result):
+        raise ValueError(f"{name} must be finite, got {name}={value!r}")
+    return result
+
+
+def nonnegative(name: str, value: Any) -> float:
+    """``value`` is a finite real number >= 0."""
+    result = real(name, value)
+    if result < 0:
+        raise ValueError(f"{name} must be >= 0, got {name}={value!r}")
+    return result
+
+
+def positive(name: str, value: Any) -> float:
+    """``value`` is a finite real number > 0."""
+    result = real(name, value)
+    if result <= 0:
+        raise ValueError(f"{name} must be > 0, got {name}={value!r}")
+    return result
+
+
+def unit_interval(name: str, value: Any) -> float:
+    """``value`` is in [0, 1): a decay or averaging coefficient."""
+    result = real(name, value)
+    if not 0.0 <= result < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {name}={value!r}")
+    return result
+
+
+def closed_unit_interval(name: str, value: Any) -> float:
+    """``value`` is in [0, 1]."""
+    result = real(name, value)
+    if not 0.0 <= result <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {name}={value!r}")
+    return result
+
+
+def betas(name: str, value: Any) -> tuple[float, float]:
+    """``value`` is a pair of decay coefficients, each in [0, 1)."""
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name} must be a pair (beta1, beta2), got {name}={value!r}")
+    return unit_interval(f"{name}[0]", value[0]), unit_interval(f"{name}[1]", value[1])
+
+
+def integer(name: str, value: Any, minimum: int | None = None) -> int:
+    """``value`` is an integer (not 1.5, not 2.0, not True), at least ``minimum`` if given."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {name}={value!r}")
+    try:
+        # operator.index accepts int, numpy integers and 0-d integer tensors, not floats.
+        result = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {name}={value!r} ({type(value).__name__})") from None
+    if minimum is not None and result < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {name}={result}")
+    return result
+
+
+def choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    """``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {name}={value!r}")
     return value
 
 
-def nonnegative(name: str, value: Any) -> None:
-    """``value`` is a finite real number >= 0."""
-    if _real(name, value) < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-
-
-def positive(name: str, value: Any) -> None:
-    """``value`` is a finite real number > 0."""
-    if _real(name, value) <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-
-
-def unit_interval(name: str, value: Any) -> None:
-    """``value`` is in [0, 1): a decay or averaging coefficient."""
-    if not 0.0 <= _real(name, value) < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-
-
-def closed_unit_interval(name: str, value: Any) -> None:
-    """``value`` is in [0, 1]."""
-    if not 0.0 <= _real(name, value) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
-
-
-def betas(name: str, value: Any) -> None:
-    """``value`` is a pair of decay coefficients, each in [0, 1)."""
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise TypeError(f"{name} must be a pair (beta1, beta2), got {value!r}")
-    for index, beta in enumerate(value):
-        unit_interval(f"{name}[{index}]", beta)
-
-
-def boolean(name: str, value: Any) -> None:
+def boolean(name: str, value: Any) -> bool:
     """``value`` is True or False."""
     if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
+        raise TypeError(f"{name} must be True or False, got {name}={value!r}")
+    return value
 
 
-def optional_boolean(name: str, value: Any) -> None:
+def optional_boolean(name: str, value: Any) -> bool | None:
     """``value`` is None (let the engine choose), True or False."""
-    if value is not None:
-        boolean(name, value)
+    return None if value is None else boolean(name, value)

@@ -16,6 +16,15 @@ from typing import Any
 import torch
 
 import steepest
+from steepest.rules.dadapt import DAdaptAdam
+from steepest.rules.prodigy import Prodigy
+from steepest.rules.schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
+from test_lr_free import (
+    dadapt_adam_reference,
+    prodigy_reference,
+    schedulefree_adamw_reference,
+    schedulefree_sgd_reference,
+)
 
 
 def lion_reference(
@@ -50,6 +59,9 @@ class Spec:
     descent_lr: float  # a learning rate that makes steady progress on the test problems
     reference: Callable[..., None] | None = None
     bad_inputs: tuple[tuple[dict[str, Any], type[Exception], str], ...] = field(default=())
+    # capability: trains bfloat16 parameters. Prodigy cannot: its first steps (d0 * lr ~ 1e-6)
+    # are below bfloat16's resolution, so the distance estimate never grows (as in prodigyopt).
+    bfloat16: bool = True
 
     def __str__(self) -> str:
         return self.name
@@ -175,6 +187,78 @@ SPECS: tuple[Spec, ...] = (
         descent_lr=3e-3,
         reference=lion_reference,
         bad_inputs=_LR_ERRORS + _BETA_ERRORS + (({"weight_decay": -0.1}, ValueError, "weight_decay"),),
+    ),
+    Spec(
+        "Prodigy",
+        Prodigy,
+        None,
+        configs=(
+            {"lr": 1.0},
+            {
+                "lr": 1.0,
+                "weight_decay": 0.1,
+                "decouple": False,
+                "use_bias_correction": True,
+                "growth_rate": 1.1,
+            },
+            {"lr": 0.5, "weight_decay": 0.1, "safeguard_warmup": True, "beta3": 0.9, "growth_rate": 1.5},
+            {"lr": 1.0, "betas": (0.8, 0.99), "d0": 1e-3, "d_coef": 0.5, "maximize": True},
+        ),
+        group_override={"lr": 0.5, "betas": (0.5, 0.9), "d0": 1e-4},
+        descent_lr=1.0,
+        reference=prodigy_reference,
+        bfloat16=False,
+        bad_inputs=_LR_ERRORS
+        + _BETA_ERRORS
+        + _EPS_ERRORS
+        + (({"d0": 0.0}, ValueError, "d0"), ({"growth_rate": 0.5}, ValueError, "growth_rate")),
+    ),
+    Spec(
+        "DAdaptAdam",
+        DAdaptAdam,
+        None,
+        configs=(
+            {"lr": 0.3},
+            {"lr": 1.0, "weight_decay": 0.1, "use_bias_correction": True},
+            {"lr": 0.5, "weight_decay": 0.1, "decouple": True, "growth_rate": 1.5},
+            {"lr": 1.0, "betas": (0.8, 0.99), "d0": 1e-3, "maximize": True},
+        ),
+        group_override={"lr": 0.5, "betas": (0.5, 0.9), "d0": 1e-4},
+        descent_lr=1.0,
+        reference=dadapt_adam_reference,
+        bad_inputs=_LR_ERRORS + _BETA_ERRORS + _EPS_ERRORS + (({"d0": 0.0}, ValueError, "d0"),),
+    ),
+    Spec(
+        "ScheduleFreeSGD",
+        ScheduleFreeSGD,
+        None,
+        configs=(
+            {"lr": 0.1},
+            {"lr": 0.1, "momentum": 0.5, "weight_decay": 0.01, "warmup_steps": 5},
+            {"lr": 0.05, "r": 1.0, "weight_lr_power": 0.0, "maximize": True},
+        ),
+        group_override={"lr": 0.02, "momentum": 0.8},
+        descent_lr=4e-3,
+        reference=schedulefree_sgd_reference,
+        bad_inputs=_LR_ERRORS
+        + (({"momentum": 1.0}, ValueError, "momentum"), ({"warmup_steps": -1}, ValueError, "warmup_steps")),
+    ),
+    Spec(
+        "ScheduleFreeAdamW",
+        ScheduleFreeAdamW,
+        None,
+        configs=(
+            {"lr": 0.01},
+            {"lr": 0.01, "weight_decay": 0.1, "warmup_steps": 5, "betas": (0.8, 0.99)},
+            {"lr": 0.01, "r": 0.5, "weight_lr_power": 1.0, "eps": 1e-6, "maximize": True},
+        ),
+        group_override={"lr": 0.003, "betas": (0.5, 0.9)},
+        descent_lr=0.05,
+        reference=schedulefree_adamw_reference,
+        bad_inputs=_LR_ERRORS
+        + _BETA_ERRORS
+        + _EPS_ERRORS
+        + (({"betas": (0.0, 0.999)}, ValueError, "betas[0]"),),
     ),
 )
 

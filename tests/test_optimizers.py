@@ -313,6 +313,8 @@ def test_parameter_without_gradient_is_untouched(spec: Spec) -> None:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("spec", SPECS, ids=str)
 def test_dtype_is_preserved(spec: Spec, dtype: torch.dtype) -> None:
+    if dtype == torch.bfloat16 and not spec.bfloat16:
+        pytest.skip(f"{spec.name} does not train bfloat16 parameters (see its spec row)")
     x = torch.full((10,), 1.0, dtype=dtype, requires_grad=True)
     extra = {"momentum": 0.9} if spec.cls is steepest.SGD else {}
     optimizer = spec.cls([x], lr=spec.descent_lr, **extra)

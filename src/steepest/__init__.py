@@ -11,7 +11,19 @@ from steepest import clipping, init, schedules
 from steepest.engine import Optimizer
 from steepest.init import init_report, initialize
 from steepest.plateau import reduce_on_plateau
-from steepest.rules import SGD, Adagrad, Adam, AdamW, Lion, NAdam, RMSprop
+from steepest.rules import (
+    SGD,
+    Adagrad,
+    Adam,
+    AdamW,
+    DAdaptAdam,
+    Lion,
+    NAdam,
+    Prodigy,
+    RMSprop,
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
+)
 
 __version__ = "0.1.0"
 
@@ -24,6 +36,10 @@ __all__ = [
     "AdamW",
     "NAdam",
     "Lion",
+    "Prodigy",
+    "DAdaptAdam",
+    "ScheduleFreeSGD",
+    "ScheduleFreeAdamW",
     "clipping",
     "schedules",
     "init",

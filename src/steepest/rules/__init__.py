@@ -8,8 +8,16 @@ coefficients, export it here, and add one row to the spec table in tests/specs.p
 
 from steepest.rules.adagrad import Adagrad, adagrad_update
 from steepest.rules.adam import Adam, AdamW, NAdam, adam_update, nadam_update
+from steepest.rules.dadapt import DAdaptAdam, dadapt_adam_update
 from steepest.rules.lion import Lion, lion_update
+from steepest.rules.prodigy import Prodigy, prodigy_update
 from steepest.rules.rmsprop import RMSprop, rmsprop_update
+from steepest.rules.schedulefree import (
+    ScheduleFreeAdamW,
+    ScheduleFreeSGD,
+    schedulefree_adamw_update,
+    schedulefree_sgd_update,
+)
 from steepest.rules.sgd import SGD, sgd_update
 
 __all__ = [
@@ -20,10 +28,18 @@ __all__ = [
     "AdamW",
     "NAdam",
     "Lion",
+    "Prodigy",
+    "DAdaptAdam",
+    "ScheduleFreeSGD",
+    "ScheduleFreeAdamW",
     "sgd_update",
     "adagrad_update",
     "rmsprop_update",
     "adam_update",
     "nadam_update",
     "lion_update",
+    "prodigy_update",
+    "dadapt_adam_update",
+    "schedulefree_sgd_update",
+    "schedulefree_adamw_update",
 ]

@@ -1,0 +1,314 @@
+"""D-Adaptation: estimate D, the distance from the start to a solution, and step d * lr.
+
+The learning-rate-free methods (D-Adaptation here, Prodigy in ``prodigy.py``) need a global
+statistic before they can step: sums over every parameter of a group that feed the distance
+estimate d. :class:`DistanceEstimator` runs each step in three stages on the engine's pieces:
+
+1. a statistics pass: the rule ``statistics`` runs per bucket through the engine's ``_apply``,
+   updates the moment buffers in place and returns partial sums as a small 1-d tensor;
+2. one device-to-host synchronisation: the partial sums are added on the device and read as
+   floats, and the group's d is updated on the CPU in plain Python floats;
+3. an update pass: the rule ``update`` moves the parameters.
+
+The element-wise math of both passes is written once, on tensors or TensorLists alike.
+
+Every param group estimates its own d. With one group (the usual case) this is exactly the
+official packages' algorithm; they share one d across groups and refuse groups with different
+learning rates, whereas here groups are independent optimizers, each lr scaling its own d.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import numbers
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from steepest.engine import Optimizer, TensorList, validation
+from steepest.engine.optimizer import ParamsT
+
+TensorLike = Tensor | TensorList
+
+
+# -- reductions the statistics passes need ----------------------------------------------------
+# TensorList has no reductions yet; these compose them from per-tensor sums. They accumulate
+# in float32 at least, so bfloat16 parameters still give a usable distance estimate.
+def _accumulator(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def total(values: TensorLike) -> Tensor:
+    """Sum of every element of a tensor or of every tensor of a TensorList (a 0-d tensor)."""
+    if isinstance(values, TensorList):
+        return torch.stack([total(tensor) for tensor in values]).sum()
+    return values.sum(dtype=_accumulator(values.dtype))
+
+
+def absolute_total(values: TensorLike) -> Tensor:
+    """Sum of absolute values (the l1 norm) over a tensor or a TensorList (a 0-d tensor)."""
+    if isinstance(values, TensorList):
+        return torch.stack([absolute_total(tensor) for tensor in values]).sum()
+    return values.abs().sum(dtype=_accumulator(values.dtype))
+
+
+def inner_product(a: TensorLike, b: TensorLike) -> Tensor:
+    """<a, b> summed over a tensor or a TensorList (a 0-d tensor)."""
+    return total(a.mul(b))
+
+
+def read_totals(partials: list[Tensor]) -> list[float]:
+    """Add the buckets' partial sums and read them on the host: the step's one synchronisation."""
+    dtype = functools.reduce(torch.promote_types, (partial.dtype for partial in partials))
+    device = partials[0].device
+    summed = torch.stack([partial.to(device=device, dtype=dtype) for partial in partials]).sum(0)
+    return summed.tolist()
+
+
+def adam_bias_correction(step: int, beta1: float, beta2: float) -> float:
+    """sqrt(1 - beta2^t) / (1 - beta1^t) at step t = ``step`` (counted from 1)."""
+    return math.sqrt(1 - beta2**step) / (1 - beta1**step)
+
+
+def check_growth_rate(name: str, value: Any) -> None:
+    """``value`` is a real number >= 1; ``inf`` (no limit) is allowed."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    if math.isnan(value) or value < 1:
+        raise ValueError(f"{name} must be >= 1 (inf for no limit), got {value!r}")
+
+
+class DistanceEstimator(Optimizer):
+    """Base of the optimizers that estimate the distance to a solution and step d * lr.
+
+    A subclass supplies two rules and the CPU arithmetic between them:
+
+    * ``statistics(param, grad, *, <buffers>, <coefficients>) -> Tensor``: updates the
+      moment buffers in place and returns partial sums (a 1-d tensor) for the estimate;
+    * ``update(param, grad, *, <buffers>, <coefficients>)``: moves the parameters;
+    * :meth:`_group_state`: the group-level state and its initial values (``d``, ``k``, ...),
+      kept in the param group as the official packages do, so state_dicts carry it;
+    * :meth:`_statistics_coefficients`, :meth:`_estimate`, :meth:`_update_coefficients`.
+
+    The statistics of all of a group's buckets are read in one synchronisation per group
+    and step. A group at lr 0 computes nothing and moves nothing, as in the official
+    packages; a step whose gradients are all zero (||s||_1 = 0, so no estimate can be
+    formed) is skipped after the moment updates, again as there.
+    """
+
+    statistics: ClassVar[Callable[..., Tensor]]
+    _statistics_buffers: ClassVar[tuple[str, ...]]
+    _update_buffers: ClassVar[tuple[str, ...]]
+
+    # -- what a subclass declares ----------------------------------------------------------
+    def _group_state(self, group: dict[str, Any]) -> dict[str, Any]:
+        """Group-level state and its initial values."""
+        return {"d": group["d0"], "k": 0}
+
+    def _statistics_coefficients(self, group: dict[str, Any], step_size: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _estimate(self, group: dict[str, Any], totals: list[float], step_size: float) -> bool:
+        """Update the group's d from this step's totals; False when the step must be skipped."""
+        raise NotImplementedError
+
+    def _update_coefficients(self, group: dict[str, Any], step_size: float) -> dict[str, Any]:
+        raise NotImplementedError
+
+    # -- shared machinery --------------------------------------------------------------------
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a param group; its distance estimate starts at its own ``d0``."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        for name, value in self._group_state(group).items():
+            group.setdefault(name, value)
+
+    def _step_size(self, group: dict[str, Any]) -> float:
+        """d * lr (times Adam's bias correction when enabled): this step's scale."""
+        scale = group["d"] * group["lr"]
+        if group.get("use_bias_correction", False):
+            beta1, beta2 = group["betas"]
+            scale *= adam_bias_correction(group["k"] + 1, beta1, beta2)
+        return scale
+
+    @property
+    def effective_lr(self) -> list[float]:
+        """Per param group, the step size the next step will use: d * lr (* bias correction)."""
+        return [self._step_size(group) for group in self.param_groups]
+
+    def _step_group(self, group: dict[str, Any]) -> None:
+        """Statistics pass, one synchronisation, CPU update of d, update pass."""
+        if group["lr"] == 0:
+            return
+        buckets = self._buckets(group)
+        if not buckets:
+            return
+        multi_tensor = group.get("foreach") is not False
+        step_size = self._step_size(group)  # from the d the previous step estimated
+        coefficients = self._statistics_coefficients(group, step_size)
+        partials = [
+            self._apply(type(self).statistics, bucket, self._statistics_buffers, coefficients, multi_tensor)
+            for bucket in buckets
+        ]
+        if not self._estimate(group, read_totals(partials), step_size):
+            return
+        coefficients = self._update_coefficients(group, step_size)
+        for bucket in buckets:
+            self._advance(group, bucket)
+            bucket.share_scalars()
+            self._apply(type(self).update, bucket, self._update_buffers, coefficients, multi_tensor)
+        group["k"] += 1
+
+
+# -- D-Adapt Adam --------------------------------------------------------------------------------
+def dadapt_adam_statistics(
+    param: Tensor,
+    grad: Tensor,
+    *,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    s: Tensor,
+    step_size: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+) -> Tensor:
+    """D-Adapt Adam's moment updates; returns [<g, s / (sqrt(v) + eps)>, ||s_new||_1].
+
+    The inner product uses s and v from before this step, as the official code does.
+    m <- b1 m + (1-b1) dlr g;  v <- b2 v + (1-b2) g^2;  s <- sqrt(b2) s + (1-sqrt(b2)) dlr g
+    """
+    if weight_decay != 0:
+        grad = grad.add(param, alpha=weight_decay)  # coupled (L2) decay
+    sqrt_beta2 = beta2**0.5
+    weighted = inner_product(grad, s.div(exp_avg_sq.sqrt().add_(eps)))
+    exp_avg.mul_(beta1).add_(grad, alpha=step_size * (1 - beta1))
+    exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+    s.mul_(sqrt_beta2).add_(grad, alpha=step_size * (1 - sqrt_beta2))
+    return torch.stack([weighted, absolute_total(s)])
+
+
+def dadapt_adam_update(
+    param: Tensor,
+    grad: Tensor,
+    *,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+    eps: float,
+    decay: float,
+) -> None:
+    """theta <- theta - decay theta - m / (sqrt(v) + eps)   (m already carries d * lr)."""
+    denom = exp_avg_sq.sqrt().add_(eps)
+    if decay != 0:
+        # as p - c p, not p (1 - c): with c ~ d0 lr wd tiny, 1 - c would round away the
+        # digits of c that the distance estimate reads back from theta_0 - theta.
+        param.add_(param, alpha=-decay)
+    param.addcdiv_(exp_avg, denom, value=-1)
+
+
+class DAdaptAdam(DistanceEstimator):
+    """Adam whose step size d * lr is set by D-Adaptation; leave lr at 1.
+
+    m <- b1 m + (1-b1) d lr g;  theta <- theta - m / (sqrt(v) + eps);
+    d <- max(d, sum_t sqrt(b2)^(T-t) d_t lr <g_t, s_t>_{A_t^-1} / ||s||_1)
+
+    Args:
+        params: tensors or param-group dicts to optimize.
+        lr: multiplies the estimated step size d (default 1.0; change only if unstable).
+        betas: decay rates of the first and second moments (default (0.9, 0.999)).
+        eps: added to the denominator (default 1e-8).
+        weight_decay: weight decay (default 0); an L2 term unless ``decouple=True``.
+        decouple: AdamW-style decoupled decay, theta <- theta (1 - weight_decay d lr).
+        use_bias_correction: scale the step by Adam's bias correction (default False).
+        d0: initial estimate of D (default 1e-6; rarely needs changing).
+        growth_rate: largest factor by which d may grow in one step (default inf).
+        maximize, foreach, clip_norm: as in :class:`~steepest.Adam`.
+
+    Example:
+        >>> opt = steepest.DAdaptAdam(model.parameters())  # no learning rate to choose
+        >>> opt.effective_lr  # [d * lr] per param group, for logging
+
+    State: ``step``, ``s``, ``exp_avg``, ``exp_avg_sq``; per group ``d``,
+    ``numerator_weighted``, ``k`` (in ``param_groups``, as in the ``dadaptation`` package).
+    Every param group estimates its own d (the package shares one across groups).
+    Reference: Defazio and Mishchenko 2023, "Learning-Rate-Free Learning by D-Adaptation";
+    the ``dadaptation`` package's DAdaptAdam (version 3).
+    """
+
+    statistics = staticmethod(dadapt_adam_statistics)
+    update = staticmethod(dadapt_adam_update)
+    _statistics_buffers = ("exp_avg", "exp_avg_sq", "s")
+    _update_buffers = ("exp_avg", "exp_avg_sq")
+    _checks = {
+        "lr": validation.nonnegative,
+        "betas": validation.betas,
+        "eps": validation.positive,
+        "weight_decay": validation.nonnegative,
+        "decouple": validation.boolean,
+        "use_bias_correction": validation.boolean,
+        "d0": validation.positive,
+        "growth_rate": check_growth_rate,
+        "maximize": validation.boolean,
+        "foreach": validation.optional_boolean,
+    }
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0,
+        decouple: bool = False,
+        use_bias_correction: bool = False,
+        d0: float = 1e-6,
+        growth_rate: float = math.inf,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        clip_norm: float | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            betas=betas,
+            eps=eps,
+            weight_decay=weight_decay,
+            decouple=decouple,
+            use_bias_correction=use_bias_correction,
+            d0=d0,
+            growth_rate=growth_rate,
+            maximize=maximize,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults, clip_norm=clip_norm)
+
+    def _buffer_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("s", "exp_avg", "exp_avg_sq")
+
+    def _group_state(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {"d": group["d0"], "numerator_weighted": 0.0, "k": 0}
+
+    def _statistics_coefficients(self, group: dict[str, Any], step_size: float) -> dict[str, Any]:
+        beta1, beta2 = group["betas"]
+        coupled = 0.0 if group["decouple"] else group["weight_decay"]
+        return dict(step_size=step_size, beta1=beta1, beta2=beta2, eps=group["eps"], weight_decay=coupled)
+
+    def _estimate(self, group: dict[str, Any], totals: list[float], step_size: float) -> bool:
+        weighted, s_norm = totals
+        if s_norm == 0:
+            return False  # no gradient yet: nothing to estimate from, and nothing to step
+        sqrt_beta2 = group["betas"][1] ** 0.5
+        numerator = sqrt_beta2 * group["numerator_weighted"] + (1 - sqrt_beta2) * step_size * weighted
+        d = group["d"]
+        d_hat = numerator / ((1 - sqrt_beta2) * s_norm)
+        group["numerator_weighted"] = numerator
+        group["d"] = max(d, min(d_hat, d * group["growth_rate"]))
+        return True
+
+    def _update_coefficients(self, group: dict[str, Any], step_size: float) -> dict[str, Any]:
+        decoupled = group["weight_decay"] if group["decouple"] else 0.0
+        return dict(eps=group["eps"], decay=decoupled * step_size)

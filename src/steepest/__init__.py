@@ -7,11 +7,13 @@ per tensor, multi-tensor or fused::
     opt = steepest.AdamW(model.parameters(), lr=1e-3)
 """
 
-from steepest import clipping, init, schedules
+from steepest import clipping, init, problems, schedules, stopping
 from steepest.engine import Optimizer
 from steepest.init import init_report, initialize
+from steepest.minimize import EmpiricalRisk, Result, minimize
 from steepest.plateau import reduce_on_plateau
 from steepest.rules import (
+    LBFGS,
     SGD,
     Adagrad,
     Adam,
@@ -19,6 +21,8 @@ from steepest.rules import (
     DAdaptAdam,
     Lion,
     NAdam,
+    Newton,
+    NewtonCG,
     Prodigy,
     RMSprop,
     ScheduleFreeAdamW,
@@ -40,6 +44,14 @@ __all__ = [
     "DAdaptAdam",
     "ScheduleFreeSGD",
     "ScheduleFreeAdamW",
+    "LBFGS",
+    "Newton",
+    "NewtonCG",
+    "minimize",
+    "Result",
+    "EmpiricalRisk",
+    "problems",
+    "stopping",
     "clipping",
     "schedules",
     "init",

@@ -246,14 +246,22 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self._resolve_schedules(check=True)
+        self._begin_step()
         if self.clip_norm is not None:
             self._clip_gradients(self.clip_norm)
         for group in self.param_groups:
             self._step_group(group)
+        self._end_step()
+        return loss
+
+    def _begin_step(self) -> None:
+        """Before any update: this step's hyperparameters, refused if a schedule gives a bad one."""
+        self._resolve_schedules(check=True)
+
+    def _end_step(self) -> None:
+        """After the update: count the step and show the next step's hyperparameters."""
         self.step_count += 1
         self._resolve_schedules()
-        return loss
 
     def _clip_gradients(self, max_norm: float) -> None:
         """Scale all gradients together so that their global 2-norm is at most ``max_norm``.

@@ -100,3 +100,13 @@ def boolean(name: str, value: Any) -> bool:
 def optional_boolean(name: str, value: Any) -> bool | None:
     """``value`` is None (let the engine choose), True or False."""
     return None if value is None else boolean(name, value)
+
+
+def positive_integer(name: str, value: Any) -> int:
+    """``value`` is an integer >= 1 (a count)."""
+    return integer(name, value, minimum=1)
+
+
+def optional_positive_integer(name: str, value: Any) -> int | None:
+    """``value`` is None or an integer >= 1."""
+    return None if value is None else positive_integer(name, value)

@@ -9,7 +9,9 @@ coefficients, export it here, and add one row to the spec table in tests/specs.p
 from steepest.rules.adagrad import Adagrad, adagrad_update
 from steepest.rules.adam import Adam, AdamW, NAdam, adam_update, nadam_update
 from steepest.rules.dadapt import DAdaptAdam, dadapt_adam_update
+from steepest.rules.lbfgs import LBFGS
 from steepest.rules.lion import Lion, lion_update
+from steepest.rules.newton import Newton, NewtonCG
 from steepest.rules.prodigy import Prodigy, prodigy_update
 from steepest.rules.rmsprop import RMSprop, rmsprop_update
 from steepest.rules.schedulefree import (
@@ -32,6 +34,9 @@ __all__ = [
     "DAdaptAdam",
     "ScheduleFreeSGD",
     "ScheduleFreeAdamW",
+    "LBFGS",
+    "Newton",
+    "NewtonCG",
     "sgd_update",
     "adagrad_update",
     "rmsprop_update",

@@ -218,9 +218,10 @@ def more_thuente_line_search(
         A :class:`LineSearchResult`; its step is the last one evaluated.
 
     Example:
-        >>> result = more_thuente_line_search(lambda t: ((t - 2) ** 2, 2 * (t - 2)), 4.0, -4.0)
-        >>> result.step, result.status
-        (2.0, 'converged')
+        >>> phi = lambda t: ((t - 2) ** 2, 2 * (t - 2))  # value and derivative
+        >>> result = more_thuente_line_search(phi, 4.0, -4.0, step=10.0)
+        >>> result.step, result.status, result.evaluations  # 10 overshoots; interpolation
+        (2.0, 'converged', 2)
 
     Non-finite values (an overflow far along d) are not interpolated: the search restarts
     from half the step with that step as its new upper bound.
@@ -349,18 +350,8 @@ def lbfgs_direction(
 
 
 # -- the shell shared by LBFGS, Newton and NewtonCG ----------------------------------------
-def positive_integer(name: str, value: Any) -> None:
-    """``value`` is an int >= 1 (not a bool)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
-
-
-def optional_positive_integer(name: str, value: Any) -> None:
-    """``value`` is None or an int >= 1."""
-    if value is not None:
-        positive_integer(name, value)
+positive_integer = validation.positive_integer
+optional_positive_integer = validation.optional_positive_integer
 
 
 class ClosureOptimizer(Optimizer):
@@ -483,12 +474,11 @@ class ClosureOptimizer(Optimizer):
                 "returns the loss, e.g. optimizer.step(lambda: compute_loss()); got "
                 f"{closure!r}"
             )
-        self._resolve_schedules(check=True)
+        self._begin_step()
         return closure
 
     def _finish_closure_step(self) -> None:
-        self.step_count += 1
-        self._resolve_schedules()
+        self._end_step()
 
     def _scalar_state(self, group: dict[str, Any]) -> dict[str, float]:
         return {}  # no per-parameter scalar state: everything is in the first param's dict

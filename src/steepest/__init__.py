@@ -7,7 +7,7 @@ per tensor, multi-tensor or fused::
     opt = steepest.AdamW(model.parameters(), lr=1e-3)
 """
 
-from steepest import clipping, init, problems, schedules, stopping
+from steepest import clipping, init, lr, problems, schedules, stopping
 from steepest.engine import Optimizer
 from steepest.init import init_report, initialize
 from steepest.minimize import EmpiricalRisk, Result, minimize
@@ -53,6 +53,7 @@ __all__ = [
     "problems",
     "stopping",
     "clipping",
+    "lr",
     "schedules",
     "init",
     "initialize",

@@ -1,0 +1,35 @@
+"""Learning-rate intelligence: find a good rate before training, and tell a bad one during it.
+
+* :func:`range_test` sweeps the learning rate upward over a short run, several times over
+  different batch orders, and suggests a rate from the loss-versus-rate curve (Smith 2017);
+  it leaves the model, the random state and the caller's optimizer exactly as it found them.
+* :class:`RegimeMonitor` watches a running optimization (loss, gradient norm, update size)
+  and classifies each window of steps as ``too_large``, ``too_small`` or ``good``, with the
+  evidence and a concrete piece of advice.
+
+Example:
+    >>> result = steepest.lr.range_test(model, (X, y), steepest.SGD)
+    >>> print(steepest.lr.lr_find_summary(result))
+    >>> monitor = steepest.lr.RegimeMonitor(window=20)
+"""
+
+from steepest.lr.diagnosis import (
+    REGIMES,
+    Diagnosis,
+    RegimeMonitor,
+    UpdateTracker,
+    measure_update_ratio,
+)
+from steepest.lr.range_test import RULES, RangeTestResult, lr_find_summary, range_test
+
+__all__ = [
+    "REGIMES",
+    "RULES",
+    "Diagnosis",
+    "RangeTestResult",
+    "RegimeMonitor",
+    "UpdateTracker",
+    "lr_find_summary",
+    "measure_update_ratio",
+    "range_test",
+]

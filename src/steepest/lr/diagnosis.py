@@ -1,0 +1,784 @@
+"""Is the learning rate too large, too small, or good? A live diagnosis from a few numbers per step.
+
+The source documents describe three regimes: a rate that is too large overshoots, oscillates or
+diverges; one that is too small crawls; a good one moves steadily to the minimum. A
+:class:`RegimeMonitor` receives, at every step, the loss and optionally the gradient norm, the
+update-to-parameter norm ratio ||delta theta|| / ||theta|| and the learning rate, and once per
+window of steps says which regime it sees, with the numbers it used and a sentence of advice.
+
+The evidence, checked in this order (the first that holds decides):
+
+* ``too_large``
+  1. the loss (or the gradient norm) is not finite: diverged; reported at once, mid-window;
+  2. the loss rose within the window: the median of its second half is at least 50% above the
+     median of its first half, by more than ``significance`` noise standard errors;
+  3. the loss ends above where it stood when the current rate took over (the run's first loss,
+     or the loss at the last change of rate by 2x or more), clearly: by more than
+     ``rise_tolerance`` and beyond noise. A large rate does not always produce a NaN: on
+     logistic regression or a small network it throws the iterate to worse places and the
+     loss simply ends above where it started;
+  4. the loss oscillates without net progress: at least half of the steps change direction,
+     the robust (Theil-Sen) net decrease is under 10% of the distance the loss travelled, the
+     swings exceed 5% of the loss, the loss is no better than half its first value, and the
+     parameters are not standing still.
+* ``too_small``: ``patience`` windows in a row in which the loss fell by less than
+  ``slow_rate`` (relative) per step without rising, while the run is not near a stationary
+  point (gradient norm above ``stationary_fraction`` of its first value) and either the
+  parameters barely move (update ratio below ``small_update``) or the loss is still above
+  ``progress_fraction`` of its first value; never while the update ratio is 10x
+  ``small_update`` or more (then the steps are large and slowness has another cause: a
+  plateau, a saddle). The stationarity guard is what separates a crawl from convergence: both
+  decrease slowly, only a converged run has a small gradient.
+* ``good``: none of the above.
+
+Noise: mini-batch losses jump from batch to batch and, once a large rate has damaged the
+weights, jump wildly. Levels are medians, the noise is the median absolute deviation of the
+step-to-step differences, and a positive loss is compared in log space, where its noise
+(multiplicative, with a heavy upper tail) is closer to symmetric.
+
+Advice sizes the change from the measurements where a model allows it, and says "~10x"
+otherwise:
+
+* divergence: per-step loss growth q; in the quadratic model the stiffest mode grows by
+  |1 - lr lambda| per step and the loss by its square, so lr lambda = 1 + sqrt(q) and a good rate
+  (about 1 / lambda) is lr / (1 + sqrt(q));
+* a loss that ends R times above its reference: lr / sqrt(R) (quadratic model: the loss grows
+  with the square of the overshoot); an update ratio u far above a healthy 10 x ``small_update``:
+  lr x (10 small_update / u); the strongest cut wins, at most 100x;
+* too small: in the linear regime a step changes the gradient by about lr lambda of itself, so
+  1 / (relative gradient change per step) brings lr lambda to about 1; the update ratio and the
+  rate of decrease give two more estimates; the largest wins, from 3x to 1000x.
+
+References: the three regimes and the lr < 2 / lambda_max bound: Goodfellow, Bengio and
+Courville, *Deep Learning*, 2016, sec. 4.3 and 8.3; update-to-parameter ratios of about 1e-3 as
+a health check: Karpathy, CS231n notes, "Neural Networks Part 3"; Theil 1950 and Sen 1968 for
+the robust slope; the range test that gives the definitive answer: Smith 2017, "Cyclical
+Learning Rates for Training Neural Networks" (:func:`steepest.lr.range_test`).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from steepest import clipping
+from steepest.engine import validation
+
+__all__ = ["REGIMES", "Diagnosis", "RegimeMonitor", "UpdateTracker", "measure_update_ratio"]
+
+#: The three regimes a window can be in.
+REGIMES: tuple[str, ...] = ("too_large", "too_small", "good")
+
+# Sizes of advice.
+_MAX_FACTOR = 1000.0  # never advise more than a 1000x increase from one window's evidence
+_MAX_REDUCTION = 100.0  # nor more than a 100x cut: blow-ups grow faster than any model of them
+_DEFAULT_FACTOR = 10.0  # when nothing measured sizes the change
+_TARGET_UPDATE_MULTIPLE = 10.0  # a healthy update ratio is ~10x the "barely moves" threshold
+# Thresholds of the rules (see the module docstring).
+_DIVERGING_GROWTH = 2.0  # a loss that at least doubles per step is diverging exponentially
+_WINDOW_RISE = 0.5  # within one window a rise counts from +50%: SGD's own wandering reaches +30%
+_NO_PROGRESS = 0.1  # net decrease below 10% of the distance travelled: no progress
+_OSCILLATION_AMPLITUDE = 0.05  # swings below 5% of the loss are not called an oscillation
+_NEW_RATE = 2.0  # a learning rate 2x away from the current one starts a new reference
+_MEDIAN_EFFICIENCY = 1.2533  # standard error of a median / that of a mean (sqrt(pi/2), Gaussian)
+_FLOAT_COLUMNS = ("losses", "grad_norms", "update_ratios", "lrs")  # of a window, saved in state_dict
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """The regime of one window of steps, the numbers behind it and the advice they support.
+
+    Attributes:
+        regime: ``"too_large"``, ``"too_small"`` or ``"good"``.
+        window: (first step, last step) of the window, as passed to ``observe``.
+        evidence: the measured quantities the decision used, by name (plain floats).
+        reason: one human sentence saying what was seen.
+        factor: multiply the learning rate by this (< 1 when too large, > 1 when too small,
+            1 when good).
+        lr: the learning rate at the end of the window, when the caller reported it.
+
+    Example:
+        >>> diagnosis.advice
+        'learning rate looks ~10x too large: try 3e-4'
+    """
+
+    regime: str
+    window: tuple[int, int]
+    evidence: dict[str, float]
+    reason: str
+    factor: float = 1.0
+    lr: float | None = None
+
+    @property
+    def suggested_lr(self) -> float | None:
+        """``lr * factor``, or None when the learning rate was not reported."""
+        return None if self.lr is None else self.lr * self.factor
+
+    @property
+    def advice(self) -> str:
+        """One line of advice: the regime, the size of the change, the rate to try."""
+        target = "" if self.suggested_lr is None else f": try {_format_rate(self.suggested_lr)}"
+        if self.regime == "too_large":
+            return f"learning rate looks ~{_format_factor(1 / self.factor)}x too large{target}"
+        if self.regime == "too_small":
+            return f"learning rate looks ~{_format_factor(self.factor)}x too small{target}"
+        keep = "" if self.lr is None else f": keep {_format_rate(self.lr)}"
+        return f"learning rate looks good{keep}"
+
+    def __str__(self) -> str:
+        return f"steps {self.window[0]}-{self.window[1]}: {self.advice} ({self.reason})"
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain numbers and strings, for ``state_dict`` and logs."""
+        record = asdict(self)
+        record["window"] = list(self.window)
+        return record
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any]) -> Diagnosis:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            regime=str(record["regime"]),
+            window=(int(record["window"][0]), int(record["window"][1])),
+            evidence={str(k): float(v) for k, v in record["evidence"].items()},
+            reason=str(record["reason"]),
+            factor=float(record["factor"]),
+            lr=None if record.get("lr") is None else float(record["lr"]),
+        )
+
+
+@dataclass
+class _Window:
+    """The observations of the window being filled."""
+
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)  # NaN where not reported
+    update_ratios: list[float] = field(default_factory=list)
+    lrs: list[float] = field(default_factory=list)
+    nonfinite: tuple[str, int] | None = None  # what became non-finite, at which position
+
+
+class RegimeMonitor:
+    """Classify each window of steps as ``too_large``, ``too_small`` or ``good``, live.
+
+    Rule: too_large if the loss diverges, rises, ends above its start or oscillates without
+    progress; too_small if it falls by < ``slow_rate`` per step for ``patience`` windows while
+    the gradient is not small; good otherwise (the module docstring has the details).
+
+    Feed it one observation per step (or every k-th step); it returns a :class:`Diagnosis`
+    when a window is complete (or at once when the loss is not finite) and None otherwise.
+    The monitor holds only plain numbers, so ``state_dict`` goes into a checkpoint and a
+    resumed run continues the same window.
+
+    Args:
+        window: observations per diagnosis (default 20, at least 4).
+        patience: consecutive slow windows before ``too_small`` is reported (default 3): a
+            crawl is only a crawl over a long stretch.
+        rise_tolerance: relative rise of the loss that counts as "went up" (default 0.1).
+        slow_rate: relative decrease per step below which progress is slow (default 1e-2).
+        small_update: update ratio ||delta theta|| / ||theta|| below which the parameters
+            barely move (default 1e-3).
+        stationary_fraction: gradient norm, as a fraction of its first value, below which the
+            run is near a stationary point and slowness is convergence (default 0.1).
+        progress_fraction: without a small update ratio, a slow run is only called too slow
+            while its loss is above this fraction of its first value (default 0.25; assumes a
+            non-negative loss).
+        significance: how many noise standard errors a rise must exceed (default 3).
+
+    Example:
+        >>> monitor = RegimeMonitor(window=20)
+        >>> tracker = UpdateTracker(optimizer)
+        >>> for step, (x, y) in enumerate(loader):
+        ...     optimizer.zero_grad(); loss = loss_fn(model(x), y); loss.backward()
+        ...     grad_norm = steepest.clipping.global_norm([p.grad for p in model.parameters()])
+        ...     tracker.snapshot(); optimizer.step()
+        ...     diagnosis = monitor.observe(step, loss.item(), float(grad_norm), tracker.ratio(),
+        ...                                 lr=optimizer.param_groups[0]["lr"])
+        ...     if diagnosis is not None and diagnosis.regime != "good":
+        ...         print(diagnosis.advice)
+    """
+
+    def __init__(
+        self,
+        window: int = 20,
+        *,
+        patience: int = 3,
+        rise_tolerance: float = 0.1,
+        slow_rate: float = 1e-2,
+        small_update: float = 1e-3,
+        stationary_fraction: float = 0.1,
+        progress_fraction: float = 0.25,
+        significance: float = 3.0,
+    ) -> None:
+        self.window = _check_int("window", window, minimum=4)
+        self.patience = _check_int("patience", patience, minimum=1)
+        self.rise_tolerance = validation.positive("rise_tolerance", rise_tolerance)
+        self.slow_rate = validation.positive("slow_rate", slow_rate)
+        self.small_update = validation.positive("small_update", small_update)
+        self.stationary_fraction = validation.closed_unit_interval("stationary_fraction", stationary_fraction)
+        self.progress_fraction = validation.closed_unit_interval("progress_fraction", progress_fraction)
+        self.significance = validation.nonnegative("significance", significance)
+        self._healthy_update = _TARGET_UPDATE_MULTIPLE * self.small_update
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything observed (the settings stay)."""
+        self._current = _Window()
+        self._first_loss: float | None = None  # of the run
+        self._first_grad_norm: float | None = None
+        self._reference_loss: float | None = None  # first loss at the current learning rate
+        self._reference_lr: float | None = None
+        self._slow_windows = 0
+        self._recent: list[float] = []  # the last finite losses of completed windows
+        self._history: list[Diagnosis] = []
+
+    # -- observing ----------------------------------------------------------------------------
+    def observe(
+        self,
+        step: int,
+        loss: float | Tensor,
+        grad_norm: float | Tensor | None = None,
+        update_ratio: float | Tensor | None = None,
+        lr: float | Tensor | None = None,
+    ) -> Diagnosis | None:
+        """Record one step; return the window's :class:`Diagnosis` when it completes, else None.
+
+        Args:
+            step: the step number (any increasing integers; used to label windows).
+            loss: the step's loss (a float or a one-element tensor; NaN and inf are allowed and
+                end the window at once as a divergence).
+            grad_norm: the global gradient norm at this step, if known.
+            update_ratio: ||delta theta|| / ||theta|| of this step (see :class:`UpdateTracker`).
+            lr: the learning rate used, to turn advice into a concrete rate.
+        """
+        step = _check_int("step", step, minimum=-(2**63))
+        loss = _as_float("loss", loss, allow_nonfinite=True)
+        grad = _as_float("grad_norm", grad_norm, allow_nonfinite=True, missing=math.nan)
+        ratio = _as_float("update_ratio", update_ratio, allow_nonfinite=True, missing=math.nan)
+        rate = _as_float("lr", lr, allow_nonfinite=False, missing=math.nan)
+        for name, value in (("grad_norm", grad), ("update_ratio", ratio), ("lr", rate)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {name}={value!r}")
+        window = self._current
+        window.steps.append(step)
+        window.losses.append(loss)
+        window.grad_norms.append(grad)
+        window.update_ratios.append(ratio)
+        window.lrs.append(rate)
+        if lr is not None:
+            self._note_rate(rate)
+        if self._first_loss is None and math.isfinite(loss):
+            self._first_loss = loss
+        if self._reference_loss is None and math.isfinite(loss):
+            self._reference_loss = loss
+        if self._first_grad_norm is None and math.isfinite(grad) and grad > 0:
+            self._first_grad_norm = grad
+        if not math.isfinite(loss):
+            window.nonfinite = ("loss", len(window.losses) - 1)
+        elif grad_norm is not None and not math.isfinite(grad):
+            window.nonfinite = ("gradient norm", len(window.losses) - 1)
+        if len(window.losses) < self.window and window.nonfinite is None:
+            return None
+        diagnosis = self._classify(window)
+        finite_losses = [value for value in window.losses if math.isfinite(value)]
+        self._recent = (self._recent + finite_losses)[-self.window :]
+        self._current = _Window()
+        self._history.append(diagnosis)
+        return diagnosis
+
+    def _note_rate(self, lr: float) -> None:
+        """A new learning rate (not a schedule's drift: a change by 2x or more) gets a fresh start.
+
+        "The loss ends above where it started" asks whether *this* rate made things worse, so
+        after a cut the reference is the loss when the new rate took over, not the run's first;
+        a crawl at the old rate says nothing about the new one either.
+        """
+        previous = self._reference_lr
+        if previous is None or not (previous / _NEW_RATE <= lr <= previous * _NEW_RATE):
+            if previous is not None:
+                # Where the run stood when the new rate took over: the median of the last
+                # losses, robust to the wild batches a too large rate leaves behind.
+                recent = [v for v in self._recent + self._current.losses if math.isfinite(v)]
+                recent = recent[-max(1, self.window // 4) :]
+                self._reference_loss = float(np.median(recent)) if recent else None
+                self._slow_windows = 0
+            self._reference_lr = lr
+
+    @property
+    def latest(self) -> Diagnosis | None:
+        """The most recent diagnosis (None before the first window completes)."""
+        return self._history[-1] if self._history else None
+
+    @property
+    def history(self) -> list[Diagnosis]:
+        """Every diagnosis so far, oldest first (a copy)."""
+        return list(self._history)
+
+    def counts(self) -> dict[str, int]:
+        """How many windows fell in each regime."""
+        counted = dict.fromkeys(REGIMES, 0)
+        for diagnosis in self._history:
+            counted[diagnosis.regime] += 1
+        return counted
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything observed, as plain numbers, lists and strings (``weights_only``-safe)."""
+        return {
+            "window": self.window,
+            "current": {name: list(getattr(self._current, name)) for name in ("steps", *_FLOAT_COLUMNS)},
+            "first_loss": self._first_loss,
+            "first_grad_norm": self._first_grad_norm,
+            "reference_loss": self._reference_loss,
+            "reference_lr": self._reference_lr,
+            "slow_windows": self._slow_windows,
+            "recent": list(self._recent),
+            "history": [diagnosis.to_dict() for diagnosis in self._history],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`; the window size must match."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict from RegimeMonitor.state_dict, got {type(state).__name__}")
+        if state.get("window") != self.window:
+            raise ValueError(
+                f"state was saved with window={state.get('window')!r}, this monitor has window={self.window}"
+            )
+        current = state["current"]
+        self._current = _Window(
+            steps=[int(s) for s in current["steps"]],
+            **{name: [float(v) for v in current[name]] for name in _FLOAT_COLUMNS},
+        )
+        self._first_loss = _optional_float(state["first_loss"])
+        self._first_grad_norm = _optional_float(state["first_grad_norm"])
+        self._reference_loss = _optional_float(state["reference_loss"])
+        self._reference_lr = _optional_float(state["reference_lr"])
+        self._slow_windows = int(state["slow_windows"])
+        self._recent = [float(v) for v in state["recent"]]
+        self._history = [Diagnosis.from_dict(record) for record in state["history"]]
+
+    # -- the decision -------------------------------------------------------------------------
+    def _classify(self, window: _Window) -> Diagnosis:
+        span = (window.steps[0], window.steps[-1])
+        lr = window.lrs[-1] if math.isfinite(window.lrs[-1]) else None
+        if window.nonfinite is not None:
+            return self._diverged(window, span, lr)
+        measured = _measure(window, self._first_grad_norm)
+        evidence = measured.evidence
+        if self._first_loss is not None:
+            evidence["first_loss"] = self._first_loss
+        for rule in (self._rose, self._above_reference, self._oscillates):
+            found = rule(measured)
+            if found is not None:
+                reason, growth = found
+                return self._too_large(span, evidence, reason, growth, lr)
+        return self._crawl_or_good(measured, span, lr)
+
+    # -- the rules, in order --------------------------------------------------------------------
+    def _diverged(self, window: _Window, span: tuple[int, int], lr: float | None) -> Diagnosis:
+        """Rule 1: a non-finite loss or gradient norm."""
+        what, index = window.nonfinite
+        value = window.losses[index] if what == "loss" else window.grad_norms[index]
+        growth = _growth_per_step(np.asarray(self._recent + window.losses[:index], dtype=float))
+        evidence = {"nonfinite_at": float(window.steps[index])}
+        if growth is not None:
+            evidence["growth_per_step"] = growth
+        reason = f"the {what} became {value} at step {window.steps[index]}: diverged"
+        return self._too_large(span, evidence, reason, growth, lr)
+
+    def _rose(self, m: _Measured) -> tuple[str, float | None] | None:
+        """Rule 2: the second half's median is >= 50% above the first half's, beyond noise.
+
+        For a positive loss the test runs on log(loss), where mini-batch noise (multiplicative,
+        heavy-tailed upwards) is closer to symmetric. Halves, not quarters: a rise must hold
+        over half the window, not over a few wild batches.
+        """
+        losses = m.losses
+        half = max(1, len(losses) // 2)
+        early, late = float(np.median(losses[:half])), float(np.median(losses[-half:]))
+        if (losses > 0).all():
+            logs = np.log(losses)
+            error = _MEDIAN_EFFICIENCY * _noise(np.diff(logs)) * math.sqrt(2.0 / half)
+            rise = math.log(late / early)
+            rose = rise > math.log1p(_WINDOW_RISE) and rise > self.significance * error
+        else:
+            error = _MEDIAN_EFFICIENCY * m.noise * math.sqrt(2.0 / half)
+            rose = late - early > _WINDOW_RISE * abs(early) and late - early > self.significance * error
+        if not rose:
+            return None
+        growth = _growth_per_step(losses)
+        if growth is not None:
+            m.evidence["growth_per_step"] = growth
+        return f"the loss rose from {early:.4g} to {late:.4g} within the window", growth
+
+    def _above_reference(self, m: _Measured) -> tuple[str, float | None] | None:
+        """Rule 3: the loss ends clearly above where it was when the current rate took over.
+
+        Clearly: by more than ``rise_tolerance``, and either twice as high, or beyond noise, or
+        with every step of the window above it (noise would make some step dip below).
+        """
+        reference = self._reference_loss
+        if reference is None or reference <= 0:
+            return None
+        m.evidence["reference_loss"] = reference
+        excess = m.end - reference
+        # The reference is one value (noise s), the end a median of `quarter` values.
+        error = m.noise * math.sqrt(1.0 + _MEDIAN_EFFICIENCY**2 / m.quarter)
+        beyond_noise = excess > self.significance * error
+        every_step_above = float(m.losses.min()) > reference * (1.0 + self.rise_tolerance)
+        if excess <= self.rise_tolerance * reference:
+            return None
+        if not (m.end > 2 * reference or beyond_noise or every_step_above):
+            return None
+        m.evidence["loss_vs_reference"] = m.end / reference
+        since = "the run started" if reference == self._first_loss else "this learning rate took over"
+        return f"the loss ({m.end:.4g}) ends above where it was when {since} ({reference:.4g})", None
+
+    def _oscillates(self, m: _Measured) -> tuple[str, float | None] | None:
+        """Rule 4: direction changes at half the steps, no net progress, real swings, params move."""
+        first = self._first_loss
+        if (
+            m.sign_changes >= 0.5
+            and m.efficiency <= _NO_PROGRESS
+            and m.net_decrease < self.rise_tolerance * m.scale
+            and m.swing >= _OSCILLATION_AMPLITUDE
+            and first is not None
+            and first > 0
+            and m.end >= 0.5 * first
+            and not (m.update_ratio is not None and m.update_ratio < self.small_update)
+        ):
+            reason = (
+                f"the loss oscillates ({m.sign_changes:.0%} of steps change direction, swings of "
+                f"{m.swing:.0%}) without net progress"
+            )
+            return reason, None
+        return None
+
+    def _crawl_or_good(self, m: _Measured, span: tuple[int, int], lr: float | None) -> Diagnosis:
+        """Rule 5: ``patience`` slow windows in a row away from a stationary point; else good."""
+        first = self._first_loss
+        # Slow: falling slowly or flat within noise; a loss that rose is no sign of a rate too
+        # small, however noisy the rise.
+        slow = m.decrease_per_step < self.slow_rate and m.relative_change <= self.rise_tolerance
+        stationary = m.grad_fraction is not None and m.grad_fraction < self.stationary_fraction
+        barely_moving = m.update_ratio is not None and m.update_ratio < self.small_update
+        far = first is not None and first > 0 and m.end > self.progress_fraction * first
+        # Steps that move the parameters by 10x small_update or more are not too small, whatever
+        # the loss does: the slowness has another cause (a plateau, a saddle).
+        moving = m.update_ratio is not None and m.update_ratio >= self._healthy_update
+        if slow and not stationary and not moving and (barely_moving or far):
+            self._slow_windows += 1
+        else:
+            self._slow_windows = 0
+        m.evidence["slow_windows"] = float(self._slow_windows)
+        if self._slow_windows >= self.patience:
+            factor = self._too_small_factor(m.decrease_per_step, m.grad_change, m.update_ratio)
+            decrease = max(m.decrease_per_step, 0.0)
+            what = [f"the loss fell by {decrease:.1e} per step for {self._slow_windows} windows"]
+            if m.grad_fraction is not None:
+                what.append(f"the gradient norm is still {m.grad_fraction:.0%} of its first value")
+            if m.update_ratio is not None:
+                what.append(f"each step moves the parameters by {m.update_ratio:.1e} of their norm")
+            return Diagnosis("too_small", span, m.evidence, ", ".join(what), factor, lr)
+        reason = f"the loss went from {m.start:.4g} to {m.end:.4g} ({m.relative_change:+.1%})"
+        if slow:
+            reason += ", slowly, near a stationary point" if stationary else ", slowly"
+        return Diagnosis("good", span, m.evidence, reason, 1.0, lr)
+
+    def _too_large(
+        self,
+        span: tuple[int, int],
+        evidence: dict[str, float],
+        reason: str,
+        growth: float | None,
+        lr: float | None,
+    ) -> Diagnosis:
+        self._slow_windows = 0
+        if growth is not None and growth >= _DIVERGING_GROWTH:
+            # Quadratic model: the loss grows by (lr*lambda - 1)^2 per step; a good rate is 1/lambda.
+            factor = 1.0 / (1.0 + math.sqrt(growth))
+        else:
+            factor = 1.0 / _DEFAULT_FACTOR
+        above_start = evidence.get("loss_vs_reference")
+        if above_start is not None:
+            # Quadratic model: the loss grows with the square of the overshoot.
+            factor = min(factor, 1.0 / math.sqrt(above_start))
+        update_ratio = evidence.get("update_ratio")
+        if update_ratio is not None and update_ratio > 0:
+            factor = min(factor, self._healthy_update / update_ratio)
+        factor = min(max(factor, 1.0 / _MAX_REDUCTION), 0.5)
+        return Diagnosis("too_large", span, evidence, reason, factor, lr)
+
+    def _too_small_factor(
+        self, decrease_per_step: float, grad_change: float | None, update_ratio: float | None
+    ) -> float:
+        estimates = [self.slow_rate / max(decrease_per_step, self.slow_rate / _MAX_FACTOR)]
+        if grad_change is not None:
+            # Linear regime: one step changes the gradient by ~ lr*lambda of itself; aim for ~1.
+            estimates.append(1.0 / max(grad_change, 1.0 / _MAX_FACTOR))
+        if update_ratio is not None and update_ratio > 0:
+            estimates.append(self._healthy_update / update_ratio)
+        return float(min(max(max(estimates), 3.0), _MAX_FACTOR))
+
+
+@dataclass
+class _Measured:
+    """What one window's numbers say, before any rule reads them."""
+
+    losses: np.ndarray
+    quarter: int
+    start: float  # median of the first quarter
+    end: float  # median of the last quarter
+    scale: float
+    relative_change: float  # (end - start) / scale
+    decrease_per_step: float
+    noise: float
+    net_decrease: float  # Theil-Sen line: robust to two noisy end points
+    efficiency: float  # net decrease / distance the loss travelled
+    sign_changes: float
+    swing: float  # mean |step-to-step change| / mean loss
+    grad_fraction: float | None
+    grad_change: float | None  # |d log(grad norm)| per step
+    update_ratio: float | None
+    evidence: dict[str, float]
+
+
+def _measure(window: _Window, first_grad_norm: float | None) -> _Measured:
+    losses = np.asarray(window.losses, dtype=float)
+    grads = np.asarray(window.grad_norms, dtype=float)
+    count = len(losses)
+    quarter = max(1, count // 4)
+    steps_between = max(count - quarter, 1)
+    # Medians: a single wild batch (common once a large rate has damaged the weights) must not
+    # move a level; on a smooth curve they equal the means up to curvature.
+    start, end = float(np.median(losses[:quarter])), float(np.median(losses[-quarter:]))
+    differences = np.diff(losses)
+    scale = max(abs(start), abs(end), np.finfo(float).tiny)
+    relative_change = (end - start) / scale
+    moved = float(np.abs(differences).sum())
+    net_decrease = -_theil_sen_slope(losses) * (count - 1)
+    signs = np.sign(differences[differences != 0])
+    measured = _Measured(
+        losses=losses,
+        quarter=quarter,
+        start=start,
+        end=end,
+        scale=scale,
+        relative_change=relative_change,
+        decrease_per_step=-relative_change / steps_between,
+        noise=_noise(differences),
+        net_decrease=net_decrease,
+        efficiency=net_decrease / moved if moved > 0 else 0.0,
+        sign_changes=float(np.mean(signs[1:] != signs[:-1])) if len(signs) > 1 else 0.0,
+        swing=float(np.abs(differences).mean()) / max(abs(float(losses.mean())), np.finfo(float).tiny),
+        grad_fraction=None,
+        grad_change=None,
+        update_ratio=_finite_median(np.asarray(window.update_ratios, dtype=float)),
+        evidence={},
+    )
+    grad_start, grad_end = _finite_mean(grads[:quarter]), _finite_mean(grads[-quarter:])
+    if grad_end is not None:
+        if first_grad_norm is not None:
+            measured.grad_fraction = grad_end / first_grad_norm
+        if grad_start is not None and grad_start > 0 and grad_end > 0:
+            measured.grad_change = abs(math.log(grad_end / grad_start)) / steps_between
+    evidence = {
+        "loss_start": start,
+        "loss_end": end,
+        "relative_change": relative_change,
+        "decrease_per_step": measured.decrease_per_step,
+        "noise": measured.noise,
+        "sign_changes": measured.sign_changes,
+        "efficiency": measured.efficiency,
+        "swing": measured.swing,
+        "grad_norm": grad_end,
+        "grad_norm_vs_first": measured.grad_fraction,
+        "grad_change_per_step": measured.grad_change,
+        "update_ratio": measured.update_ratio,
+    }
+    measured.evidence = {name: float(value) for name, value in evidence.items() if value is not None}
+    return measured
+
+
+# -- measuring the update ratio ------------------------------------------------------------------
+def _parameters_of(source: torch.optim.Optimizer | Iterable[Tensor]) -> list[Tensor]:
+    if isinstance(source, torch.optim.Optimizer):
+        return [p for group in source.param_groups for p in group["params"]]
+    if isinstance(source, Tensor):
+        return [source]
+    params = list(source)
+    if not all(isinstance(p, Tensor) for p in params):
+        raise TypeError("expected an optimizer or an iterable of Tensors")
+    return params
+
+
+@torch.no_grad()
+def measure_update_ratio(
+    optimizer: torch.optim.Optimizer | Iterable[Tensor], params_before: Sequence[Tensor]
+) -> float:
+    """||theta_after - theta_before|| / ||theta_before|| over all parameters taken together.
+
+    Rule: ratio = ||delta theta||_2 / ||theta||_2 (||delta theta|| / ||theta_after|| when theta
+    was 0). About 1e-3 per step is typical of healthy network training (CS231n); much smaller
+    means the rate barely moves anything.
+
+    Args:
+        optimizer: the optimizer (its param groups, in order) or the parameters themselves.
+        params_before: copies of the same parameters taken before the step, in the same order.
+
+    Example:
+        >>> before = [p.detach().clone() for p in model.parameters()]
+        >>> optimizer.step()
+        >>> ratio = measure_update_ratio(optimizer, before)
+    """
+    params = _parameters_of(optimizer)
+    before = list(params_before)
+    if len(before) != len(params):
+        raise ValueError(
+            f"params_before has {len(before)} tensors, the optimizer has {len(params)} parameters"
+        )
+    for index, (param, old) in enumerate(zip(params, before)):
+        if not isinstance(old, Tensor) or old.shape != param.shape:
+            raise ValueError(
+                f"params_before[{index}] does not match parameter {index} of shape {tuple(param.shape)}"
+            )
+    if not params:
+        return 0.0
+    deltas = torch._foreach_sub([p.detach() for p in params], before)
+    change = float(clipping.global_norm(deltas))
+    size = float(clipping.global_norm(before))
+    if size == 0:
+        size = float(clipping.global_norm([p.detach() for p in params]))
+    return change / size if size > 0 else 0.0
+
+
+class UpdateTracker:
+    """Measure every step's update ratio: ``snapshot()`` before ``optimizer.step()``, ``ratio()`` after.
+
+    Rule: ratio = ||theta_after - theta_before|| / ||theta_before|| (see :func:`measure_update_ratio`).
+
+    The snapshot copies the parameters into buffers allocated once, so the cost is one copy and
+    two norms per monitored step; monitor every k-th step where even that matters.
+
+    Args:
+        optimizer: the optimizer whose parameters move (or the parameters themselves).
+
+    Example:
+        >>> tracker = UpdateTracker(optimizer)
+        >>> tracker.snapshot(); optimizer.step(); ratio = tracker.ratio()
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer | Iterable[Tensor]) -> None:
+        self._source = optimizer
+        self._buffers: list[Tensor] | None = None
+        self._ready = False
+
+    @torch.no_grad()
+    def snapshot(self) -> None:
+        """Copy the current parameters (call right before ``optimizer.step()``)."""
+        params = [p.detach() for p in _parameters_of(self._source)]
+        if self._buffers is None or [b.shape for b in self._buffers] != [p.shape for p in params]:
+            self._buffers = [p.clone() for p in params]
+        else:
+            torch._foreach_copy_(self._buffers, params)
+        self._ready = True
+
+    def ratio(self) -> float:
+        """The update ratio of the step since the last :meth:`snapshot`."""
+        if not self._ready or self._buffers is None:
+            raise RuntimeError("call UpdateTracker.snapshot() before optimizer.step(), then ratio()")
+        self._ready = False
+        return measure_update_ratio(self._source, self._buffers)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+def _noise(differences: np.ndarray) -> float:
+    """Robust standard deviation of the loss's step-to-step noise, from its differences.
+
+    For a loss = trend + white noise of deviation s, the differences have deviation s*sqrt(2)
+    around the trend's slope; the median absolute deviation ignores the occasional spike.
+    """
+    if len(differences) < 2:
+        return 0.0
+    centred = differences - np.median(differences)
+    return float(1.4826 * np.median(np.abs(centred)) / math.sqrt(2.0))
+
+
+def _theil_sen_slope(values: np.ndarray) -> float:
+    """Median of the slopes between all pairs of points (robust to a few wild values)."""
+    count = len(values)
+    if count < 2:
+        return 0.0
+    first, second = np.triu_indices(count, k=1)
+    return float(np.median((values[second] - values[first]) / (second - first)))
+
+
+def _growth_per_step(losses: np.ndarray) -> float | None:
+    """Geometric mean growth factor per step of a positive loss over its rising tail, if rising."""
+    values = losses[np.isfinite(losses)]
+    if len(values) < 2 or values[0] <= 0:
+        return None
+    lowest = int(np.argmin(values))
+    tail = values[lowest:]
+    if len(tail) < 2 or tail[0] <= 0 or tail[-1] <= tail[0]:
+        return None
+    return float((tail[-1] / tail[0]) ** (1.0 / (len(tail) - 1)))
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _finite_mean(values: np.ndarray) -> float | None:
+    values = values[np.isfinite(values)]
+    return float(values.mean()) if len(values) else None
+
+
+def _finite_median(values: np.ndarray) -> float | None:
+    values = values[np.isfinite(values)]
+    return float(np.median(values)) if len(values) else None
+
+
+def _as_float(name: str, value: Any, allow_nonfinite: bool, missing: float | None = None) -> float:
+    """``value`` as a float (a number or a one-element tensor); ``missing`` stands in for None."""
+    if value is None and missing is not None:
+        return missing
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a single number, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {name}={value!r} ({type(value).__name__})")
+    result = float(value)
+    if not allow_nonfinite and not math.isfinite(result):
+        raise ValueError(f"{name} must be finite, got {name}={value!r}")
+    return result
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {name}={value!r} ({type(value).__name__})")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {name}={value!r}")
+    return int(value)
+
+
+def _format_factor(factor: float) -> str:
+    """3.2 -> '3', 31.6 -> '30', 1000 -> '1000': one significant digit."""
+    return f"{float(f'{factor:.1g}'):g}"
+
+
+def _format_rate(rate: float) -> str:
+    """3e-4 style: one significant digit, no zero padding in the exponent."""
+    if rate == 0:
+        return "0"
+    mantissa, exponent = f"{rate:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"

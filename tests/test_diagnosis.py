@@ -1,0 +1,429 @@
+"""Regime diagnosis: real optimization runs at too large, too small and good learning rates.
+
+Each problem family (an ill-conditioned quadratic, Rosenbrock, logistic regression on breast
+cancer, an MLP on digits) is optimized with steepest.SGD and steepest.Adam at three rates:
+
+* good: the best of a log grid for 200 steps (measured once, see LEARNING_RATES);
+* too small: 1000x below good;
+* too large: 10-100x past the largest rate that still trains (for Adam, which has no sharp
+  stable limit, 100x the good rate).
+
+The monitor must name the regime of every run from what a training loop sees (loss, gradient
+norm, update ratio), and its advice must point back toward the good rate.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_breast_cancer, load_digits
+from torch import nn
+from torch.nn import functional as F
+
+import steepest
+from steepest.lr import REGIMES, Diagnosis, RegimeMonitor, UpdateTracker, measure_update_ratio
+
+STEPS = 200
+WINDOW = 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny problems run faster on one thread than two contending ones; restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# -- the problems ----------------------------------------------------------------------------------
+class Quadratic:
+    """f(x) = 1/2 (x - x*)' A (x - x*), eigenvalues 1..100 (condition 100): SGD is stable below 0.02."""
+
+    def __init__(self, dim: int = 20, condition: float = 100.0, seed: int = 0) -> None:
+        generator = np.random.default_rng(seed)
+        rotation, _ = np.linalg.qr(generator.standard_normal((dim, dim)))
+        hessian = (rotation * np.geomspace(1.0, condition, dim)) @ rotation.T
+        self.hessian = torch.tensor(0.5 * (hessian + hessian.T))
+        self.x_star = torch.tensor(generator.standard_normal(dim))
+        self.x0 = torch.zeros(dim, dtype=torch.float64)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        error = x - self.x_star
+        return 0.5 * error @ (self.hessian @ error)
+
+
+def rosenbrock(x: torch.Tensor) -> torch.Tensor:
+    return 100.0 * (x[1] - x[0] ** 2) ** 2 + (1.0 - x[0]) ** 2
+
+
+rosenbrock.x0 = torch.tensor([-1.2, 1.0], dtype=torch.float64)
+
+
+class LogisticRegression:
+    """Mean log-loss + 1e-3/2 ||w||^2 on standardised breast-cancer features, x = [w, b], x0 = 0."""
+
+    def __init__(self, l2: float = 1e-3) -> None:
+        data = load_breast_cancer()
+        features = (data.data - data.data.mean(0)) / data.data.std(0)
+        self.features = torch.tensor(features)
+        self.labels = torch.tensor(data.target, dtype=torch.float64)
+        self.l2 = l2
+        self.x0 = torch.zeros(features.shape[1] + 1, dtype=torch.float64)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.features @ x[:-1] + x[-1]
+        return F.binary_cross_entropy_with_logits(logits, self.labels) + 0.5 * self.l2 * (x[:-1] ** 2).sum()
+
+
+@functools.cache
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    data = load_digits()
+    images = torch.tensor(data.data, dtype=torch.float32)
+    return (images - images.mean(0)) / (images.std(0) + 1e-6), torch.tensor(data.target)
+
+
+def mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+OBJECTIVES = {"quadratic": Quadratic, "rosenbrock": lambda: rosenbrock, "logistic": LogisticRegression}
+
+# (problem, optimizer) -> (too small, good, too large). "good" is the best of a 22-point log grid
+# from 1e-6 to 10 at 200 steps (digits: 150 steps), rounded; e.g. quadratic SGD: 0.01 reaches
+# 5e-3 while 0.022 diverges.
+LEARNING_RATES = {
+    ("quadratic", "SGD"): (1e-5, 1e-2, 0.2),  # stable limit 2/100 = 0.02; 0.2 is 10x past it
+    ("quadratic", "Adam"): (2e-4, 0.2, 20.0),
+    ("rosenbrock", "SGD"): (3e-6, 3e-3, 0.1),  # 0.01 already diverges
+    ("rosenbrock", "Adam"): (5e-4, 0.5, 50.0),
+    ("logistic", "SGD"): (1e-2, 10.0, 1000.0),  # 50 fails; never NaN: the loss ends above its start
+    ("logistic", "Adam"): (5e-4, 0.5, 50.0),
+    ("digits", "SGD"): (5e-4, 0.5, 20.0),  # 4.6 already diverges
+    ("digits", "Adam"): (1e-5, 1e-2, 1.0),
+}
+REGIME_INDEX = {"too_small": 0, "good": 1, "too_large": 2}
+
+
+@functools.cache
+def trace(problem: str, optimizer: str, regime: str) -> tuple[float, np.ndarray]:
+    """Run the optimizer for STEPS steps; per step: loss, gradient norm, update ratio.
+
+    Uses the helpers a training loop would: steepest.clipping.global_norm and UpdateTracker.
+    """
+    lr = LEARNING_RATES[problem, optimizer][REGIME_INDEX[regime]]
+    cls = getattr(steepest, optimizer)
+    if problem == "digits":
+        images, labels = digits()
+        model = mlp()
+        params = list(model.parameters())
+        order = torch.Generator().manual_seed(0)
+        batches = (
+            (images[index], labels[index])
+            for _ in range(100)
+            for index in torch.randperm(len(labels), generator=order).split(64)
+        )
+
+        def loss_now() -> torch.Tensor:
+            x, y = next(batches)
+            return F.cross_entropy(model(x), y)
+    else:
+        objective = OBJECTIVES[problem]()
+        params = [objective.x0.clone().requires_grad_()]
+
+        def loss_now() -> torch.Tensor:
+            return objective(params[0])
+
+    optimizer_ = cls(params, lr=lr)
+    tracker = UpdateTracker(optimizer_)
+    records = []
+    for _ in range(STEPS):
+        optimizer_.zero_grad()
+        loss = loss_now()
+        if not torch.isfinite(loss):
+            records.append((loss.item(), math.nan, math.nan))
+            break
+        loss.backward()
+        grad_norm = float(steepest.clipping.global_norm([p.grad for p in params]))
+        tracker.snapshot()
+        optimizer_.step()
+        records.append((loss.item(), grad_norm, tracker.ratio()))
+    return lr, np.array(records)
+
+
+def diagnose(problem: str, optimizer: str, regime: str, signals: str) -> tuple[float, list[Diagnosis]]:
+    lr, records = trace(problem, optimizer, regime)
+    monitor = RegimeMonitor(window=WINDOW)
+    for step, (loss, grad_norm, update_ratio) in enumerate(records):
+        monitor.observe(
+            step,
+            loss,
+            grad_norm=None if signals == "loss" else grad_norm,
+            update_ratio=update_ratio if signals == "all" else None,
+            lr=lr,
+        )
+    return lr, monitor.history
+
+
+CASES = [(p, o) for p, o in LEARNING_RATES]
+
+
+# -- every regime on every problem family ------------------------------------------------------------
+@pytest.mark.parametrize("signals", ["all", "loss"])
+@pytest.mark.parametrize(("problem", "optimizer"), CASES)
+def test_good_rate_is_good_in_every_window(problem: str, optimizer: str, signals: str) -> None:
+    _, history = diagnose(problem, optimizer, "good", signals)
+    assert len(history) == STEPS // WINDOW
+    assert [d.regime for d in history] == ["good"] * len(history), [str(d) for d in history]
+
+
+@pytest.mark.parametrize("signals", ["all", "loss"])
+@pytest.mark.parametrize(("problem", "optimizer"), CASES)
+def test_too_small_rate_is_called_too_small(problem: str, optimizer: str, signals: str) -> None:
+    lr, history = diagnose(problem, optimizer, "too_small", signals)
+    regimes = [d.regime for d in history]
+    assert "too_large" not in regimes
+    assert regimes[-1] == "too_small", [str(d) for d in history]
+    # A crawl is only a crawl over a stretch: never before `patience` windows.
+    assert regimes[:2] == ["good", "good"]
+    advice = history[-1]
+    assert advice.factor > 1 and advice.suggested_lr == pytest.approx(lr * advice.factor)
+    if signals == "all":
+        # Sized from the gradient's change per step and the update ratio: back within a small
+        # factor of the good rate (which is 1000x higher), and not past it by more than 3x.
+        good = LEARNING_RATES[problem, optimizer][1]
+        assert good / 10 <= advice.suggested_lr <= 3 * good, str(advice)
+
+
+@pytest.mark.parametrize("signals", ["all", "loss"])
+@pytest.mark.parametrize(("problem", "optimizer"), CASES)
+def test_too_large_rate_is_called_too_large(problem: str, optimizer: str, signals: str) -> None:
+    lr, history = diagnose(problem, optimizer, "too_large", signals)
+    regimes = [d.regime for d in history]
+    # The overshoot is caught in the first window, whether or not the loss ever becomes NaN.
+    assert regimes[0] == "too_large", [str(d) for d in history]
+    assert "too_small" not in regimes
+    flagged = [d for d in history if d.regime == "too_large"]
+    assert all(d.suggested_lr < lr for d in flagged)
+    good = LEARNING_RATES[problem, optimizer][1]
+    # The first cut points at, or toward, the good rate without overshooting far below it.
+    assert good / 100 <= flagged[0].suggested_lr <= 10 * good, str(flagged[0])
+
+
+def test_too_large_without_nan_is_caught_by_the_loss_ending_above_its_start() -> None:
+    # ANCHORS.md: on logistic regression a too large rate never produces NaN.
+    _, records = trace("logistic", "SGD", "too_large")
+    assert np.isfinite(records[:, 0]).all()
+    _, history = diagnose("logistic", "SGD", "too_large", "loss")
+    assert all(d.regime == "too_large" for d in history)
+    assert any("above where it was when the run started" in d.reason for d in history)
+
+
+def test_divergence_is_reported_at_once_with_a_sized_cut() -> None:
+    # SGD at 10x the quadratic's stable limit: the stiffest mode grows by (0.2*100 - 1)^2 = 361
+    # per step, so the quadratic model says lr * lambda_max = 20 and a good rate is 0.2 / 20.
+    lr, history = diagnose("quadratic", "SGD", "too_large", "loss")
+    first = history[0]
+    assert first.evidence["growth_per_step"] == pytest.approx(361, rel=0.3)
+    assert first.suggested_lr == pytest.approx(0.01, rel=0.3)
+    last = history[-1]
+    assert "diverged" in last.reason and last.window == (120, 121)  # mid-window, at once
+
+
+# -- live use: follow the advice ---------------------------------------------------------------------
+def follow_advice(problem: str, lr: float, steps: int) -> tuple[RegimeMonitor, torch.optim.Optimizer, float]:
+    """Train with Adam (digits) or SGD (logistic), setting the rate the monitor suggests."""
+    if problem == "digits":
+        images, labels = digits()
+        model = mlp()
+        params = list(model.parameters())
+        optimizer = steepest.Adam(params, lr=lr)
+        order = torch.Generator().manual_seed(0)
+        batches = (
+            (images[index], labels[index])
+            for _ in range(100)
+            for index in torch.randperm(len(labels), generator=order).split(64)
+        )
+
+        def loss_now() -> torch.Tensor:
+            x, y = next(batches)
+            return F.cross_entropy(model(x), y)
+
+        def full_loss() -> float:
+            with torch.no_grad():
+                return float(F.cross_entropy(model(images), labels))
+    else:
+        objective = LogisticRegression()
+        params = [objective.x0.clone().requires_grad_()]
+        optimizer = steepest.SGD(params, lr=lr)
+
+        def loss_now() -> torch.Tensor:
+            return objective(params[0])
+
+        def full_loss() -> float:
+            return objective(params[0]).item()
+
+    monitor = RegimeMonitor(window=WINDOW)
+    tracker = UpdateTracker(optimizer)
+    for step in range(steps):
+        optimizer.zero_grad()
+        loss = loss_now()
+        loss.backward()
+        grad_norm = steepest.clipping.global_norm([p.grad for p in params])
+        tracker.snapshot()
+        optimizer.step()
+        diagnosis = monitor.observe(step, loss, grad_norm, tracker.ratio(), optimizer.param_groups[0]["lr"])
+        if diagnosis is not None and diagnosis.regime != "good":
+            optimizer.param_groups[0]["lr"] = diagnosis.suggested_lr
+    return monitor, optimizer, full_loss()
+
+
+def test_following_the_advice_live_brings_a_tiny_rate_to_the_good_band() -> None:
+    monitor, optimizer, final = follow_advice("digits", 1e-5, 300)
+    regimes = [d.regime for d in monitor.history]
+    assert regimes[:3] == ["good", "good", "too_small"]
+    assert set(regimes[3:]) == {"good"}
+    assert 1e-3 <= optimizer.param_groups[0]["lr"] <= 3e-2  # the grid's good band: 0.005-0.02
+    assert final < 0.3  # it trains: 2.3 at the start, 2.29 after 300 steps at 1e-5
+
+
+def test_following_the_advice_live_brings_a_huge_rate_down_without_a_cascade() -> None:
+    # Adam at 100x the good rate wrecks the network in a few steps (mini-batch losses then
+    # jump between 1e-8 and 40); the advice must come down to about the good rate (0.01) and
+    # stop there rather than read the wild batches as further rises and keep cutting.
+    monitor, optimizer, final = follow_advice("digits", 1.0, 300)
+    regimes = [d.regime for d in monitor.history]
+    assert regimes[0] == "too_large" and "too_small" not in regimes
+    assert 3e-4 <= optimizer.param_groups[0]["lr"] <= 3e-2
+    assert regimes.count("too_large") <= 4
+    assert final < 1.0  # recovered: 2.3 at the start, 36 after the first 20 steps
+
+
+def test_following_the_advice_on_logistic_regression_without_nan() -> None:
+    monitor, optimizer, _ = follow_advice("logistic", 1000.0, 200)
+    history = monitor.history
+    assert history[0].regime == "too_large" and [d.regime for d in history[1:]] == ["good"] * 9
+    assert 1 <= optimizer.param_groups[0]["lr"] <= 30  # the rates that train on this problem
+    # The new rate undoes the damage: after the cut the loss falls in every window (it was
+    # judged against where it stood when the new rate took over, not the run's start).
+    assert all(d.evidence["loss_end"] < d.evidence["loss_start"] for d in history[1:])
+
+
+# -- the monitor's mechanics ---------------------------------------------------------------------------
+def test_state_dict_resumes_mid_window_exactly() -> None:
+    _, records = trace("digits", "Adam", "too_small")
+    whole = RegimeMonitor(window=WINDOW)
+    first_half = RegimeMonitor(window=WINDOW)
+    for step, (loss, grad_norm, ratio) in enumerate(records):
+        whole.observe(step, loss, grad_norm, ratio, lr=1e-5)
+        if step < 110:
+            first_half.observe(step, loss, grad_norm, ratio, lr=1e-5)
+    state = first_half.state_dict()
+    json.dumps(state)  # plain numbers, lists and strings only
+    resumed = RegimeMonitor(window=WINDOW)
+    resumed.load_state_dict(state)
+    for step, (loss, grad_norm, ratio) in enumerate(records[110:], start=110):
+        resumed.observe(step, loss, grad_norm, ratio, lr=1e-5)
+    assert [d.to_dict() for d in resumed.history] == [d.to_dict() for d in whole.history]
+    assert resumed.latest == whole.latest and resumed.latest.regime == "too_small"
+    assert resumed.counts() == whole.counts()
+    with pytest.raises(ValueError, match="window"):
+        RegimeMonitor(window=10).load_state_dict(state)
+
+
+def test_a_diagnosis_every_window_and_history() -> None:
+    monitor = RegimeMonitor(window=5)
+    results = [monitor.observe(step, 10.0 * 0.9**step) for step in range(12)]
+    assert [r is not None for r in results] == [False] * 4 + [True] + [False] * 4 + [True, False, False]
+    assert [d.window for d in monitor.history] == [(0, 4), (5, 9)]
+    assert monitor.latest is monitor.history[-1] and monitor.latest.regime == "good"
+    assert set(monitor.counts()) == set(REGIMES)
+    monitor.reset()
+    assert monitor.history == [] and monitor.latest is None
+
+
+def test_noisy_flat_loss_after_progress_is_not_called_an_oscillation() -> None:
+    # Mini-batch noise at the end of a good run: the loss halved, then jitters by +-30%.
+    generator = np.random.default_rng(0)
+    losses = np.concatenate([np.geomspace(2.0, 0.05, 40), 0.05 * (1 + 0.3 * generator.standard_normal(160))])
+    monitor = RegimeMonitor(window=WINDOW)
+    for step, loss in enumerate(losses):
+        monitor.observe(step, float(loss), update_ratio=5e-3)
+    assert {d.regime for d in monitor.history} == {"good"}
+    # The same jitter at the start level, with the parameters moving, is an oscillation.
+    monitor = RegimeMonitor(window=WINDOW)
+    for step in range(WINDOW):
+        monitor.observe(step, 2.0 + 0.6 * (-1) ** step, update_ratio=5e-2)
+    assert monitor.latest.regime == "too_large" and "oscillates" in monitor.latest.reason
+
+
+def test_observe_checks_its_arguments() -> None:
+    monitor = RegimeMonitor()
+    with pytest.raises(TypeError, match="step"):
+        monitor.observe(1.5, 1.0)
+    with pytest.raises(TypeError, match="loss"):
+        monitor.observe(0, "1.0")
+    with pytest.raises(ValueError, match="grad_norm"):
+        monitor.observe(0, 1.0, grad_norm=-1.0)
+    with pytest.raises(ValueError, match="lr"):
+        monitor.observe(0, 1.0, lr=math.nan)
+    with pytest.raises(ValueError, match="loss"):
+        monitor.observe(0, torch.ones(2))
+    for bad in ({"window": 3}, {"patience": 0}, {"slow_rate": 0.0}, {"stationary_fraction": 2.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            RegimeMonitor(**bad)
+    with pytest.raises(TypeError, match="window"):
+        RegimeMonitor(window=20.0)
+    assert monitor.history == []  # nothing was recorded by the rejected calls
+    monitor.observe(0, torch.tensor(1.0), grad_norm=torch.tensor(2.0))  # one-element tensors are fine
+
+
+def test_advice_sentences() -> None:
+    evidence = {"loss_start": 1.0}
+    large = Diagnosis("too_large", (0, 19), evidence, "the loss rose", factor=0.1, lr=3e-3)
+    assert large.advice == "learning rate looks ~10x too large: try 3e-4"
+    small = Diagnosis("too_small", (0, 19), evidence, "crawl", factor=316.0, lr=1e-5)
+    assert small.advice == "learning rate looks ~300x too small: try 3e-3"
+    good = Diagnosis("good", (0, 19), evidence, "fine", lr=0.1)
+    assert good.advice == "learning rate looks good: keep 1e-1"
+    unsized = Diagnosis("too_large", (0, 19), evidence, "x", factor=0.5)  # no lr reported
+    assert unsized.advice == "learning rate looks ~2x too large" and unsized.suggested_lr is None
+    assert str(large).startswith("steps 0-19: learning rate looks ~10x too large")
+    assert Diagnosis.from_dict(large.to_dict()) == large
+
+
+# -- the update ratio ------------------------------------------------------------------------------
+def test_update_ratio_of_an_sgd_step_is_lr_times_gradient_over_parameters() -> None:
+    torch.manual_seed(0)
+    weights = [torch.randn(shape, dtype=torch.float64, requires_grad=True) for shape in [(5, 3), (3,)]]
+    optimizer = steepest.SGD(weights, lr=0.05)
+    (weights[0].sum() ** 2 + (weights[1] ** 3).sum()).backward()
+    gradient = torch.cat([w.grad.flatten() for w in weights]).norm()
+    size = torch.cat([w.detach().flatten() for w in weights]).norm()
+    tracker = UpdateTracker(optimizer)
+    tracker.snapshot()
+    optimizer.step()
+    assert tracker.ratio() == pytest.approx(float(0.05 * gradient / size), rel=1e-12)
+    with pytest.raises(RuntimeError, match="snapshot"):
+        tracker.ratio()
+
+
+def test_measure_update_ratio_from_zero_and_mismatches() -> None:
+    x = torch.zeros(4)
+    before = [x.clone()]
+    x.add_(torch.tensor([3.0, 0.0, 4.0, 0.0]))
+    assert measure_update_ratio([x], before) == pytest.approx(1.0)  # from 0: relative to theta_after
+    y = torch.ones(4)
+    before = [y.clone()]
+    y.mul_(1.5)
+    assert measure_update_ratio([y], before) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="params_before"):
+        measure_update_ratio([x, y], before)
+    with pytest.raises(ValueError, match="params_before"):
+        measure_update_ratio([x], [torch.zeros(3)])

@@ -41,8 +41,21 @@ def test_no_flags_means_the_default_config(captured_configs: list[TrainConfig]) 
 
 
 def test_every_flag_reaches_the_config(captured_configs: list[TrainConfig]) -> None:
-    argv = ["train", "--optimizer", "NAdam", "--lr", "0.02", "--epochs", "4",
-            "--batch-size", "17", "--seed", "5", "--model", "mlp"]
+    argv = [
+        "train",
+        "--optimizer",
+        "NAdam",
+        "--lr",
+        "0.02",
+        "--epochs",
+        "4",
+        "--batch-size",
+        "17",
+        "--seed",
+        "5",
+        "--model",
+        "mlp",
+    ]
     assert cli.main(argv) == 0
     assert captured_configs == [
         TrainConfig(optimizer="nadam", lr=0.02, epochs=4, batch_size=17, seed=5, model="mlp")
@@ -57,7 +70,7 @@ def test_one_epoch_job_prints_header_epoch_and_test_lines(
     captured = capsys.readouterr()
     lines = captured.out.splitlines()
     assert len(lines) == 3
-    assert lines[0].startswith("Adam lr 2.00e-03 on DigitsCNN")
+    assert lines[0].startswith("Adam lr 2.00e-03 (xavier init) on DigitsCNN")
     assert lines[1].startswith("epoch 1/1  ")
     assert EPOCH_LINE.match(lines[1])
     assert "lr 2.00e-03" in lines[1]
@@ -112,15 +125,13 @@ def test_optimizer_rejecting_its_settings_is_one_line_and_exit_code_2(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     class RejectsEverything(torch.optim.SGD):
-        def __init__(self, params, lr: float) -> None:
+        def __init__(self, params, lr: float, clip_norm: float | None = None) -> None:
             raise error_type("Invalid weight_decay value: -1.0")
 
     monkeypatch.setattr(steepest, "Lion", RejectsEverything)
     assert cli.main(["train", "--optimizer", "lion", "--epochs", "1"]) == 2
     captured = capsys.readouterr()
-    assert captured.err == (
-        "steepest: error: Lion rejected its settings: Invalid weight_decay value: -1.0\n"
-    )
+    assert captured.err == ("steepest: error: Lion rejected its settings: Invalid weight_decay value: -1.0\n")
     assert "epoch" not in captured.out  # refused before training
 
 
@@ -139,7 +150,10 @@ def run_module(*args: str) -> subprocess.CompletedProcess[str]:
     """``python -m steepest ARGS`` in a fresh interpreter, as a user types it."""
     return subprocess.run(
         [sys.executable, "-m", "steepest", *args],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 
@@ -166,3 +180,83 @@ def test_a_diverging_run_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli.main(["train", "--optimizer", "sgd", "--lr", "1e4", "--epochs", "3", "--model", "mlp"])
     assert code == cli.FAILED == 1
     assert "too large" in capsys.readouterr().out
+
+
+def test_schedule_clip_and_init_flags_reach_the_config(captured_configs: list[TrainConfig]) -> None:
+    argv = ["train", "--schedule", "warmup_cosine", "--warmup", "50", "--clip-norm", "1.5", "--init", "auto"]
+    assert cli.main(argv) == 0
+    assert captured_configs == [TrainConfig(schedule="warmup_cosine", warmup=50, clip_norm=1.5, init="auto")]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--schedule", "zigzag"], ["--warmup", "-5"], ["--clip-norm", "0"], ["--init", "ones"]],
+)
+def test_bad_schedule_clip_and_init_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("steepest: error:")
+
+
+def test_schedule_plot_writes_a_png(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "lr.png"
+    argv = ["schedule", "plot", "warmup_cosine", "--peak", "3e-3", "--warmup", "500", "--total", "10000"]
+    assert cli.main([*argv, "-o", str(output)]) == 0
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    out = capsys.readouterr().out
+    assert "warmup_cosine(peak=0.003, warmup=500, total=10000" in out and "max 0.003" in out
+
+
+def test_schedule_plot_parses_tuples_and_switches(tmp_path) -> None:
+    output = tmp_path / "ms.png"
+    assert (
+        cli.main(["schedule", "plot", "multistep", "--peak", "0.1", "--milestones", "3,6", "-o", str(output)])
+        == 0
+    )
+    assert output.exists()
+    assert (
+        cli.main(
+            [
+                "schedule",
+                "plot",
+                "one_cycle",
+                "--peak",
+                "1",
+                "--total",
+                "50",
+                "--three-phase",
+                "-o",
+                str(output),
+            ]
+        )
+        == 0
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["schedule", "plot", "sawtooth", "--peak", "1"],
+        ["schedule", "plot", "cosine", "--peak", "1"],  # missing --total
+        ["schedule", "plot", "cosine", "--peak", "1", "--total", "ten"],
+        ["schedule", "plot", "cosine", "--peak", "1", "--total", "10", "--colour", "red"],
+        ["schedule", "plot", "warmup_cosine", "--peak", "1", "--warmup", "50", "--total", "10"],
+        ["lr-find", "--min-lr", "1", "--max-lr", "0.1"],
+        ["train", "--epochs", "1", "--stray"],
+    ],
+)
+def test_bad_schedule_and_lr_find_input_exits_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("steepest: error:")
+
+
+def test_lr_find_prints_suggestions_and_plots(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "find.png"
+    argv = ["lr-find", "--model", "softmax", "--steps", "40", "--repeats", "2", "--optimizer", "sgd"]
+    assert cli.main([*argv, "-o", str(output)]) == 0
+    out = capsys.readouterr().out
+    assert "consensus" in out and "warmup_cosine peak" in out
+    suggested = float(re.search(r"consensus\s+([0-9.e+-]+)", out).group(1))
+    assert 1e-4 < suggested < 10  # a softmax regression on standardized digits trains in this band
+    assert output.read_bytes()[:4] == b"\x89PNG"

@@ -63,9 +63,7 @@ def test_split_is_fixed_by_split_seed() -> None:
     assert not torch.equal(first.test.images, other.test.images)
 
 
-@pytest.mark.parametrize(
-    ("val_fraction", "test_fraction"), [(0.0, 0.2), (0.1, 1.0), (0.5, 0.5), (-0.1, 0.2)]
-)
+@pytest.mark.parametrize(("val_fraction", "test_fraction"), [(0.0, 0.2), (0.1, 1.0), (0.5, 0.5), (-0.1, 0.2)])
 def test_split_fractions_are_checked(val_fraction: float, test_fraction: float) -> None:
     with pytest.raises(ValueError, match="fraction"):
         load_digits_splits(val_fraction=val_fraction, test_fraction=test_fraction)
@@ -127,9 +125,7 @@ def test_same_seed_prints_and_returns_the_same_numbers() -> None:
     result_b = train(config, log=lines_b.append)
 
     assert result_a == result_b  # every reported number; wall time is excluded from ==
-    assert [TIME_SUFFIX.sub("", line) for line in lines_a] == [
-        TIME_SUFFIX.sub("", line) for line in lines_b
-    ]
+    assert [TIME_SUFFIX.sub("", line) for line in lines_a] == [TIME_SUFFIX.sub("", line) for line in lines_b]
     for parameter_a, parameter_b in zip(
         result_a.model.parameters(), result_b.model.parameters(), strict=True
     ):
@@ -147,7 +143,7 @@ def test_log_receives_header_one_line_per_epoch_and_test_accuracy() -> None:
     lines: list[str] = []
     result = train(TrainConfig(epochs=2, batch_size=128), log=lines.append)
     assert len(lines) == 1 + 2 + 1
-    assert lines[0].startswith("AdamW lr 3.00e-03 on DigitsCNN")
+    assert lines[0].startswith("AdamW lr 3.00e-03 (xavier init) on DigitsCNN")
     assert lines[1].startswith("epoch 1/2  loss ")
     assert lines[2].startswith("epoch 2/2  loss ")
     assert lines[-1] == f"test accuracy {result.test_accuracy:.2%}"
@@ -155,8 +151,13 @@ def test_log_receives_header_one_line_per_epoch_and_test_accuracy() -> None:
 
 def test_format_epoch_aligns_epoch_numbers_and_shows_every_metric() -> None:
     record = EpochRecord(
-        epoch=3, train_loss=0.12345, train_accuracy=0.965, val_accuracy=0.97222,
-        val_loss=0.1, lr=3e-3, seconds=1.23,
+        epoch=3,
+        train_loss=0.12345,
+        train_accuracy=0.965,
+        val_accuracy=0.97222,
+        val_loss=0.1,
+        lr=3e-3,
+        seconds=1.23,
     )
     assert format_epoch(record, epochs=20) == (
         "epoch  3/20  loss 0.1235  train acc 96.50%  val acc 97.22%  lr 3.00e-03  1.2s"
@@ -192,7 +193,7 @@ def test_optimizer_constructor_errors_become_train_config_errors(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     class RejectsEverything(torch.optim.SGD):
-        def __init__(self, params, lr: float) -> None:
+        def __init__(self, params, lr: float, clip_norm: float | None = None) -> None:
             raise ValueError(f"Invalid learning rate: {lr}")
 
     monkeypatch.setattr(steepest, "AdamW", RejectsEverything)
@@ -233,3 +234,60 @@ def test_a_diverging_run_stops_and_says_why() -> None:
     assert result.diverged
     assert len(result.history) < 5
     assert "too large" in lines[-2]
+
+
+@pytest.mark.parametrize("schedule", ["warmup_cosine", "one_cycle", "linear", "wsd"])
+def test_schedule_flag_drives_the_learning_rate_per_step(schedule: str) -> None:
+    from steepest.train import learning_rate_schedule
+
+    config = TrainConfig(epochs=2, schedule=schedule, warmup=5, model="softmax")
+    result = train(config)
+    steps_per_epoch = 20  # ceil(1257 / 64)
+    expected = learning_rate_schedule(config, steps_per_epoch)
+    for record in result.history:
+        # the rate shown after an epoch is the one the next step uses
+        assert record.lr == pytest.approx(expected(record.epoch * steps_per_epoch), rel=1e-12)
+
+
+def test_warmup_longer_than_the_run_is_a_config_error() -> None:
+    with pytest.raises(TrainConfigError, match="warmup"):
+        train(TrainConfig(epochs=1, schedule="warmup_cosine", warmup=10_000))
+
+
+def test_clip_norm_and_init_reach_the_optimizer_and_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    from steepest.train import loop
+
+    seen: dict[str, object] = {}
+    real_initialize, real_make_optimizer = loop.initialize, loop.make_optimizer
+
+    def spy_initialize(model: nn.Module, scheme: str) -> object:
+        seen["scheme"] = scheme
+        return real_initialize(model, scheme)
+
+    def spy_make_optimizer(*args: object, **kwargs: object) -> torch.optim.Optimizer:
+        optimizer = real_make_optimizer(*args, **kwargs)
+        seen["optimizer"] = optimizer
+        return optimizer
+
+    monkeypatch.setattr(loop, "initialize", spy_initialize)
+    monkeypatch.setattr(loop, "make_optimizer", spy_make_optimizer)
+    train(TrainConfig(epochs=1, clip_norm=0.5, init="he", model="mlp"))
+    assert seen["scheme"] == "he"
+    optimizer = seen["optimizer"]
+    assert optimizer.clip_norm == 0.5
+    assert optimizer.last_grad_norm is not None
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("schedule", "triangle"),
+        ("warmup", -1),
+        ("clip_norm", 0.0),
+        ("clip_norm", float("nan")),
+        ("init", "zeros"),
+    ],
+)
+def test_bad_schedule_clip_and_init_settings_are_refused(field: str, value: object) -> None:
+    with pytest.raises(TrainConfigError, match=field):
+        TrainConfig(**{field: value})

@@ -10,13 +10,28 @@ a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import math
 import sys
+import typing
 from collections.abc import Sequence
 from typing import NoReturn
 
-from steepest.train import MODELS, OPTIMIZER_CLASS_NAMES, TrainConfig, TrainConfigError, train
+import torch
+
+from steepest import lr, schedules
+from steepest.init import initialize
+from steepest.train import (
+    INIT_SCHEMES,
+    LEARNING_RATE_SCHEDULES,
+    MODELS,
+    OPTIMIZER_CLASS_NAMES,
+    TrainConfig,
+    TrainConfigError,
+    load_digits_splits,
+    train,
+)
 from steepest.train.loop import MAX_SEED
 
 #: Exit code of a run that could not finish (the loss diverged).
@@ -64,6 +79,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    """Parse a whole number >= 0 (warm-up steps)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
 def seed_int(text: str) -> int:
     """Parse a seed: a whole number from 0 to 2**64 - 1, the range torch accepts."""
     try:
@@ -71,9 +97,7 @@ def seed_int(text: str) -> int:
     except ValueError:
         value = -1
     if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(
-            f"must be an integer from 0 to 2**64 - 1, got {text!r}"
-        )
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**64 - 1, got {text!r}")
     return value
 
 
@@ -86,10 +110,104 @@ def run_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         model=args.model,
+        schedule=args.schedule,
+        warmup=args.warmup,
+        clip_norm=args.clip_norm,
+        init=args.init,
     )
     # Flush every line: piped into tee or a log file, progress still shows as it happens.
     result = train(config, log=functools.partial(print, flush=True))
     return FAILED if result.diverged else 0
+
+
+def _schedule_arguments(name: str, flags: Sequence[str]) -> dict[str, object]:
+    """``--peak 3e-3 --warmup 500`` -> ``{"peak": 0.003, "warmup": 500}``, typed by the schedule.
+
+    Each flag is a field of the schedule's dataclass (dashes become underscores); its type
+    comes from the field's annotation: int step counts, float values, str choices, bool
+    switches (a bare ``--three-phase``), and comma-separated int tuples (``--milestones 1,2``).
+    """
+    if name not in schedules.SCHEDULES:
+        raise UsageError(f"unknown schedule {name!r}; choose from {', '.join(sorted(schedules.SCHEDULES))}")
+    kind = schedules.SCHEDULES[name]
+    types = typing.get_type_hints(kind)
+    fields = {field.name for field in dataclasses.fields(kind)}
+    arguments: dict[str, object] = {}
+    index = 0
+    while index < len(flags):
+        flag = flags[index]
+        key = flag[2:].replace("-", "_") if flag.startswith("--") else None
+        if key not in fields:
+            raise UsageError(f"{name} has no option {flag!r}; it takes --{', --'.join(sorted(fields))}")
+        kind_of_value = types[key]
+        if kind_of_value is bool:
+            arguments[key] = True
+            index += 1
+            continue
+        if index + 1 >= len(flags):
+            raise UsageError(f"{flag} needs a value")
+        text = flags[index + 1]
+        try:
+            if kind_of_value is int:
+                arguments[key] = int(text)
+            elif kind_of_value is float:
+                arguments[key] = float(text)
+            elif "tuple" in str(kind_of_value):
+                arguments[key] = tuple(int(item) for item in text.split(","))
+            else:
+                arguments[key] = text
+        except ValueError:
+            raise UsageError(
+                f"{flag} expects {getattr(kind_of_value, '__name__', kind_of_value)}, got {text!r}"
+            ) from None
+        index += 2
+    return arguments
+
+
+def run_schedule_plot(args: argparse.Namespace, extra: Sequence[str]) -> int:
+    """``steepest schedule plot NAME --arg value ... -o lr.png``: draw a schedule to a PNG."""
+    arguments = _schedule_arguments(args.name, extra)
+    try:
+        schedule = schedules.by_name(args.name, **arguments)
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from None
+    steps = args.steps or arguments.get("total") or 1000
+    if not isinstance(steps, int) or steps < 1:
+        raise UsageError(f"--steps must be a positive integer, got {steps!r}")
+    output = args.output or f"{args.name}.png"
+    schedules.plot(schedule, steps, path=output)
+    values = schedule.values(range(steps))
+    print(f"{schedule!r}: start {values[0]:.4g}, max {max(values):.4g}, end {values[-1]:.4g}")
+    print(f"wrote {output}")
+    return 0
+
+
+def run_lr_find(args: argparse.Namespace) -> int:
+    """``steepest lr-find``: a learning-rate range test on the digits model; print and plot it."""
+    # the range test picks its own rates: give the config a placeholder lr it will not use
+    config = TrainConfig(
+        optimizer=args.optimizer, model=args.model, batch_size=args.batch_size, seed=args.seed
+    )
+    torch.manual_seed(config.seed)
+    model = MODELS[config.model]()
+    initialize(model, "xavier")
+    splits = load_digits_splits()
+    result = lr.range_test(
+        model,
+        (splits.train.images, splits.train.labels),
+        OPTIMIZER_CLASS_NAMES[config.optimizer],
+        min_lr=args.min_lr,
+        max_lr=args.max_lr,
+        steps=args.steps,
+        repeats=args.repeats,
+        batch_size=config.batch_size,
+        seed=config.seed,
+    )
+    print(lr.lr_find_summary(result))
+    if args.output:
+        result.plot(args.output)
+        print(f"wrote {args.output}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,7 +271,71 @@ def build_parser() -> argparse.ArgumentParser:
         default=defaults.model,
         help=f"network to train (default: {defaults.model})",
     )
+    train_parser.add_argument(
+        "--schedule",
+        choices=list(LEARNING_RATE_SCHEDULES),
+        default=defaults.schedule,
+        help=f"learning-rate schedule peaking at --lr (default: {defaults.schedule})",
+    )
+    train_parser.add_argument(
+        "--warmup",
+        type=nonnegative_int,
+        default=defaults.warmup,
+        help="optimizer steps of linear warm-up, for warmup_cosine, wsd and inverse_sqrt "
+        f"(default: {defaults.warmup})",
+    )
+    train_parser.add_argument(
+        "--clip-norm",
+        type=positive_float,
+        default=defaults.clip_norm,
+        help="clip the global gradient norm to this inside every step (default: no clipping)",
+    )
+    train_parser.add_argument(
+        "--init",
+        choices=list(INIT_SCHEMES),
+        default=defaults.init,
+        help=f"weight initialization, biases zero (default: {defaults.init})",
+    )
     train_parser.set_defaults(run=run_train)
+
+    schedule_parser = commands.add_parser(
+        "schedule", help="preview learning-rate schedules", allow_abbrev=False
+    )
+    schedule_commands = schedule_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    plot_parser = schedule_commands.add_parser(
+        "plot",
+        help="draw a schedule to a PNG",
+        description="Draw a schedule, e.g. `steepest schedule plot warmup_cosine --peak 3e-3 "
+        "--warmup 500 --total 10000 -o lr.png`. The schedule's own arguments follow its name "
+        f"as --flags. Schedules: {', '.join(sorted(schedules.SCHEDULES))}.",
+        allow_abbrev=False,
+    )
+    plot_parser.add_argument("name", help="schedule name")
+    plot_parser.add_argument("-o", "--output", default=None, help="PNG to write (default: NAME.png)")
+    plot_parser.add_argument(
+        "--steps", type=positive_int, default=None, help="steps to draw (default: total, or 1000)"
+    )
+    plot_parser.set_defaults(run=run_schedule_plot, takes_extra=True)
+
+    find_parser = commands.add_parser(
+        "lr-find",
+        help="learning-rate range test on the digits model",
+        description="Sweep the learning rate upward over short runs (several repeats), print "
+        "the suggested rates and their spread, and optionally plot the curve.",
+        allow_abbrev=False,
+    )
+    find_parser.add_argument(
+        "--optimizer", type=str.lower, choices=list(OPTIMIZER_CLASS_NAMES), default=defaults.optimizer
+    )
+    find_parser.add_argument("--model", choices=list(MODELS), default=defaults.model)
+    find_parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    find_parser.add_argument("--seed", type=seed_int, default=defaults.seed)
+    find_parser.add_argument("--min-lr", type=positive_float, default=1e-6)
+    find_parser.add_argument("--max-lr", type=positive_float, default=10.0)
+    find_parser.add_argument("--steps", type=positive_int, default=100, help="steps per sweep")
+    find_parser.add_argument("--repeats", type=positive_int, default=3, help="sweeps (batch orders)")
+    find_parser.add_argument("-o", "--output", default=None, help="PNG of the curve to write")
+    find_parser.set_defaults(run=run_lr_find)
     return parser
 
 
@@ -161,7 +343,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command in ``argv`` (default: ``sys.argv[1:]``) and return its exit code."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if getattr(args, "takes_extra", False):
+            return args.run(args, extra)
+        if extra:
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)}")
+        if args.command == "lr-find" and args.min_lr >= args.max_lr:
+            raise UsageError(f"--min-lr must be below --max-lr, got {args.min_lr:g} >= {args.max_lr:g}")
         return args.run(args)
     except (UsageError, TrainConfigError) as error:
         # TrainConfigError is raised before the first training step only, so this cannot

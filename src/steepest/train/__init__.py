@@ -11,6 +11,8 @@ forward pass, cross-entropy, backward pass, optimizer step, per-epoch validation
 from steepest.train.data import DigitsSplits, Split, load_digits_splits, make_loader
 from steepest.train.loop import (
     DEFAULT_LEARNING_RATES,
+    INIT_SCHEMES,
+    LEARNING_RATE_SCHEDULES,
     OPTIMIZER_CLASS_NAMES,
     EpochRecord,
     TrainConfig,
@@ -18,6 +20,7 @@ from steepest.train.loop import (
     TrainResult,
     evaluate,
     format_epoch,
+    learning_rate_schedule,
     make_optimizer,
     train,
 )
@@ -25,6 +28,8 @@ from steepest.train.models import MLP, MODELS, DigitsCNN, SoftmaxRegression, ini
 
 __all__ = [
     "DEFAULT_LEARNING_RATES",
+    "INIT_SCHEMES",
+    "LEARNING_RATE_SCHEDULES",
     "MLP",
     "MODELS",
     "OPTIMIZER_CLASS_NAMES",
@@ -38,6 +43,7 @@ __all__ = [
     "TrainResult",
     "evaluate",
     "format_epoch",
+    "learning_rate_schedule",
     "init_xavier",
     "load_digits_splits",
     "make_loader",

@@ -21,8 +21,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from steepest import schedules
+from steepest.init import initialize
 from steepest.train.data import Split, load_digits_splits, make_loader
-from steepest.train.models import MODELS, init_xavier
+from steepest.train.models import MODELS
 
 #: Optimizer names accepted by ``TrainConfig.optimizer`` (any letter case), mapped to the name
 #: of the class the ``steepest`` package exports.
@@ -57,6 +59,37 @@ DEFAULT_LEARNING_RATES: dict[str, float] = {
 }
 
 
+#: Learning-rate schedules of ``steepest train``: name -> builder(peak, warmup, total steps).
+#: Every one peaks at the run's ``lr``; the ones with a warm-up start at 0.
+LEARNING_RATE_SCHEDULES: dict[str, Callable[[float, int, int], schedules.Schedule]] = {
+    "constant": lambda peak, warmup, total: schedules.constant(peak),
+    "cosine": lambda peak, warmup, total: schedules.cosine(peak=peak, total=total),
+    "warmup_cosine": lambda peak, warmup, total: schedules.warmup_cosine(
+        peak=peak, warmup=warmup, total=total
+    ),
+    "linear": lambda peak, warmup, total: schedules.linear(start=peak, end=0.0, total=total),
+    "one_cycle": lambda peak, warmup, total: schedules.one_cycle(peak=peak, total=total),
+    "wsd": lambda peak, warmup, total: schedules.wsd(
+        peak=peak, warmup=warmup, total=total, decay=max(1, (total - warmup) // 5)
+    ),
+    "inverse_sqrt": lambda peak, warmup, total: schedules.inverse_sqrt(peak=peak, warmup=max(warmup, 1)),
+}
+
+#: Initialization schemes of ``steepest train`` (``steepest.init.initialize``).
+INIT_SCHEMES: tuple[str, ...] = ("xavier", "he", "lecun", "orthogonal", "auto")
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> schedules.Schedule:
+    """The run's learning rate as a function of the optimizer step (units: steps, always)."""
+    total = config.epochs * steps_per_epoch
+    if config.warmup > total:
+        raise TrainConfigError(f"warmup must be <= the run's {total} steps, got warmup={config.warmup}")
+    try:
+        return LEARNING_RATE_SCHEDULES[config.schedule](config.learning_rate, config.warmup, total)
+    except (ValueError, TypeError) as error:
+        raise TrainConfigError(f"schedule {config.schedule!r}: {error}") from error
+
+
 #: Largest seed torch accepts. Negative seeds are refused: torch would wrap them around to
 #: large positive ones, so that two different numbers would name the same run.
 MAX_SEED = 2**64 - 1
@@ -87,6 +120,11 @@ class TrainConfig:
         batch_size: images per mini-batch (default 64).
         seed: seeds the weight initialization and the order of the mini-batches (default 0).
         model: ``"cnn"`` (default), ``"mlp"`` or ``"softmax"``; see ``MODELS``.
+        schedule: how the learning rate moves over the run, peaking at ``lr``: one of
+            ``LEARNING_RATE_SCHEDULES`` (default ``"constant"``).
+        warmup: optimizer steps of linear warm-up, for the schedules that have one.
+        clip_norm: clip the global gradient norm to this inside each step (default None).
+        init: weight initialization scheme of ``steepest.init.initialize`` (default xavier).
     """
 
     optimizer: str = "adamw"
@@ -95,6 +133,10 @@ class TrainConfig:
     batch_size: int = 64
     seed: int = 0
     model: str = "cnn"
+    schedule: str = "constant"
+    warmup: int = 0
+    clip_norm: float | None = None
+    init: str = "xavier"
 
     def __post_init__(self) -> None:
         # Store the lower-case name, so that "AdamW" and "adamw" are one and the same config.
@@ -116,6 +158,16 @@ class TrainConfig:
                 raise TrainConfigError(f"{name} must be a positive integer, got {value!r}")
         if not _is_integer(self.seed) or not 0 <= self.seed <= MAX_SEED:
             raise TrainConfigError(f"seed must be an integer from 0 to 2**64 - 1, got {self.seed!r}")
+        if self.schedule not in LEARNING_RATE_SCHEDULES:
+            raise TrainConfigError(
+                f"unknown schedule {self.schedule!r}; choose from {', '.join(LEARNING_RATE_SCHEDULES)}"
+            )
+        if not _is_integer(self.warmup) or self.warmup < 0:
+            raise TrainConfigError(f"warmup must be an integer >= 0, got {self.warmup!r}")
+        if self.clip_norm is not None and not (math.isfinite(self.clip_norm) and self.clip_norm > 0):
+            raise TrainConfigError(f"clip_norm must be a positive number, got {self.clip_norm}")
+        if self.init not in INIT_SCHEMES:
+            raise TrainConfigError(f"unknown init {self.init!r}; choose from {', '.join(INIT_SCHEMES)}")
 
     @property
     def learning_rate(self) -> float:
@@ -161,7 +213,12 @@ class TrainResult:
     seconds: float = field(compare=False)
 
 
-def make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str,
+    params: list[nn.Parameter],
+    lr: float | Callable[[int], float],
+    clip_norm: float | None = None,
+) -> torch.optim.Optimizer:
     """Build the steepest optimizer called ``name`` (any letter case) over ``params``.
 
     The class is looked up in the ``steepest`` package when called, not when this module is
@@ -180,7 +237,7 @@ def make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.op
     if optimizer_class is None:
         raise TrainConfigError(f"this version of steepest does not provide {class_name}")
     try:
-        return optimizer_class(params, lr=lr)
+        return optimizer_class(params, lr=lr, clip_norm=clip_norm)
     except (ValueError, TypeError) as error:
         raise TrainConfigError(f"{class_name} rejected its settings: {error}") from error
 
@@ -238,16 +295,23 @@ def train(
     torch.manual_seed(config.seed)
     shuffle_generator = torch.Generator().manual_seed(config.seed)
 
-    model = init_xavier(MODELS[config.model]())
-    optimizer = make_optimizer(config.optimizer, list(model.parameters()), config.learning_rate)
-
+    model = MODELS[config.model]()
+    initialize(model, config.init)
     splits = load_digits_splits()
     train_loader = make_loader(
         splits.train, config.batch_size, shuffle=True, generator=shuffle_generator
     )
+    lr = learning_rate_schedule(config, steps_per_epoch=len(train_loader))
+    optimizer = make_optimizer(config.optimizer, list(model.parameters()), lr, config.clip_norm)
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
+    extras = [f"{config.init} init"]
+    if config.schedule != "constant":
+        warmup = f", {config.warmup} warm-up steps" if config.warmup else ""
+        extras.append(f"{config.schedule} schedule{warmup}")
+    if config.clip_norm is not None:
+        extras.append(f"clip norm {config.clip_norm:g}")
     say(
-        f"{type(optimizer).__name__} lr {config.learning_rate:.2e} on "
+        f"{type(optimizer).__name__} lr {config.learning_rate:.2e} ({'; '.join(extras)}) on "
         f"{type(model).__name__} ({num_parameters:,} parameters): {len(splits.train)} train / "
         f"{len(splits.val)} val / {len(splits.test)} test images"
     )

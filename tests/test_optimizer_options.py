@@ -217,3 +217,24 @@ def test_clip_norm_must_be_positive() -> None:
     for bad in (0.0, -1.0, math.nan):
         with pytest.raises(ValueError, match="clip_norm"):
             steepest.Adam([torch.ones(1, requires_grad=True)], clip_norm=bad)
+
+
+def test_scale_lr_cuts_fixed_and_scheduled_rates_and_survives_a_checkpoint() -> None:
+    x, y = torch.ones(2, requires_grad=True), torch.ones(2, requires_grad=True)
+    optimizer = steepest.SGD([{"params": [x], "lr": lr_schedule}, {"params": [y], "lr": 0.1}])
+    optimizer.scale_lr(0.5)
+    assert optimizer.param_groups[0]["lr"] == 0.5 * lr_schedule(0)
+    assert optimizer.param_groups[1]["lr"] == 0.05
+    x.grad, y.grad = torch.ones(2), torch.ones(2)
+    optimizer.step()
+    assert optimizer.param_groups[0]["lr"] == 0.5 * lr_schedule(1)  # the schedule goes on, scaled
+    resumed = steepest.SGD(
+        [
+            {"params": [x.detach().clone().requires_grad_()], "lr": lr_schedule},
+            {"params": [y.detach().clone().requires_grad_()], "lr": 0.1},
+        ]
+    )
+    resumed.load_state_dict(optimizer.state_dict())
+    assert [g["lr"] for g in resumed.param_groups] == [g["lr"] for g in optimizer.param_groups]
+    with pytest.raises(ValueError, match="factor"):
+        optimizer.scale_lr(0.0)

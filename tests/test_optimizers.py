@@ -232,7 +232,7 @@ def test_descends(spec: Spec, objective, start, steps: int, factor: float) -> No
     x = torch.tensor(start, dtype=torch.float64, requires_grad=True)
     extra = {"momentum": 0.9} if spec.cls is steepest.SGD else {}
     optimizer = spec.cls([x], lr=spec.descent_lr, **extra)
-    initial = float(objective(x))
+    initial = float(objective(x.detach()))
     for _ in range(steps):
         optimizer.zero_grad()
         loss = objective(x)

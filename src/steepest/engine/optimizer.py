@@ -188,7 +188,24 @@ class Optimizer(torch.optim.Optimizer):
                 )
             else:
                 resolved[name] = float(schedule(self.step_count))
+        if "lr" in schedules:
+            resolved["lr"] *= group.get("lr_scale", 1.0)
         return resolved
+
+    def scale_lr(self, factor: float) -> None:
+        """Multiply every group's learning rate by ``factor`` from now on (a back-off, a cut).
+
+        A fixed rate is scaled in ``param_groups``; a scheduled one keeps its schedule and
+        gains a persistent multiplier (``group["lr_scale"]``), so the cut survives both the
+        next schedule evaluation and a checkpoint.
+        """
+        validation.positive("factor", factor)
+        for group, schedules in zip(self.param_groups, self._schedules):
+            if "lr" in schedules:
+                group["lr_scale"] = group.get("lr_scale", 1.0) * factor
+            else:
+                group["lr"] *= factor
+        self._resolve_schedules()
 
     def _resolve_schedules(self, check: bool = False) -> None:
         """Write every schedule's value at ``step_count`` into its param group.

@@ -747,3 +747,54 @@ def test_built_in_problem_supplies_its_starting_point() -> None:
     assert result.success
     assert torch.allclose(result.x, torch.ones_like(result.x), atol=1e-6)
     assert torch.equal(problem.x0, problems.rosenbrock().x0)  # the start was not modified
+
+
+# --------------------------------------------------------------------------- diagnosis and safety
+
+
+def test_diagnose_says_too_large_for_a_rate_past_the_stability_limit():
+    from steepest import problems
+
+    problem = problems.quadratic(20, 100.0)  # largest curvature 100: SGD is stable below 0.02
+    result = minimize(problem, None, "sgd", lr=0.05, max_iter=100, gtol=None, diagnose=True)
+    assert result.diagnoses and result.diagnoses[0].regime == "too_large"
+    assert "too large" in result.advice and "advice" in str(result)
+    assert len(result.history["regime"]) == len(result.history["fun"])
+
+
+def test_diagnose_says_too_small_for_a_crawling_rate():
+    from steepest import problems
+
+    problem = problems.rosenbrock(2)  # from (-1.2, 1): steps of ~1e-5 barely move the iterate
+    result = minimize(problem, None, "sgd", lr=1e-6, max_iter=100, gtol=None, diagnose=True)
+    assert result.diagnoses[-1].regime == "too_small"
+    assert "too small" in result.advice
+    assert "too_small" in result.history["regime"]
+
+
+def test_diagnose_off_keeps_the_result_plain():
+    result = minimize(quadratic, start(), "sgd", lr=0.25)
+    assert result.advice is None and "regime" not in result.history and result.safety is None
+
+
+def test_on_nonfinite_backoff_recovers_from_a_nan_region():
+    calls = {"n": 0}
+
+    def flaky(x: torch.Tensor) -> torch.Tensor:
+        calls["n"] += 1
+        value = quadratic(x)
+        return value * float("nan") if calls["n"] == 15 else value
+
+    result = minimize(flaky, start(), "sgd", lr=0.25, on_nonfinite="backoff")
+    assert result.success and result.safety["backoffs"] == 1 and result.safety["nonfinite"] == 1
+    assert torch.allclose(result.x, X_STAR, atol=1e-4)
+
+
+def test_on_nonfinite_stop_and_raise():
+    def broken(x: torch.Tensor) -> torch.Tensor:
+        return quadratic(x) * float("nan")
+
+    stopped = minimize(broken, start(), "sgd", lr=0.25, on_nonfinite="stop")
+    assert not stopped.success and "safe-step" in stopped.message
+    with pytest.raises(FloatingPointError, match="step 0"):
+        minimize(broken, start(), "sgd", lr=0.25, on_nonfinite="raise")

@@ -44,6 +44,10 @@ from torch import Tensor, nn
 
 from steepest import rules, stopping
 from steepest.clipping import global_norm
+from steepest.lr.auto import LRChoice, choose_lr
+from steepest.lr.diagnosis import Diagnosis, RegimeMonitor, UpdateTracker
+from steepest.lr.safety import SafeStep
+from steepest.stopping import Status, Stop
 
 __all__ = ["METHODS", "EmpiricalRisk", "Result", "minimize"]
 
@@ -93,6 +97,14 @@ class Result:
             optimizer without one).
         wall_time: seconds the run took.
         method: the optimizer's class name.
+        lr_choice: with ``lr="auto"``, what was chosen and why (an
+            :class:`~steepest.lr.auto.LRChoice`; its ``evaluations`` are not in ``nfev``).
+        advice: with ``diagnose=True``, the latest regime diagnosis's advice (None before
+            the first complete window); ``diagnoses`` holds every
+            :class:`~steepest.lr.Diagnosis` and ``history["regime"]`` the latest regime at
+            each look (``""`` before the first window completes).
+        safety: with ``on_nonfinite``/``on_spike``, the guard's counts (nonfinite, spikes,
+            skips, backoffs, scaler_skips).
     """
 
     x: Any
@@ -107,6 +119,10 @@ class Result:
     history: dict[str, list[float]] = field(default_factory=dict)
     wall_time: float = 0.0
     method: str = ""
+    lr_choice: LRChoice | None = None
+    advice: str | None = None
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+    safety: dict[str, int] | None = None
 
     def __str__(self) -> str:
         status = self.status
@@ -126,6 +142,13 @@ class Result:
             ("wall_time", f"{self.wall_time:.3g} s"),
             ("history", f"{', '.join(self.history)} ({entries} entries each)"),
         ]
+        if self.lr_choice is not None:
+            rows.append(("lr_choice", str(self.lr_choice)))
+            rows.append(("lr_cost", f"{self.lr_choice.evaluations} evaluations to choose"))
+        if self.advice is not None:
+            rows.append(("advice", self.advice))
+        if self.safety is not None:
+            rows.append(("safety", ", ".join(f"{k} {v}" for k, v in self.safety.items())))
         width = max(len(label) for label, _ in rows)
         return "\n".join(f"{label:>{width}}: {text}" for label, text in rows)
 
@@ -401,13 +424,17 @@ def minimize(
     x0: Structure | None = None,
     method: str | type[torch.optim.Optimizer] | Callable[..., torch.optim.Optimizer] = "adam",
     *,
-    lr: LearningRate | None = None,
+    lr: LearningRate | Literal["auto"] | None = None,
     options: Mapping[str, Any] | None = None,
     max_iter: int | None = 1000,
     gtol: float | None = 1e-5,
     ftol: float | Literal["auto"] | None = "auto",
     xtol: float | None = None,
     stopping: stopping.CriterionLike | None = None,
+    diagnose: bool | RegimeMonitor = False,
+    on_nonfinite: str | None = None,
+    on_spike: str | None = None,
+    safety: Mapping[str, Any] | None = None,
 ) -> Result:
     """Minimize ``fun(x)`` from ``x0`` with any optimizer; gradients come from autograd.
 
@@ -422,7 +449,10 @@ def minimize(
         method: a name from :data:`METHODS` (any case: ``"adam"``, ``"L-BFGS"``, ...), an
             optimizer class, or a factory ``params -> optimizer`` (default ``"adam"``).
         lr: the learning rate (a float or a schedule ``step -> float``); None keeps the
-            optimizer's default. Not with a factory.
+            optimizer's default. Not with a factory. ``"auto"``: chosen by
+            :func:`steepest.lr.auto.choose_lr` before the run (an Adam-family method runs
+            as Prodigy with lr=1; others get a short range test); ``result.lr_choice`` says
+            what and why.
         options: other keyword arguments of the optimizer class (``{"momentum": 0.9}``).
             For a class with torch.optim.LBFGS's arguments, minimize sets ``max_iter=1``
             (one iteration per step, so that its criteria see every iteration), a
@@ -440,6 +470,15 @@ def minimize(
         stopping: more criteria (:mod:`steepest.stopping`), combined with the shortcuts by
             ``any_of``; it is reset at the start. Set a shortcut to None to drop it. A
             criterion sees every iteration, so it can also serve as a callback.
+        diagnose: True (or a configured :class:`~steepest.lr.RegimeMonitor`) to classify
+            the learning-rate regime live: loss, gradient norm and update ratio of every
+            iteration; see ``result.advice``, ``result.diagnoses``, ``history["regime"]``.
+        on_nonfinite: None (default: a non-finite objective stops the run as DIVERGED), or a
+            :class:`~steepest.lr.safety.SafeStep` policy: ``"raise"``, ``"skip"``,
+            ``"backoff"`` or ``"stop"``. A skipped or backed-off iteration counts in ``nit``
+            without an update.
+        on_spike: None (default) or a SafeStep policy for a loss spike.
+        safety: more keyword arguments of SafeStep (``spike_factor``, ``snapshot_every``, ...).
 
     Returns:
         A :class:`Result`. When a :func:`~steepest.stopping.patience` criterion stops the
@@ -467,6 +506,12 @@ def minimize(
     leaves = [tensor.detach().clone().requires_grad_(True) for tensor in originals]
     x = _rebuild(x0, iter(leaves))
 
+    lr_choice = None
+    if isinstance(lr, str):
+        if lr != "auto":
+            raise ValueError(f"lr must be a number, a schedule, None or 'auto', got lr={lr!r}")
+        lr_choice, method, options = _auto_lr(fun, x0, leaves, method, options)
+        lr = lr_choice.lr
     optimizer = _build_optimizer(method, leaves, lr, options)
     driven_by_closure = _requires_closure(optimizer)
     criterion = _stopping_test(max_iter, gtol, ftol, xtol, stopping, driven_by_closure)
@@ -488,7 +533,14 @@ def minimize(
             if stochastic:
                 objective.forget()
 
-    history: dict[str, list[float]] = {"fun": [], "grad_norm": [], "lr": []}
+    history: dict[str, list[Any]] = {"fun": [], "grad_norm": [], "lr": []}
+    monitor = _monitor(diagnose)
+    tracker = UpdateTracker(optimizer) if monitor is not None else None
+    if monitor is not None:
+        history["regime"] = []
+    guard = None
+    if on_nonfinite is not None or on_spike is not None or safety:
+        guard = SafeStep(optimizer, on_nonfinite or "stop", on_spike, **dict(safety or {}))
     previous = [leaf.detach().clone() for leaf in leaves]  # x_{k-1}, for the step norm
     step_norm: float | None = None
     iteration = 0
@@ -500,6 +552,25 @@ def minimize(
         history["fun"].append(fun_value)
         history["grad_norm"].append(grad_norm)
         history["lr"].append(_learning_rate(optimizer))
+        if monitor is not None:
+            latest = monitor.latest
+            history["regime"].append("" if latest is None else latest.regime)
+        if guard is not None:
+            verdict = guard.check(value)
+            if verdict.should_stop:
+                stop = Stop(
+                    f"stopped by the safe-step policy: {verdict.reason}",
+                    success=False,
+                    status=Status.DIVERGED,
+                )
+                break
+            if not verdict.stepped:  # skipped or rolled back: look again, count the iteration
+                iteration += 1
+                step_norm = None
+                objective.forget()
+                draw_batch()
+                value = objective()
+                continue
         observation = _observation(
             iteration, fun_value, grad_norm, step_norm, time.perf_counter() - start, objective
         )
@@ -509,10 +580,14 @@ def minimize(
         with torch.no_grad():
             for kept, leaf in zip(previous, leaves):
                 kept.copy_(leaf)
+        if tracker is not None:
+            tracker.snapshot()
         if driven_by_closure:
             optimizer.step(objective.closure)
         else:
             optimizer.step()
+        if monitor is not None and tracker is not None:
+            monitor.observe(iteration, fun_value, grad_norm, tracker.ratio(), lr=_learning_rate(optimizer))
         iteration += 1
         with torch.no_grad():
             for kept, leaf in zip(previous, leaves):
@@ -526,6 +601,7 @@ def minimize(
         stop.restore_best(leaves)
         final = stop.best_iteration
     solution = [leaf.detach().clone() for leaf in leaves]
+    latest = monitor.latest if monitor is not None else None
     return Result(
         x=_rebuild(x0, iter(solution)),
         fun=history["fun"][final],
@@ -539,7 +615,57 @@ def minimize(
         history=history,
         wall_time=time.perf_counter() - start,
         method=type(optimizer).__name__,
+        lr_choice=lr_choice,
+        advice=None if latest is None else latest.advice,
+        diagnoses=[] if monitor is None else monitor.history,
+        safety=None if guard is None else guard.counts,
     )
+
+
+def _monitor(diagnose: bool | RegimeMonitor) -> RegimeMonitor | None:
+    if isinstance(diagnose, RegimeMonitor):
+        diagnose.reset()
+        return diagnose
+    if not isinstance(diagnose, bool):
+        raise TypeError(f"diagnose must be True, False or a RegimeMonitor, got diagnose={diagnose!r}")
+    return RegimeMonitor() if diagnose else None
+
+
+def _auto_lr(
+    fun: Callable[[Any], Tensor],
+    x0: Any,
+    leaves: list[Tensor],
+    method: Any,
+    options: Mapping[str, Any] | None,
+) -> tuple[LRChoice, type[torch.optim.Optimizer], dict[str, Any]]:
+    """lr="auto": the choice, the class to build and the options it accepts."""
+    if isinstance(method, str):
+        method = _method_class(method)
+    if not (isinstance(method, type) and issubclass(method, torch.optim.Optimizer)):
+        raise ValueError(
+            f"lr='auto' needs a method given by name or class, got {method!r} (a factory sets its own lr)"
+        )
+    options = dict(options or {})
+    if "lr" in options:
+        raise ValueError("lr='auto' and options['lr'] both given; keep one")
+    start = [leaf.detach().clone() for leaf in leaves]
+    stochastic = bool(getattr(fun, "is_stochastic", False))
+    next_batch = getattr(fun, "next_batch", None)
+
+    def objective(point: list[Tensor]) -> Tensor:
+        if stochastic and callable(next_batch):
+            next_batch()
+        return fun(_rebuild(x0, iter(point)))
+
+    choice = choose_lr(objective, None, method, x0=start, options=options, repeats=3 if stochastic else 1)
+    if choice.method is method:
+        return choice, method, options
+    accepted = inspect.signature(choice.method).parameters
+    kept = {name: value for name, value in options.items() if name in accepted}
+    dropped = sorted(set(options) - set(kept))
+    if dropped:
+        choice.reason += f" (options not taken by {choice.method.__name__}: {dropped})"
+    return choice, choice.method, kept
 
 
 def _observation(

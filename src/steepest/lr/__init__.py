@@ -3,6 +3,9 @@
 * :func:`range_test` sweeps the learning rate upward over a short run, several times over
   different batch orders, and suggests a rate from the loss-versus-rate curve (Smith 2017);
   it leaves the model, the random state and the caller's optimizer exactly as it found them.
+* :class:`SafeStep` guards each step against NaN and loss spikes: raise, skip, back off
+  (roll back to a snapshot and cut the rate) or stop, keeping schedules and state consistent.
+* :func:`choose_lr` is ``lr="auto"``: a short range test, or a learning-rate-free method.
 * :class:`RegimeMonitor` watches a running optimization (loss, gradient norm, update size)
   and classifies each window of steps as ``too_large``, ``too_small`` or ``good``, with the
   evidence and a concrete piece of advice.
@@ -13,6 +16,7 @@ Example:
     >>> monitor = steepest.lr.RegimeMonitor(window=20)
 """
 
+from steepest.lr.auto import POLICIES, LRChoice, choose_lr, is_adam_family
 from steepest.lr.diagnosis import (
     REGIMES,
     Diagnosis,
@@ -21,8 +25,16 @@ from steepest.lr.diagnosis import (
     measure_update_ratio,
 )
 from steepest.lr.range_test import RULES, RangeTestResult, lr_find_summary, range_test
+from steepest.lr.safety import ACTIONS, SafeStep, Verdict
 
 __all__ = [
+    "ACTIONS",
+    "POLICIES",
+    "LRChoice",
+    "SafeStep",
+    "Verdict",
+    "choose_lr",
+    "is_adam_family",
     "REGIMES",
     "RULES",
     "Diagnosis",

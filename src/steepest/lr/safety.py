@@ -1,0 +1,427 @@
+"""A safe-step policy: what to do when the loss is not finite or spikes, keeping state consistent.
+
+:class:`SafeStep` sits between a training loop and its optimizer. The loop computes the loss and
+its gradients as usual, then hands the loss to the guard instead of calling ``optimizer.step()``::
+
+    guard = SafeStep(optimizer, on_nonfinite="backoff", on_spike="backoff")
+    for batch in batches:
+        optimizer.zero_grad()
+        loss = loss_fn(model(batch.x), batch.y)
+        loss.backward()
+        verdict = guard.step(loss)          # checks, then steps, skips, rolls back or stops
+        if verdict.should_stop:
+            print(verdict.reason)
+            break
+
+The guard looks at the loss at the *current* parameters before they are updated (and, cheaply,
+at the global gradient norm), so a bad update is never applied:
+
+* ``"raise"``: raise :class:`FloatingPointError` (non-finite) or :class:`RuntimeError` (spike),
+  naming the step, the loss and the gradient norm;
+* ``"skip"``: do not call ``optimizer.step``; zero the gradients. Parameters and optimizer
+  state stay bit-identical, ``step_count`` and every schedule's position do not advance;
+* ``"backoff"``: restore the parameters and the optimizer's ``state_dict`` (which holds
+  ``step_count``, hence the schedules' position) from the last in-memory snapshot, then cut
+  the learning rate by ``backoff_factor`` (``optimizer.scale_lr``) and go on. Snapshots are
+  taken at the first good step and every ``snapshot_every`` good steps after it;
+* ``"stop"``: do not step; the :class:`Verdict` says ``should_stop`` with a reason.
+
+Spike: a finite loss ``L`` with ``L > ref + (spike_factor - 1) * max(|ref|, floor)``, where
+``ref`` is the median of the last ``window`` accepted losses (at least ``warmup`` of them) and
+``floor = spike_floor * |first accepted loss|``. For a positive loss far from zero this is
+``L > spike_factor * ref``: with the default factor 10 a mini-batch loss must be ten times the
+recent median, far beyond batch-to-batch noise (a factor of 2-3 for cross-entropy); the floor
+keeps a converged run whose loss wobbles around 1e-12 from calling every wobble a spike.
+Losses that triggered an event never enter the reference.
+
+Mixed precision: with ``scaler=`` (a ``torch.amp.GradScaler``) the guard calls
+``scaler.step(optimizer)`` and ``scaler.update()``. Infinite or NaN *gradients* are then the
+scaler's business (it skips the step and lowers its scale, as designed), counted in
+``scaler_skips`` and not as non-finite events; so the gradient norm is not checked (it is
+scaled). A non-finite *loss* is still an event for the policy.
+
+Limits: a snapshot lives in memory (params + a deep copy of the optimizer's state_dict, about
+the optimizer's memory again); ``state_dict`` of the guard holds only counters and the loss
+reference, so a resumed run takes a fresh snapshot at its first good step. A backoff also
+undoes any other change made to the optimizer since the snapshot (a user's ``scale_lr``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from steepest import clipping
+
+__all__ = ["ACTIONS", "SafeStep", "Verdict"]
+
+#: What a policy can do about a bad step.
+ACTIONS: tuple[str, ...] = ("raise", "skip", "backoff", "stop")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What :class:`SafeStep` decided about one step.
+
+    Attributes:
+        action: ``"step"`` (checked and updated, or to be updated by the caller after
+            :meth:`SafeStep.check`), ``"skip"``, ``"backoff"`` or ``"stop"``.
+        reason: what was seen, in words (empty for a good step).
+        event: ``"nonfinite"``, ``"spike"`` or None.
+        step: the guard's call number (0-based).
+        loss: the loss it was given (a float).
+        lr: the first group's learning rate after the action.
+    """
+
+    action: str
+    reason: str = ""
+    event: str | None = None
+    step: int = 0
+    loss: float = math.nan
+    lr: float = math.nan
+
+    @property
+    def should_stop(self) -> bool:
+        """True when the loop should end (policy ``"stop"`` or a limit on backoffs/skips)."""
+        return self.action == "stop"
+
+    @property
+    def stepped(self) -> bool:
+        """True when the update goes ahead (``action == "step"``)."""
+        return self.action == "step"
+
+
+class SafeStep:
+    """A guard around ``optimizer.step``: skip, roll back, stop or raise on a bad loss.
+
+    Rule: a loss that is non-finite (or whose gradient norm is) triggers ``on_nonfinite``; a
+    finite loss above ``spike_factor`` x the median of the last ``window`` accepted losses
+    triggers ``on_spike`` (details in the module docstring).
+
+    Args:
+        optimizer: the optimizer to guard (a ``steepest`` optimizer, or any
+            ``torch.optim.Optimizer``: its learning rates are then cut in ``param_groups``).
+        on_nonfinite: ``"raise"`` (default), ``"skip"``, ``"backoff"`` or ``"stop"``.
+        on_spike: None (default: spikes are not checked), ``"raise"``, ``"skip"``,
+            ``"backoff"`` or ``"stop"``.
+        spike_factor: how many times the reference a loss must exceed, > 1 (default 10).
+        window: number of recent accepted losses whose median is the reference (default 20).
+        warmup: accepted losses needed before spikes are checked, >= 1 (default 3).
+        spike_floor: the scale below which ``|ref|`` does not shrink, as a fraction of the
+            first accepted loss's magnitude (default 1e-3).
+        backoff_factor: the learning-rate cut of a backoff, in (0, 1) (default 0.5).
+        snapshot_every: good steps between snapshots, >= 1 (default 10).
+        max_backoffs: backoffs allowed before the guard says stop (default 20).
+        max_skips: consecutive skips allowed before the guard says stop (default 100).
+        check_grad: also check the global gradient norm for finiteness (default True; one
+            reduction and one device synchronisation per step; off with a scaler).
+        scaler: a ``torch.amp.GradScaler`` to step through (see the module docstring).
+
+    Example:
+        >>> w = torch.zeros(3, requires_grad=True)
+        >>> opt = steepest.SGD([w], lr=0.1)
+        >>> guard = SafeStep(opt, on_nonfinite="skip")
+        >>> loss = (w - 1).pow(2).sum(); loss.backward()
+        >>> guard.step(loss).action
+        'step'
+    """
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        on_nonfinite: str = "raise",
+        on_spike: str | None = None,
+        *,
+        spike_factor: float = 10.0,
+        window: int = 20,
+        warmup: int = 3,
+        spike_floor: float = 1e-3,
+        backoff_factor: float = 0.5,
+        snapshot_every: int = 10,
+        max_backoffs: int = 20,
+        max_skips: int = 100,
+        check_grad: bool = True,
+        scaler: Any = None,
+    ) -> None:
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if on_nonfinite not in ACTIONS:
+            raise ValueError(f"on_nonfinite must be one of {ACTIONS}, got on_nonfinite={on_nonfinite!r}")
+        if on_spike is not None and on_spike not in ACTIONS:
+            raise ValueError(f"on_spike must be None or one of {ACTIONS}, got on_spike={on_spike!r}")
+        self.optimizer = optimizer
+        self.on_nonfinite = on_nonfinite
+        self.on_spike = on_spike
+        self.spike_factor = _real("spike_factor", spike_factor, low=1.0, low_open=True)
+        self.window = _int("window", window, 1)
+        self.warmup = _int("warmup", warmup, 1)
+        self.spike_floor = _real("spike_floor", spike_floor, low=0.0)
+        self.backoff_factor = _real("backoff_factor", backoff_factor, low=0.0, low_open=True, high=1.0)
+        self.snapshot_every = _int("snapshot_every", snapshot_every, 1)
+        self.max_backoffs = _int("max_backoffs", max_backoffs, 0)
+        self.max_skips = _int("max_skips", max_skips, 0)
+        if not isinstance(check_grad, bool):
+            raise TypeError(f"check_grad must be True or False, got check_grad={check_grad!r}")
+        self.check_grad = check_grad and scaler is None
+        if scaler is not None and not (hasattr(scaler, "step") and hasattr(scaler, "update")):
+            raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
+        self.scaler = scaler
+        self._snapshot: dict[str, Any] | None = None
+        self.reset()
+
+    # -- state ---------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget counters, the loss reference and the snapshot (the settings stay)."""
+        self.calls = 0
+        self.good_steps = 0
+        self.skips = 0
+        self.backoffs = 0
+        self.spikes = 0
+        self.nonfinite = 0
+        self.scaler_skips = 0
+        self.consecutive_skips = 0
+        self.lr_cut = 1.0  # product of every backoff's cut so far
+        self.first_loss: float | None = None
+        self._recent: list[float] = []
+        self._snapshot = None
+        self._snapshot_due = True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters and the loss reference, plain numbers only (the snapshot is not saved)."""
+        return {
+            "calls": self.calls,
+            "good_steps": self.good_steps,
+            "skips": self.skips,
+            "backoffs": self.backoffs,
+            "spikes": self.spikes,
+            "nonfinite": self.nonfinite,
+            "scaler_skips": self.scaler_skips,
+            "consecutive_skips": self.consecutive_skips,
+            "lr_cut": self.lr_cut,
+            "first_loss": self.first_loss,
+            "recent": list(self._recent),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`; a snapshot is taken at the next good step."""
+        if not isinstance(state, dict):
+            raise TypeError(f"state must be a dict, got {type(state).__name__}")
+        missing = {"calls", "skips", "backoffs", "spikes", "recent"} - set(state)
+        if missing:
+            raise ValueError(f"state is not a SafeStep state_dict: missing {sorted(missing)}")
+        for name in ("calls", "good_steps", "skips", "backoffs", "spikes", "nonfinite", "scaler_skips",
+                     "consecutive_skips"):
+            setattr(self, name, int(state.get(name, 0)))
+        self.lr_cut = float(state.get("lr_cut", 1.0))
+        first = state.get("first_loss")
+        self.first_loss = None if first is None else float(first)
+        self._recent = [float(v) for v in state["recent"]]
+        self._snapshot = None
+        self._snapshot_due = True
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Events and actions so far: nonfinite, spikes, skips, backoffs, scaler_skips."""
+        return {
+            "nonfinite": self.nonfinite,
+            "spikes": self.spikes,
+            "skips": self.skips,
+            "backoffs": self.backoffs,
+            "scaler_skips": self.scaler_skips,
+        }
+
+    @property
+    def reference(self) -> float | None:
+        """The spike reference: median of the recent accepted losses (None during warm-up)."""
+        if len(self._recent) < self.warmup:
+            return None
+        return float(np.median(self._recent[-self.window :]))
+
+    # -- the check -------------------------------------------------------------------------------
+    def check(self, loss: float | Tensor) -> Verdict:
+        """Judge the loss at the current parameters and act, without stepping on a good one.
+
+        On a good loss it snapshots when due and returns ``action="step"``: the caller then
+        calls ``optimizer.step()`` itself (what :func:`steepest.minimize` does). On a bad one
+        it raises, skips, backs off or says stop, as configured.
+
+        Args:
+            loss: the loss (a float or a one-element tensor; read once, a device sync).
+        """
+        value = _loss_value(loss)
+        step = self.calls
+        self.calls += 1
+        event, reason = self._event(value, step)
+        if event is None:
+            self._accept(value)
+            return Verdict("step", step=step, loss=value, lr=self._lr())
+        policy = self.on_nonfinite if event == "nonfinite" else self.on_spike
+        if event == "nonfinite":
+            self.nonfinite += 1
+        else:
+            self.spikes += 1
+        if policy == "raise":
+            error = FloatingPointError if event == "nonfinite" else RuntimeError
+            raise error(f"{reason} (SafeStep on_{event if event == 'spike' else 'nonfinite'}='raise')")
+        self.optimizer.zero_grad(set_to_none=True)
+        if policy == "stop":
+            return Verdict("stop", reason, event, step, value, self._lr())
+        if policy == "skip":
+            self.skips += 1
+            self.consecutive_skips += 1
+            if self.consecutive_skips > self.max_skips:
+                return Verdict("stop", f"{reason}; gave up after {self.max_skips} skips in a row",
+                               event, step, value, self._lr())
+            return Verdict("skip", f"{reason}; skipped the update", event, step, value, self._lr())
+        # backoff
+        if self._snapshot is None:
+            return Verdict("stop", f"{reason}; no good step yet to roll back to", event, step, value,
+                           self._lr())
+        if self.backoffs >= self.max_backoffs:
+            return Verdict("stop", f"{reason}; gave up after {self.max_backoffs} backoffs", event, step,
+                           value, self._lr())
+        self.backoffs += 1
+        self._restore()
+        return Verdict(
+            "backoff",
+            f"{reason}; rolled back to step {self._snapshot['step_count']} and cut the learning rate "
+            f"x{self.backoff_factor:g} (now {self._lr():.3g})",
+            event, step, value, self._lr(),
+        )
+
+    def step(self, loss: float | Tensor, closure: Callable[[], Any] | None = None) -> Verdict:
+        """Check the loss, then step the optimizer if it is good; the :class:`Verdict` says what happened.
+
+        Args:
+            loss: the loss at the current parameters, whose gradients are in ``.grad``.
+            closure: passed on to ``optimizer.step`` (L-BFGS and the like).
+
+        Example:
+            >>> verdict = guard.step(loss)
+            >>> if verdict.should_stop: break
+        """
+        verdict = self.check(loss)
+        if verdict.action != "step":
+            return verdict
+        if self.scaler is not None:
+            before = float(self.scaler.get_scale())
+            self.scaler.step(self.optimizer) if closure is None else self.scaler.step(self.optimizer, closure)
+            self.scaler.update()
+            if float(self.scaler.get_scale()) < before:
+                self.scaler_skips += 1
+        else:
+            self.optimizer.step() if closure is None else self.optimizer.step(closure)
+        return verdict
+
+    # -- internals -------------------------------------------------------------------------------
+    def _event(self, value: float, step: int) -> tuple[str | None, str]:
+        where = f"step {self._step_count(step)}"
+        if not math.isfinite(value):
+            return "nonfinite", f"non-finite loss {value} at {where}"
+        if self.check_grad:
+            norm = self._grad_norm()
+            if norm is not None and not math.isfinite(norm):
+                return "nonfinite", f"non-finite gradient norm {norm} at {where} (loss {value:.6g})"
+        if self.on_spike is not None:
+            reference = self.reference
+            if reference is not None:
+                scale = max(abs(reference), self.spike_floor * abs(self.first_loss or 0.0))
+                if value > reference + (self.spike_factor - 1.0) * scale:
+                    return "spike", (
+                        f"loss spike at {where}: {value:.6g} > {self.spike_factor:g} x the recent "
+                        f"median {reference:.6g}"
+                    )
+        return None, ""
+
+    def _accept(self, value: float) -> None:
+        if self.first_loss is None:
+            self.first_loss = value
+        self.consecutive_skips = 0
+        if self._snapshot_due or self.good_steps % self.snapshot_every == 0:
+            self._take_snapshot()
+        self.good_steps += 1
+        self._recent = (self._recent + [value])[-self.window :]
+
+    def _params(self) -> list[Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _grad_norm(self) -> float | None:
+        grads = [p.grad for p in self._params() if p.grad is not None]
+        return float(clipping.global_norm(grads)) if grads else None
+
+    @torch.no_grad()
+    def _take_snapshot(self) -> None:
+        self._snapshot = {
+            "params": [p.detach().clone() for p in self._params()],
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+            "lr_cut": self.lr_cut,
+            "recent": list(self._recent),
+            "step_count": int(getattr(self.optimizer, "step_count", self.calls)),
+        }
+        self._snapshot_due = False
+
+    @torch.no_grad()
+    def _restore(self) -> None:
+        snapshot = self._snapshot
+        assert snapshot is not None
+        for param, kept in zip(self._params(), snapshot["params"]):
+            param.copy_(kept)
+        self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
+        self.lr_cut *= self.backoff_factor
+        factor = self.lr_cut / snapshot["lr_cut"]  # the snapshot predates the cuts made since
+        scale_lr = getattr(self.optimizer, "scale_lr", None)
+        if callable(scale_lr):
+            scale_lr(factor)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["lr"] * factor
+        self.optimizer.zero_grad(set_to_none=True)
+        self._recent = list(snapshot["recent"])
+        self._snapshot_due = True  # the next good step snapshots the state with the cut rate
+
+    def _lr(self) -> float:
+        try:
+            return float(self.optimizer.param_groups[0]["lr"])
+        except (KeyError, TypeError, ValueError):
+            return math.nan
+
+    def _step_count(self, calls: int) -> int:
+        return int(getattr(self.optimizer, "step_count", calls))
+
+
+def _loss_value(loss: Any) -> float:
+    if isinstance(loss, Tensor):
+        if loss.numel() != 1:
+            raise ValueError(f"loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
+        return float(loss.detach())
+    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+        return float(loss)
+    raise TypeError(f"loss must be a float or a one-element tensor, got loss={loss!r:.80}")
+
+
+def _int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {name}={value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {name}={value!r}")
+    return value
+
+
+def _real(
+    name: str, value: Any, *, low: float, low_open: bool = False, high: float | None = None
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {name}={value!r}")
+    value = float(value)
+    too_low = value <= low if low_open else value < low
+    if not math.isfinite(value) or too_low or (high is not None and value >= high):
+        bound = f"{'>' if low_open else '>='} {low:g}" + ("" if high is None else f" and < {high:g}")
+        raise ValueError(f"{name} must be finite and {bound}, got {name}={value!r}")
+    return value

@@ -1,0 +1,205 @@
+"""SafeStep: skip is bit-identical, backoff rolls back and cuts, stop stops, raise raises,
+spikes ignore noise, state_dict round trip, and the 100x-too-large acceptance test."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from steepest import problems
+from steepest import stopping as st
+from steepest.lr.safety import SafeStep
+from steepest.minimize import minimize
+from steepest.rules import SGD, Adam
+
+
+def trained(steps: int = 3, lr: float = 0.1) -> tuple[torch.Tensor, Adam]:
+    w = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    opt = Adam([w], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        (w**2).sum().backward()
+        opt.step()
+    return w, opt
+
+
+def bad_loss(w: torch.Tensor) -> torch.Tensor:
+    loss = (w**2).sum() * float("nan")
+    loss.backward()
+    return loss
+
+
+def test_good_step_steps():
+    w, opt = trained(0)
+    guard = SafeStep(opt)
+    (w**2).sum().backward()
+    verdict = guard.step((w**2).sum())
+    assert verdict.stepped and opt.step_count == 1
+
+
+def test_skip_leaves_params_and_state_bit_identical():
+    w, opt = trained()
+    guard = SafeStep(opt, on_nonfinite="skip")
+    before_w, before_state = w.detach().clone(), opt.state_dict()
+    saved = {k: v.clone() for k, v in before_state["state"][0].items()}
+    verdict = guard.step(bad_loss(w))
+    assert verdict.action == "skip" and verdict.event == "nonfinite"
+    assert torch.equal(w, before_w) and w.grad is None
+    assert opt.step_count == 3
+    for key, value in opt.state_dict()["state"][0].items():
+        assert torch.equal(value, saved[key]), key
+    assert guard.counts["skips"] == 1 and guard.counts["nonfinite"] == 1
+
+
+def test_nonfinite_gradient_with_finite_loss_is_caught():
+    w, opt = trained()
+    guard = SafeStep(opt, on_nonfinite="skip")
+    loss = (w**2).sum()
+    loss.backward()
+    w.grad[0] = math.inf
+    assert guard.step(loss).action == "skip"
+
+
+def test_raise_names_the_step():
+    w, opt = trained()
+    guard = SafeStep(opt, on_nonfinite="raise")
+    with pytest.raises(FloatingPointError, match="step 3"):
+        guard.step(bad_loss(w))
+
+
+def test_stop_says_stop_without_stepping():
+    w, opt = trained()
+    guard = SafeStep(opt, on_nonfinite="stop")
+    before = w.detach().clone()
+    verdict = guard.step(bad_loss(w))
+    assert verdict.should_stop and "non-finite" in verdict.reason
+    assert torch.equal(w, before) and opt.step_count == 3
+
+
+def test_backoff_restores_snapshot_and_cuts_cumulatively():
+    w, opt = trained(0, lr=0.1)
+    guard = SafeStep(opt, on_nonfinite="backoff", snapshot_every=100)
+    start = w.detach().clone()
+    loss = (w**2).sum()
+    loss.backward()
+    guard.step(loss)  # good step 0: snapshot taken here, before the update
+    for _ in range(2):
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        guard.step(loss)
+    assert opt.step_count == 3
+    verdict = guard.step(bad_loss(w))
+    assert verdict.action == "backoff"
+    assert torch.equal(w, start) and opt.step_count == 0 and not opt.state
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    guard.step(bad_loss(w))  # a second backoff to a snapshot taken with the cut rate
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert guard.backoffs == 2
+
+
+def test_backoff_gives_up_after_max_backoffs():
+    w, opt = trained(0)
+    guard = SafeStep(opt, on_nonfinite="backoff", max_backoffs=1)
+    loss = (w**2).sum()
+    loss.backward()
+    guard.step(loss)
+    assert guard.step(bad_loss(w)).action == "backoff"
+    assert guard.step(bad_loss(w)).should_stop
+
+
+def test_spike_ignores_minibatch_noise_and_fires_on_a_jump():
+    w, opt = trained(0)
+    guard = SafeStep(opt, on_nonfinite="raise", on_spike="stop")
+    rng = np.random.default_rng(0)
+    for loss in 0.5 * np.exp(rng.normal(0.0, 0.5, size=500)):  # noise up to ~5x the median
+        assert guard.check(float(loss)).stepped
+    assert guard.spikes == 0
+    verdict = guard.check(20.0)
+    assert verdict.should_stop and verdict.event == "spike"
+
+
+def test_spike_floor_ignores_wobble_of_a_converged_run():
+    w, opt = trained(0)
+    guard = SafeStep(opt, on_spike="stop")
+    guard.check(1.0)
+    for loss in (1e-12, 3e-11, 1e-12, 5e-10, 2e-12):
+        assert guard.check(loss).stepped
+
+
+def test_state_dict_round_trip():
+    w, opt = trained(0)
+    guard = SafeStep(opt, on_nonfinite="skip", on_spike="skip")
+    for loss in (1.0, 0.9, 0.8, math.nan, 50.0, 0.7):
+        guard.check(loss)
+    state = guard.state_dict()
+    assert all(isinstance(v, (int, float, list, type(None))) for v in state.values())
+    other = SafeStep(opt, on_nonfinite="skip", on_spike="skip")
+    other.load_state_dict(state)
+    assert other.state_dict() == state and other.counts == guard.counts == {
+        "nonfinite": 1, "spikes": 1, "skips": 2, "backoffs": 0, "scaler_skips": 0}
+    assert other.check(50.0).action == guard.check(50.0).action == "skip"
+
+
+def test_grad_scaler_skips_are_the_scalers_business():
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    opt = SGD([w], lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+    guard = SafeStep(opt, on_nonfinite="raise", scaler=scaler)
+    loss = (w**2).sum()
+    scaler.scale(loss).backward()
+    w.grad[0] = math.inf  # an fp16 overflow in the backward pass
+    verdict = guard.step(loss)
+    assert verdict.stepped and guard.scaler_skips == 1 and guard.nonfinite == 0
+    assert torch.equal(w.detach(), torch.tensor([1.0, 2.0]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"on_nonfinite": "ignore"}, ValueError),
+        ({"on_spike": "warn"}, ValueError),
+        ({"spike_factor": 1.0}, ValueError),
+        ({"backoff_factor": 1.0}, ValueError),
+        ({"snapshot_every": 0}, ValueError),
+        ({"window": 2.5}, TypeError),
+    ],
+)
+def test_bad_arguments_name_themselves(kwargs, error):
+    _, opt = trained(0)
+    name = next(iter(kwargs))
+    with pytest.raises(error, match=name):
+        SafeStep(opt, **kwargs)
+
+
+# -- acceptance: a learning rate 100x too large, with backoff, still reaches the tuned target --
+@pytest.mark.parametrize(
+    ("make", "x0"),
+    [
+        (lambda: problems.quadratic(100, 1e3), None),
+        (lambda: problems.logistic_regression("breast_cancer"), None),
+        (lambda: problems.rosenbrock(2), torch.tensor([-1.5, 2.0], dtype=torch.float64)),
+    ],
+    ids=["quadratic", "logistic", "rosenbrock"],
+)
+def test_lr_100x_too_large_with_backoff_reaches_the_tuned_target(make, x0):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        problem = make()
+        x0 = problem.x0 if x0 is None else x0
+        target = problem.f_star + 1e-4 * (float(problem(x0)) - problem.f_star)
+        tuned = minimize(problem, x0, "adam", lr=1.0, max_iter=3000, gtol=None, stopping=st.target(target))
+        assert tuned.status == st.Status.TARGET_REACHED
+        too_large = minimize(
+            problem, x0, "adam", lr=100.0, max_iter=3000, gtol=None, stopping=st.target(target),
+            on_nonfinite="backoff", on_spike="backoff", safety={"backoff_factor": 0.1, "spike_factor": 3.0},
+        )
+        assert too_large.status == st.Status.TARGET_REACHED, too_large.message
+        assert too_large.safety["backoffs"] >= 1
+        assert too_large.nit <= 3 * tuned.nit
+    finally:
+        torch.set_num_threads(threads)

@@ -11,6 +11,7 @@ from steepest import clipping, init, lr, problems, schedules, stopping
 from steepest.engine import Optimizer
 from steepest.init import init_report, initialize
 from steepest.minimize import EmpiricalRisk, Result, minimize
+from steepest.train import fit
 from steepest.plateau import reduce_on_plateau
 from steepest.rules import (
     LBFGS,
@@ -48,6 +49,7 @@ __all__ = [
     "Newton",
     "NewtonCG",
     "minimize",
+    "fit",
     "Result",
     "EmpiricalRisk",
     "problems",

@@ -6,9 +6,22 @@ forward pass, cross-entropy, backward pass, optimizer step, per-epoch validation
 - ``data``: load, split and standardize the digits; mini-batch loaders.
 - ``models``: the CNN, an MLP and softmax regression; ``init_xavier``.
 - ``loop``: ``TrainConfig`` in, ``train(...)`` runs, ``TrainResult`` out.
+- ``fit``: the library's training loop for any model and data: accumulation, mixed
+  precision, evaluation, stopping criteria, callbacks, checkpoints that resume exactly.
+- ``checkpoint``: atomic, verified, ``weights_only``-safe checkpoint files.
 """
 
-from steepest.train.data import DigitsSplits, Split, load_digits_splits, make_loader
+from steepest.train.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint
+from steepest.train.data import (
+    DATASETS,
+    DataSplits,
+    DigitsSplits,
+    Split,
+    load_dataset,
+    load_digits_splits,
+    make_loader,
+)
+from steepest.train.fit import LOSSES, EvalRecord, FitResult, StepRecord, Trainer, fit
 from steepest.train.loop import (
     DEFAULT_LEARNING_RATES,
     INIT_SCHEMES,
@@ -24,10 +37,24 @@ from steepest.train.loop import (
     make_optimizer,
     train,
 )
-from steepest.train.models import MLP, MODELS, DigitsCNN, SoftmaxRegression, init_xavier
+from steepest.train.models import MLP, MODELS, DigitsCNN, SoftmaxRegression, build_model, init_xavier
 
 __all__ = [
+    "DATASETS",
     "DEFAULT_LEARNING_RATES",
+    "LOSSES",
+    "CheckpointError",
+    "DataSplits",
+    "EvalRecord",
+    "FitResult",
+    "StepRecord",
+    "Trainer",
+    "build_model",
+    "fit",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "load_dataset",
+    "save_checkpoint",
     "INIT_SCHEMES",
     "LEARNING_RATE_SCHEDULES",
     "MLP",

@@ -1,4 +1,8 @@
-"""Models for the digits example, from the simplest (softmax regression) to the default CNN.
+"""Models, from the simplest (softmax regression) to the default CNN; ``build_model`` sizes them.
+
+``build_model(name, data)`` builds ``softmax``, ``mlp`` or ``cnn`` for a data set's input shape
+and number of outputs, or imports the user's own module from ``"module:attr"``.
+The classes' defaults are those of the digits example:
 
 All three take images shaped (N, 1, 8, 8) and return class scores (logits) shaped (N, 10), so the
 training loop does not care which one it trains. The softmax regression's loss is convex, the
@@ -7,11 +11,17 @@ MLP's and CNN's are not: the same optimizer can be compared on both kinds of lan
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from steepest.init import initialize
 from steepest.train.data import IMAGE_SIZE, NUM_CLASSES
+
+if TYPE_CHECKING:
+    from steepest.train.data import DataSplits
 
 NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
 
@@ -30,25 +40,41 @@ class DigitsCNN(nn.Module):
         channels: channels of the first convolution; the second has twice as many (default 16).
         hidden: width of the fully connected hidden layer (default 64).
         dropout: probability of zeroing an input of a linear layer while training (default 0.5).
+        in_channels, image_size, num_classes: the input's channels and (height, width), and
+            the number of outputs (defaults: the digits, 1, (8, 8), 10).
     """
 
-    def __init__(self, channels: int = 16, hidden: int = 64, dropout: float = 0.5) -> None:
+    def __init__(
+        self,
+        channels: int = 16,
+        hidden: int = 64,
+        dropout: float = 0.5,
+        in_channels: int = 1,
+        image_size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE),
+        num_classes: int = NUM_CLASSES,
+    ) -> None:
         super().__init__()
-        pooled_size = IMAGE_SIZE // 2
+        # Large images are averaged down to at most 8x8 after pooling, so that the first
+        # linear layer stays small whatever the image size.
+        pooled = (min(image_size[0] // 2, 8), min(image_size[1] // 2, 8))
+        if min(pooled) < 1:
+            raise ValueError(f"image_size must be at least 2x2 for the CNN, got image_size={image_size!r}")
         self.features = nn.Sequential(
-            nn.Conv2d(1, channels, kernel_size=3, padding=1),
+            nn.Conv2d(in_channels, channels, kernel_size=3, padding=1),
             nn.ReLU(),
             nn.Conv2d(channels, 2 * channels, kernel_size=3, padding=1),
             nn.ReLU(),
             nn.MaxPool2d(2),
         )
+        if (image_size[0] // 2, image_size[1] // 2) != pooled:
+            self.features.append(nn.AdaptiveAvgPool2d(pooled))
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Dropout(dropout),
-            nn.Linear(2 * channels * pooled_size * pooled_size, hidden),
+            nn.Linear(2 * channels * pooled[0] * pooled[1], hidden),
             nn.ReLU(),
             nn.Dropout(dropout),
-            nn.Linear(hidden, NUM_CLASSES),
+            nn.Linear(hidden, num_classes),
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -60,15 +86,18 @@ class MLP(nn.Module):
 
     Args:
         hidden: width of the hidden layer (default 128).
+        num_features, num_outputs: input values and outputs (defaults: the digits, 64, 10).
     """
 
-    def __init__(self, hidden: int = 128) -> None:
+    def __init__(
+        self, hidden: int = 128, num_features: int = NUM_PIXELS, num_outputs: int = NUM_CLASSES
+    ) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(NUM_PIXELS, hidden),
+            nn.Linear(num_features, hidden),
             nn.ReLU(),
-            nn.Linear(hidden, NUM_CLASSES),
+            nn.Linear(hidden, num_outputs),
         )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -79,12 +108,16 @@ class SoftmaxRegression(nn.Module):
     """Multinomial logistic regression: one linear map from the 64 pixels to 10 class scores.
 
     With cross-entropy its loss is convex in the parameters, so there is one minimum to reach:
-    the clearest setting to watch what the learning rate alone does.
+    the clearest setting to watch what the learning rate alone does. With one output and
+    squared error it is linear regression.
+
+    Args:
+        num_features, num_outputs: input values and outputs (defaults: the digits, 64, 10).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, num_features: int = NUM_PIXELS, num_outputs: int = NUM_CLASSES) -> None:
         super().__init__()
-        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(NUM_PIXELS, NUM_CLASSES))
+        self.layers = nn.Sequential(nn.Flatten(), nn.Linear(num_features, num_outputs))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.layers(images)
@@ -96,6 +129,64 @@ MODELS: dict[str, type[nn.Module]] = {
     "mlp": MLP,
     "softmax": SoftmaxRegression,
 }
+
+
+def _import_model(spec: str) -> nn.Module:
+    """``"package.module:attr"`` -> the module's ``attr`` (a class or factory) called with no args."""
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"name={spec!r}: a user model is written 'module:attr', e.g. 'mypackage.nets:Net'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"name={spec!r}: cannot import module {module_name!r} ({error})") from error
+    factory = getattr(module, attribute, None)
+    if factory is None or not callable(factory):
+        raise ValueError(f"name={spec!r}: module {module_name!r} has no class or function {attribute!r}")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"name={spec!r} must build a torch.nn.Module, got {type(model).__name__}")
+    return model
+
+
+def build_model(name: str, data: DataSplits, hidden: int = 128) -> nn.Module:
+    """Build model ``name`` for ``data``'s input shape and outputs (classes, or 1 for regression).
+
+    Args:
+        name: ``"softmax"``, ``"mlp"``, ``"cnn"`` (inputs shaped (channels, height, width)),
+            or ``"module:attr"``: import ``module`` and call its ``attr`` (a class or a factory)
+            with no arguments.
+        data: a ``DataSplits`` from ``load_dataset``.
+        hidden: width of the MLP's hidden layer (default 128).
+
+    Regression models return shape (N,), matching the targets.
+
+    Example:
+        >>> from steepest.train import load_dataset
+        >>> build_model("mlp", load_dataset("wine"))(torch.zeros(2, 13)).shape
+        torch.Size([2, 3])
+    """
+    if ":" in name:
+        return _import_model(name)
+    outputs = data.num_classes if data.task == "classification" else 1
+    if name == "softmax":
+        model: nn.Module = SoftmaxRegression(data.num_features, outputs)
+    elif name == "mlp":
+        model = MLP(hidden, data.num_features, outputs)
+    elif name == "cnn":
+        if len(data.input_shape) != 3:
+            raise ValueError(
+                f"name='cnn' needs image inputs shaped (channels, height, width), got {data.input_shape}; "
+                "use 'mlp' for tabular data"
+            )
+        channels, height, width = data.input_shape
+        model = DigitsCNN(in_channels=channels, image_size=(height, width), num_classes=outputs)
+    else:
+        raise ValueError(f"unknown model name={name!r}; choose from softmax, mlp, cnn or 'module:attr'")
+    if data.task == "regression":
+        model = nn.Sequential(model, nn.Flatten(0))  # (N, 1) -> (N,), the targets' shape
+    return model
+
 
 def init_xavier(
     model: nn.Module, distribution: str = "uniform", generator: torch.Generator | None = None

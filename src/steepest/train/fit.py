@@ -1,0 +1,812 @@
+"""``fit``: the training loop of the library, readable top to bottom.
+
+For every optimizer step: take ``accumulate`` mini-batches, run forward pass and loss (under
+autocast when asked), backward pass, then the optimizer's step (which clips and evaluates the
+learning-rate schedule itself), and tell the callbacks. Every ``eval_every`` steps (or epoch),
+score the validation data and ask the stopping criteria; every ``checkpoint_every``, write a
+checkpoint from which ``resume=True`` continues bit-identically on the same machine.
+
+Example:
+    >>> from steepest.train import build_model, fit, load_dataset
+    >>> data = load_dataset("digits")
+    >>> result = fit(build_model("mlp", data), data.train, "cross_entropy", lr=3e-3,
+    ...              epochs=5, val_data=data.val)  # doctest: +SKIP
+    >>> result.metrics["val_accuracy"] > 0.95  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from steepest import clipping
+from steepest import stopping as stopping_criteria
+from steepest.train import checkpoint as checkpoints
+
+__all__ = ["LOSSES", "EvalRecord", "FitResult", "StepRecord", "Trainer", "fit"]
+
+LossFunction = Callable[[Tensor, Tensor], Tensor]
+
+#: Loss functions ``fit`` knows by name; each returns the mean over the mini-batch.
+LOSSES: dict[str, LossFunction] = {
+    "cross_entropy": F.cross_entropy,
+    "mse": F.mse_loss,
+    "l1": F.l1_loss,
+    "huber": F.huber_loss,
+    "binary_cross_entropy_with_logits": F.binary_cross_entropy_with_logits,
+}
+
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "float32": None,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+# Validation data is scored in chunks this large: big enough to amortize the per-call
+# overhead, small enough not to hold a large set's activations at once.
+EVALUATION_BATCH_SIZE = 1024
+
+
+# ------------------------------------------------------------------------------ records
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """What one optimizer step did; handed to ``on_step_end`` and kept in ``history``.
+
+    ``loss`` is the step's mean loss over its accumulated micro-batches, ``lr`` the rate of
+    param group 0 used by this step, ``grad_norm`` the global gradient norm before clipping
+    (None when not computed), ``elapsed`` seconds since the run started (resumed runs count
+    their earlier parts), ``total_steps`` the planned number of steps (None if unknown).
+    """
+
+    step: int
+    epoch: int
+    batch_in_epoch: int
+    loss: float
+    lr: float
+    grad_norm: float | None
+    clipped: bool
+    examples: int
+    examples_per_second: float
+    elapsed: float
+    total_steps: int | None
+
+
+@dataclass(frozen=True)
+class EvalRecord:
+    """One evaluation: ``metrics`` such as ``val_loss``, ``val_accuracy``, ``train_loss``."""
+
+    step: int
+    epoch: int
+    metrics: dict[str, float]
+    elapsed: float
+
+
+@dataclass
+class FitResult:
+    """The outcome of :func:`fit`.
+
+    Args:
+        history: one StepRecord per optimizer step (of the whole run, resumed parts included).
+        evaluations: one EvalRecord per evaluation.
+        metrics: the final metrics (of the returned model's parameters).
+        stopped_by: why the run ended, in words.
+        success: True when a convergence criterion (target, patience, ...) ended the run.
+        steps: optimizer steps done; epochs: epochs begun; seconds: wall-clock time.
+        model: the trained model (with the best parameters when patience restored them).
+    """
+
+    history: list[StepRecord]
+    evaluations: list[EvalRecord]
+    metrics: dict[str, float]
+    stopped_by: str
+    success: bool
+    steps: int
+    epochs: int
+    seconds: float
+    model: nn.Module = field(repr=False)
+
+
+class Trainer:
+    """The live state of a run, as callbacks see it.
+
+    Attributes:
+        model, optimizer, scaler (a ``torch.amp.GradScaler`` or None): what is trained.
+        step: optimizer steps done; epoch: the current epoch (1-based).
+        total_steps: the planned number of steps, None if unknown.
+        config: the plain-valued arguments of ``fit``.
+        stop_requested: set it to True in a callback to stop after the current step.
+        history, evaluations: the records so far.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler | None,
+        config: dict[str, Any],
+        total_steps: int | None,
+        callbacks: Sequence[Any],
+    ) -> None:
+        self.model = model
+        self.optimizer = optimizer
+        self.scaler = scaler
+        self.config = config
+        self.total_steps = total_steps
+        self.callbacks = list(callbacks)
+        self.step = 0
+        self.epoch = 0
+        self.stop_requested = False
+        self.history: list[StepRecord] = []
+        self.evaluations: list[EvalRecord] = []
+
+    def notify(self, event: str, *arguments: Any) -> None:
+        """Call ``event`` (e.g. ``"on_step_end"``) on every callback that has it."""
+        for callback in self.callbacks:
+            method = getattr(callback, event, None)
+            if method is not None:
+                method(self, *arguments)
+
+
+def _callback_name(callback: Any) -> str:
+    return str(getattr(callback, "name", type(callback).__name__))
+
+
+# ------------------------------------------------------------------------------ data
+
+
+class _TensorBatches:
+    """Mini-batches of (inputs, targets) tensors by index: no per-example collation.
+
+    ``start_epoch`` draws the epoch's order at once (so a resumed run can replay the draw)
+    and can skip the batches a resumed run already consumed without gathering them.
+    """
+
+    def __init__(
+        self,
+        inputs: Tensor,
+        targets: Tensor,
+        batch_size: int,
+        shuffle: bool,
+        generator: torch.Generator | None,
+    ) -> None:
+        self.inputs, self.targets = inputs, targets
+        self.batch_size, self.shuffle, self.generator = batch_size, shuffle, generator
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.targets) / self.batch_size)
+
+    def start_epoch(self, skip: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        count = len(self.targets)
+        order = torch.randperm(count, generator=self.generator) if self.shuffle else None
+        return self._batches(order, skip)
+
+    def _batches(self, order: Tensor | None, skip: int) -> Iterator[tuple[Tensor, Tensor]]:
+        for start in range(skip * self.batch_size, len(self.targets), self.batch_size):
+            if order is None:
+                yield (
+                    self.inputs[start : start + self.batch_size],
+                    self.targets[start : start + self.batch_size],
+                )
+            else:
+                indices = order[start : start + self.batch_size]
+                yield self.inputs[indices], self.targets[indices]
+
+
+class _LoaderBatches:
+    """A DataLoader as a source of epochs; skipped batches are loaded but not trained on."""
+
+    def __init__(self, loader: DataLoader) -> None:
+        self.loader = loader
+        self.generator = loader.generator
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def start_epoch(self, skip: int = 0) -> Iterator[Any]:
+        iterator = iter(self.loader)
+        for _ in range(skip):
+            next(iterator, None)
+        return iterator
+
+
+def _tensor_pair(data: Any) -> tuple[Tensor, Tensor] | None:
+    if isinstance(data, TensorDataset) and len(data.tensors) == 2:
+        return data.tensors[0], data.tensors[1]
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
+        if len(data[0]) != len(data[1]):
+            raise ValueError(f"inputs and targets differ in length: {len(data[0])} != {len(data[1])}")
+        return data[0], data[1]
+    return None
+
+
+def _as_batches(
+    data: Any, name: str, batch_size: int, shuffle: bool, generator: torch.Generator | None
+) -> _TensorBatches | _LoaderBatches:
+    """(X, y) tensors, a TensorDataset, any Dataset or a DataLoader -> a source of epochs."""
+    pair = _tensor_pair(data)
+    if pair is not None:
+        return _TensorBatches(pair[0], pair[1], batch_size, shuffle, generator)
+    if isinstance(data, DataLoader):
+        return _LoaderBatches(data)
+    if isinstance(data, Dataset):
+        return _LoaderBatches(DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator))
+    raise TypeError(
+        f"{name} must be a torch Dataset, a DataLoader or an (inputs, targets) pair of tensors, "
+        f"got {type(data).__name__}"
+    )
+
+
+def _groups(batches: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive groups of ``size`` micro-batches; the epoch's last group may be smaller."""
+    group: list[Any] = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+# ------------------------------------------------------------------------------ building blocks
+
+
+def _build_optimizer(
+    optimizer: Any, params: list[Tensor], lr: Any, clip_norm: float | None
+) -> torch.optim.Optimizer:
+    """A name, a class, a factory ``params -> optimizer`` or an instance -> an optimizer."""
+    from steepest.engine import Optimizer as SteepestOptimizer
+    from steepest.minimize import METHODS
+
+    if isinstance(optimizer, torch.optim.Optimizer):
+        if lr is not None:
+            raise ValueError(
+                "lr configures an optimizer given by name or class; this optimizer "
+                f"instance has its own, got lr={lr!r}"
+            )
+        built = optimizer
+    elif isinstance(optimizer, str):
+        key = optimizer.lower().replace("-", "").replace("_", "")
+        if key not in METHODS:
+            raise ValueError(f"unknown optimizer={optimizer!r}; choose from {', '.join(sorted(METHODS))}")
+        optimizer = METHODS[key]
+    if isinstance(optimizer, type):
+        if not issubclass(optimizer, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer subclass, got {optimizer.__name__}")
+        options: dict[str, Any] = {} if lr is None else {"lr": lr}
+        if clip_norm is not None and issubclass(optimizer, SteepestOptimizer):
+            options["clip_norm"] = clip_norm
+        built = optimizer(params, **options)
+    elif not isinstance(optimizer, torch.optim.Optimizer):
+        if not callable(optimizer):
+            raise TypeError(f"optimizer must be a name, a class, a factory or an instance, got {optimizer!r}")
+        if lr is not None:
+            raise ValueError(
+                f"lr configures an optimizer given by name or class; a factory sets its own, got lr={lr!r}"
+            )
+        built = optimizer(params)
+        if not isinstance(built, torch.optim.Optimizer):
+            raise TypeError(
+                f"the optimizer factory must return a torch.optim.Optimizer, got {type(built).__name__}"
+            )
+    if getattr(built, "requires_closure", False):
+        raise TypeError(f"fit cannot drive {type(built).__name__}: it needs a closure; use steepest.minimize")
+    if clip_norm is not None and isinstance(built, SteepestOptimizer):
+        if built.clip_norm is None:
+            built.clip_norm = clip_norm
+        elif built.clip_norm != clip_norm:
+            raise ValueError(
+                f"clip_norm={clip_norm!r} differs from the optimizer's own clip_norm={built.clip_norm!r}"
+            )
+    return built
+
+
+def _resolve_loss(loss: str | LossFunction) -> LossFunction:
+    if isinstance(loss, str):
+        if loss not in LOSSES:
+            raise ValueError(f"unknown loss={loss!r}; choose from {', '.join(LOSSES)} or pass a function")
+        return LOSSES[loss]
+    if not callable(loss):
+        raise TypeError(f"loss must be a name or a function (outputs, targets) -> loss, got {loss!r}")
+    return loss
+
+
+def _check_every(name: str, value: Any) -> str | int:
+    if value == "epoch" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ValueError(f"{name} must be 'epoch' or a positive number of steps, got {name}={value!r}")
+
+
+def _check_positive_int(name: str, value: Any, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module,
+    batches: _TensorBatches | _LoaderBatches,
+    loss_function: LossFunction,
+    metrics: Sequence[str],
+    device: torch.device,
+    autocast: Any,
+) -> dict[str, float]:
+    """Mean loss (weighted by batch size) and accuracy of ``model`` over all of ``batches``."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    count = 0
+    measure_accuracy = "accuracy" in metrics
+    for inputs, targets in batches.start_epoch():
+        inputs, targets = inputs.to(device), targets.to(device)
+        with autocast():
+            outputs = model(inputs)
+            loss = loss_function(outputs, targets)
+        loss_sum += loss.double() * len(targets)
+        # Accuracy means something for class labels only; regression targets are floats.
+        if measure_accuracy and outputs.ndim == 2 and not targets.is_floating_point():
+            correct += (outputs.argmax(dim=1) == targets).sum()
+        else:
+            measure_accuracy = False
+        count += len(targets)
+    model.train(was_training)
+    if count == 0:
+        return {}
+    result = {"val_loss": float(loss_sum) / count}
+    if measure_accuracy:
+        result["val_accuracy"] = int(correct) / count
+    return result
+
+
+# ------------------------------------------------------------------------------ fit
+
+
+def fit(
+    model: nn.Module,
+    data: Any,
+    loss: str | LossFunction,
+    optimizer: Any = "adamw",
+    lr: float | Callable[[int], float] | None = None,
+    *,
+    epochs: int | None = None,
+    max_steps: int | None = None,
+    batch_size: int = 64,
+    val_data: Any = None,
+    eval_every: str | int = "epoch",
+    stopping: Any = None,
+    clip_norm: float | None = None,
+    accumulate: int = 1,
+    precision: str = "float32",
+    compile: bool = False,
+    callbacks: Sequence[Any] = (),
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: str | int = "epoch",
+    keep_last: int = 3,
+    resume: bool | str | Path = False,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    metrics: Sequence[str] = ("accuracy",),
+    track_grad_norm: bool | None = None,
+) -> FitResult:
+    """Train ``model`` on ``data`` by mini-batch gradient descent; evaluate, stop, checkpoint.
+
+    Args:
+        model: the ``nn.Module`` to train (moved to ``device``).
+        data: training data: ``(inputs, targets)`` tensors, a torch Dataset or a DataLoader.
+            Tensors and Datasets are shuffled each epoch by a generator seeded with ``seed``.
+        loss: a name of ``LOSSES`` (``"cross_entropy"``, ``"mse"``, ...) or a function
+            ``(outputs, targets) -> mean loss``.
+        optimizer: a steepest optimizer name (any case, e.g. ``"adamw"``), an optimizer class,
+            a factory ``params -> optimizer``, or an instance (default ``"adamw"``).
+        lr: learning rate, a float or a schedule ``step -> rate``; None keeps the optimizer's
+            default. Only for a name or a class.
+        epochs: passes over ``data``; max_steps: optimizer steps. With neither, 10 epochs.
+        batch_size: examples per micro-batch (default 64); a step sees
+            ``batch_size * accumulate`` examples.
+        val_data: validation data in the same forms as ``data``; None evaluates the mean
+            training loss since the last evaluation instead.
+        eval_every: ``"epoch"`` (default) or a number of steps.
+        stopping: a criterion of ``steepest.stopping`` (or any callable Observation -> Stop),
+            asked at every evaluation with ``fun`` = the validation loss if any, else the
+            training loss; ``iteration`` = steps done, ``metrics`` = the evaluation's.
+        clip_norm: clip the global gradient norm to this (the optimizer's ``clip_norm``).
+        accumulate: micro-batches per optimizer step (default 1). Each micro-batch's mean
+            loss is weighted by its share of the step's examples, so a step equals one
+            large batch even when the epoch's last micro-batch is short.
+        precision: ``"float32"`` (default), ``"bfloat16"`` (autocast) or ``"float16"``
+            (autocast and a GradScaler; CUDA only).
+        compile: run the forward pass through ``torch.compile(model)``.
+        callbacks: objects with any of ``on_fit_start``, ``on_step_end``, ``on_evaluate``,
+            ``on_checkpoint``, ``on_fit_end`` (and optionally ``state_dict``/``load_state_dict``,
+            checkpointed under their ``name``, default the class name).
+        checkpoint_dir: folder for ``step-000123.pt`` checkpoints; None writes none.
+        checkpoint_every: ``"epoch"`` (default) or a number of steps.
+        keep_last: checkpoints to keep (default 3).
+        resume: True continues from the newest valid checkpoint in ``checkpoint_dir`` (and
+            starts afresh if there is none); a path names a checkpoint file or folder.
+        seed: seeds torch, numpy, Python's random and the shuffling (default 0).
+        device: where to train (default ``"cpu"``).
+        metrics: ``("accuracy",)`` (default) adds ``val_accuracy`` for class labels; ``()``.
+        track_grad_norm: compute the gradient norm when not clipping (one reduction per step);
+            None means on CPU only.
+
+    Returns:
+        A FitResult: the records, the final metrics, why it stopped, and the model.
+
+    Example:
+        >>> X, y = torch.randn(256, 4), torch.randint(0, 3, (256,))
+        >>> result = fit(torch.nn.Linear(4, 3), (X, y), "cross_entropy", "sgd", lr=0.1, epochs=2)
+        >>> result.steps
+        8
+    """
+    # -- check the arguments ------------------------------------------------------------------
+    _check_positive_int("epochs", epochs, optional=True)
+    _check_positive_int("max_steps", max_steps, optional=True)
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("accumulate", accumulate)
+    _check_positive_int("keep_last", keep_last)
+    eval_every = _check_every("eval_every", eval_every)
+    checkpoint_every = _check_every("checkpoint_every", checkpoint_every)
+    if epochs is None and max_steps is None:
+        epochs = 10
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got precision={precision!r}")
+    device = torch.device(device)
+    if precision == "float16" and device.type != "cuda":
+        raise ValueError(
+            f"precision='float16' needs a CUDA device (it relies on a GradScaler); on {device.type} "
+            "use precision='bfloat16'"
+        )
+    if resume and checkpoint_dir is None and not isinstance(resume, (str, Path)):
+        raise ValueError("resume=True needs checkpoint_dir, the folder to resume from")
+    if stopping is not None and not callable(stopping):
+        raise TypeError(f"stopping must be a criterion (a callable Observation -> Stop), got {stopping!r}")
+    for name in metrics:
+        if name != "accuracy":
+            raise ValueError(f"unknown metric {name!r}; fit knows 'accuracy'")
+    loss_function = _resolve_loss(loss)
+    if track_grad_norm is None:
+        track_grad_norm = device.type == "cpu"
+
+    # -- set up: seeds, data, optimizer, mixed precision -------------------------------------
+    # One seed fixes the initial random state of everything (dropout, numpy, Python) and,
+    # through its own generator, the batch order: nothing else drawing random numbers can
+    # change the order.
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    shuffle_generator = torch.Generator().manual_seed(seed)
+    train_batches = _as_batches(data, "data", batch_size, True, shuffle_generator)
+    val_batches = (
+        None if val_data is None else _as_batches(val_data, "val_data", EVALUATION_BATCH_SIZE, False, None)
+    )
+
+    model.to(device)
+    forward = torch.compile(model) if compile else model
+    optimizer = _build_optimizer(optimizer, list(model.parameters()), lr, clip_norm)
+    # torch.optim optimizers have no clip_norm of their own: fit clips for them.
+    clip_in_loop = clip_norm is not None and not hasattr(optimizer, "clip_norm")
+    autocast_dtype = PRECISIONS[precision]
+    scaler = torch.amp.GradScaler(device.type) if precision == "float16" else None
+
+    def autocast() -> Any:
+        if autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=autocast_dtype)
+
+    try:
+        micro_batches_per_epoch: int | None = len(train_batches)
+    except TypeError:
+        micro_batches_per_epoch = None
+    steps_per_epoch = (
+        None if micro_batches_per_epoch is None else math.ceil(micro_batches_per_epoch / accumulate)
+    )
+    planned = [max_steps] if max_steps is not None else []
+    if epochs is not None and steps_per_epoch is not None:
+        planned.append(epochs * steps_per_epoch)
+    total_steps = min(planned) if planned else None
+
+    config = {
+        "optimizer": optimizer if isinstance(optimizer, str) else type(optimizer).__name__,
+        "lr": lr if lr is None or isinstance(lr, (int, float)) else repr(lr),
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "eval_every": eval_every,
+        "clip_norm": clip_norm,
+        "accumulate": accumulate,
+        "precision": precision,
+        "compile": compile,
+        "checkpoint_dir": None if checkpoint_dir is None else str(checkpoint_dir),
+        "checkpoint_every": checkpoint_every,
+        "keep_last": keep_last,
+        "seed": seed,
+        "device": str(device),
+        "metrics": list(metrics),
+    }
+    trainer = Trainer(model, optimizer, scaler, config, total_steps, callbacks)
+
+    # -- the loop's own state: everything a checkpoint must hold ------------------------------
+    epochs_done = 0  # epochs finished
+    batches_done = 0  # micro-batches consumed in the current epoch
+    elapsed_before = 0.0  # seconds spent by earlier parts of a resumed run
+    train_loss_sum, train_steps = 0.0, 0  # since the last evaluation (the fun without val_data)
+    stopped_by: str | None = None
+    success = False
+    ended_by_limit = False  # stopped by epochs or max_steps (a resume may extend them)
+    epoch_start_rng: dict[str, Any] = {}
+
+    def loop_state() -> dict[str, Any]:
+        return {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": None if scaler is None else scaler.state_dict(),
+            "loop": {
+                "step": trainer.step,
+                "epoch": trainer.epoch,
+                "epochs_done": epochs_done,
+                "batches_done": batches_done,
+                "elapsed": clock(),
+                "train_loss_sum": train_loss_sum,
+                "train_steps": train_steps,
+                "stopped_by": stopped_by,
+                "success": success,
+                "ended_by_limit": ended_by_limit,
+            },
+            "epoch_start_rng": epoch_start_rng,
+            "rng": checkpoints.capture_rng_states(train_batches.generator),
+            "stopping": stopping.state_dict() if hasattr(stopping, "state_dict") else None,
+            "callbacks": {
+                _callback_name(callback): callback.state_dict()
+                for callback in trainer.callbacks
+                if hasattr(callback, "state_dict")
+            },
+            "history": [asdict(record) for record in trainer.history],
+            "evaluations": [asdict(record) for record in trainer.evaluations],
+            "config": config,
+        }
+
+    def save() -> None:
+        if checkpoint_dir is None:
+            return
+        path = checkpoints.save_checkpoint(loop_state(), checkpoint_dir, trainer.step, keep_last)
+        trainer.notify("on_checkpoint", path)
+
+    # -- resume --------------------------------------------------------------------------------
+    resumed: dict[str, Any] | None = None
+    if resume:
+        source = Path(checkpoint_dir) if resume is True else Path(resume)
+        if resume is not True and not source.exists():
+            raise ValueError(f"resume={str(resume)!r}: no such checkpoint file or folder")
+        if source.is_file():
+            resumed = checkpoints.load_checkpoint(source)
+        else:
+            # A missing or empty folder starts afresh, so that one command both starts and resumes.
+            checkpoints.remove_temporary_files(source)
+            found = checkpoints.latest_checkpoint(source)
+            resumed = None if found is None else found[1]
+    if resumed is not None:
+        for key in ("batch_size", "accumulate", "seed"):
+            if resumed["config"][key] != config[key]:
+                raise ValueError(
+                    f"cannot resume exactly with {key}={config[key]!r}: the checkpoint was taken "
+                    f"with {key}={resumed['config'][key]!r}"
+                )
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        if scaler is not None and resumed["scaler"] is not None:
+            scaler.load_state_dict(resumed["scaler"])
+        if resumed["stopping"] is not None and hasattr(stopping, "load_state_dict"):
+            stopping.load_state_dict(resumed["stopping"])
+        for callback in trainer.callbacks:
+            name = _callback_name(callback)
+            if hasattr(callback, "load_state_dict") and name in resumed["callbacks"]:
+                callback.load_state_dict(resumed["callbacks"][name])
+        saved = resumed["loop"]
+        trainer.step, trainer.epoch = saved["step"], saved["epoch"]
+        epochs_done, batches_done = saved["epochs_done"], saved["batches_done"]
+        elapsed_before = saved["elapsed"]
+        train_loss_sum, train_steps = saved["train_loss_sum"], saved["train_steps"]
+        # A run that ended at its epoch or step limit continues when resumed with a larger one;
+        # one a criterion, a callback or divergence ended stays ended.
+        if not saved["ended_by_limit"]:
+            stopped_by, success = saved["stopped_by"], saved["success"]
+        epoch_start_rng = resumed["epoch_start_rng"]
+        trainer.history = [StepRecord(**record) for record in resumed["history"]]
+        trainer.evaluations = [EvalRecord(**record) for record in resumed["evaluations"]]
+
+    started = time.perf_counter()
+
+    def clock() -> float:
+        return elapsed_before + time.perf_counter() - started
+
+    def evaluate_now() -> EvalRecord:
+        """Score the model, record and announce the evaluation."""
+        nonlocal train_loss_sum, train_steps
+        if val_batches is not None:
+            scores = _evaluate(model, val_batches, loss_function, metrics, device, autocast)
+        else:
+            last = trainer.history[-1].loss if trainer.history else math.nan
+            scores = {"train_loss": train_loss_sum / train_steps if train_steps else last}
+        train_loss_sum, train_steps = 0.0, 0
+        record = EvalRecord(step=trainer.step, epoch=trainer.epoch, metrics=scores, elapsed=clock())
+        trainer.evaluations.append(record)
+        trainer.notify("on_evaluate", record)
+        return record
+
+    def evaluate_and_check_stopping() -> None:
+        """Evaluate; ask the stopping criteria; restore the best parameters if they say so."""
+        nonlocal stopped_by, success
+        record = evaluate_now()
+        if stopping is None:
+            return
+        fun = record.metrics.get("val_loss", record.metrics.get("train_loss", math.nan))
+        last_norm = trainer.history[-1].grad_norm if trainer.history else None
+        observation = stopping_criteria.Observation(
+            iteration=trainer.step,
+            fun=fun,
+            grad_norm=last_norm,
+            elapsed=record.elapsed,
+            params=lambda: list(model.parameters()),
+            metrics=record.metrics,
+        )
+        decision = stopping(observation)
+        if decision is not None:
+            stopped_by, success = decision.reason, bool(decision.success)
+            if decision.restore_best(list(model.parameters())):
+                evaluate_now()  # the final metrics are those of the restored parameters
+
+    trainer.notify("on_fit_start")
+    model.train()
+
+    # -- the loop: epochs of steps of micro-batches ---------------------------------------------
+    tick = time.perf_counter()
+    while stopped_by is None:
+        if epochs is not None and epochs_done >= epochs:
+            stopped_by, success, ended_by_limit = f"completed epochs={epochs}", True, True
+            break
+        if max_steps is not None and trainer.step >= max_steps:
+            stopped_by, success, ended_by_limit = f"reached max_steps={max_steps}", True, True
+            break
+        trainer.epoch = epochs_done + 1
+        if resumed is not None and batches_done == 0:
+            # Resuming at an epoch boundary: continue from the random state of the checkpoint.
+            checkpoints.restore_rng_states(resumed["rng"], train_batches.generator)
+            resumed = None
+        if batches_done == 0:
+            # Remember the random state the epoch's order is drawn from, so that a resumed
+            # run can draw the same order again.
+            epoch_start_rng = {
+                "torch": torch.get_rng_state(),
+                "generator": (
+                    None if train_batches.generator is None else train_batches.generator.get_state()
+                ),
+            }
+            epoch_batches = train_batches.start_epoch()
+        else:
+            # Resuming mid-epoch: replay the epoch's draw, skip the batches already trained
+            # on, then continue from the random state of the checkpoint.
+            torch.set_rng_state(epoch_start_rng["torch"])
+            if train_batches.generator is not None and epoch_start_rng["generator"] is not None:
+                train_batches.generator.set_state(epoch_start_rng["generator"])
+            epoch_batches = train_batches.start_epoch(skip=batches_done)
+            checkpoints.restore_rng_states(resumed["rng"], train_batches.generator)
+            resumed = None
+
+        for micro_batches in _groups(epoch_batches, accumulate):
+            # Forward and backward over the step's micro-batches; each mean loss is weighted by
+            # its share of the step's examples, so the gradient is that of the whole step's mean.
+            examples = sum(len(targets) for _, targets in micro_batches)
+            step_loss = torch.zeros((), device=device)
+            for inputs, targets in micro_batches:
+                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+                with autocast():
+                    micro_loss = loss_function(forward(inputs), targets)
+                if len(micro_batches) > 1:
+                    micro_loss = micro_loss * (len(targets) / examples)
+                (micro_loss if scaler is None else scaler.scale(micro_loss)).backward()
+                step_loss += micro_loss.detach().float()
+
+            # The update: clipping happens inside the optimizer's step (its clip_norm), after
+            # the GradScaler unscaled the gradients.
+            lr_used = float(optimizer.param_groups[0]["lr"])
+            grad_norm: float | None = None
+            if clip_in_loop or (track_grad_norm and clip_norm is None):
+                if scaler is not None:
+                    scaler.unscale_(optimizer)
+                with_grads = [
+                    p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+                ]
+                if clip_in_loop:
+                    grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grads, clip_norm))
+                else:
+                    grad_norm = float(clipping.global_norm([p.grad for p in with_grads]))
+            if scaler is None:
+                optimizer.step()
+            else:
+                scaler.step(optimizer)
+                scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if clip_norm is not None and not clip_in_loop:
+                grad_norm = optimizer.last_grad_norm
+            clipped = clip_norm is not None and grad_norm is not None and grad_norm > clip_norm
+
+            trainer.step += 1
+            batches_done += len(micro_batches)
+            loss_value = float(step_loss)
+            train_loss_sum, train_steps = train_loss_sum + loss_value, train_steps + 1
+            now = time.perf_counter()
+            record = StepRecord(
+                step=trainer.step,
+                epoch=trainer.epoch,
+                batch_in_epoch=math.ceil(batches_done / accumulate),
+                loss=loss_value,
+                lr=lr_used,
+                grad_norm=grad_norm,
+                clipped=clipped,
+                examples=examples,
+                examples_per_second=examples / max(now - tick, 1e-9),
+                elapsed=clock(),
+                total_steps=total_steps,
+            )
+            trainer.history.append(record)
+            trainer.notify("on_step_end", record)
+
+            if not math.isfinite(loss_value):
+                stopped_by = f"diverged: the training loss is {loss_value} at step {trainer.step}"
+            elif eval_every != "epoch" and trainer.step % eval_every == 0:
+                evaluate_and_check_stopping()
+            if stopped_by is None and max_steps is not None and trainer.step >= max_steps:
+                stopped_by, success, ended_by_limit = f"reached max_steps={max_steps}", True, True
+            if stopped_by is None and trainer.stop_requested:
+                stopped_by = "stopped by a callback (stop_requested)"
+            if stopped_by is None and checkpoint_every != "epoch" and trainer.step % checkpoint_every == 0:
+                save()
+            if stopped_by is not None:
+                break
+            tick = time.perf_counter()
+        else:
+            # The epoch ran to its end.
+            epochs_done += 1
+            batches_done = 0
+            if eval_every == "epoch":
+                evaluate_and_check_stopping()
+            if stopped_by is None and checkpoint_every == "epoch":
+                save()
+            tick = time.perf_counter()
+
+    # -- the end: final metrics, a last checkpoint, the result -----------------------------------
+    if not trainer.evaluations or trainer.evaluations[-1].step != trainer.step:
+        evaluate_now()
+    save()  # a resumed finished run returns at once instead of training further
+    result = FitResult(
+        history=trainer.history,
+        evaluations=trainer.evaluations,
+        metrics=dict(trainer.evaluations[-1].metrics),
+        stopped_by=stopped_by,
+        success=success,
+        steps=trainer.step,
+        epochs=trainer.epoch,
+        seconds=clock(),
+        model=model,
+    )
+    trainer.notify("on_fit_end", result)
+    return result

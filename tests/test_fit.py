@@ -1,0 +1,369 @@
+"""fit(): learning, accumulation, mixed precision, callbacks, stopping, optimizers, errors."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import steepest
+from steepest import stopping
+from steepest.train import EvalRecord, FitResult, StepRecord, Trainer, build_model, fit, load_dataset
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+@pytest.fixture
+def one_thread():
+    """Runs that are compared for equality use one thread, restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def small_problem(n: int = 200, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 6, generator=generator)
+    y = (X[:, 0] - X[:, 2] > 0).long()
+    return X, y
+
+
+def small_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 2))
+
+
+def test_digits_mlp_reaches_95_percent(digits) -> None:
+    torch.manual_seed(0)
+    model = build_model("mlp", digits)
+    result = fit(model, digits.train, "cross_entropy", "adamw", lr=3e-3, epochs=5, val_data=digits.val)
+    assert isinstance(result, FitResult)
+    assert result.metrics["val_accuracy"] >= 0.95
+    assert result.stopped_by == "completed epochs=5" and result.success
+    assert result.steps == 5 * math.ceil(len(digits.train[1]) / 64) == len(result.history)
+    assert [e.epoch for e in result.evaluations] == [1, 2, 3, 4, 5]
+
+
+def test_accumulate_two_batches_of_32_equals_one_batch_of_64(one_thread) -> None:
+    X, y = small_problem(n=200)  # 200 = 3 * 64 + 8: the epoch's last step is short
+    runs = {}
+    for batch_size, accumulate in ((64, 1), (32, 2)):
+        model = small_model()
+        result = fit(
+            model,
+            (X, y),
+            "cross_entropy",
+            "sgd",
+            lr=0.5,
+            epochs=3,
+            batch_size=batch_size,
+            accumulate=accumulate,
+        )
+        runs[accumulate] = (model, result)
+    (big, big_result), (accumulated, accumulated_result) = runs[1], runs[2]
+    assert big_result.steps == accumulated_result.steps == 12
+    assert [r.examples for r in big_result.history] == [r.examples for r in accumulated_result.history]
+    for a, b in zip(big.parameters(), accumulated.parameters(), strict=True):
+        assert (a - b).abs().max() < 1e-6  # float rounding only: sums of 32 + 32 vs one of 64
+    losses = torch.tensor([r.loss for r in big_result.history])
+    accumulated_losses = torch.tensor([r.loss for r in accumulated_result.history])
+    assert abs(losses.sum() - accumulated_losses.sum()) < 1e-6
+    # ... and the run did learn something, so the comparison is not between two idle models.
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_bfloat16_autocast_on_cpu_runs_and_learns() -> None:
+    X, y = small_problem(n=512)
+    model = small_model()
+    result = fit(
+        model, (X, y), "cross_entropy", "adamw", lr=1e-2, epochs=6, val_data=(X, y), precision="bfloat16"
+    )
+    assert result.evaluations[-1].metrics["val_loss"] < 0.5 * result.evaluations[0].metrics["val_loss"] + 0.3
+    assert result.metrics["val_accuracy"] > 0.9
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_float16_on_cpu_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="float16"):
+        fit(small_model(), small_problem(), "cross_entropy", precision="float16")
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.events.append(("start", trainer.step, trainer.total_steps))
+
+    def on_step_end(self, trainer: Trainer, record: StepRecord) -> None:
+        assert trainer.history[-1] is record
+        self.events.append(("step", record))
+
+    def on_evaluate(self, trainer: Trainer, record: EvalRecord) -> None:
+        self.events.append(("eval", record))
+
+    def on_fit_end(self, trainer: Trainer, result: FitResult) -> None:
+        self.events.append(("end", result))
+
+
+def test_callbacks_receive_records_in_order_with_correct_fields() -> None:
+    X, y = small_problem(n=100)
+    recorder = Recorder()
+    result = fit(
+        small_model(),
+        (X, y),
+        "cross_entropy",
+        "sgd",
+        lr=steepest.schedules.linear(0.2, 0.0, 8),
+        epochs=2,
+        batch_size=25,
+        val_data=(X, y),
+        eval_every=3,
+        clip_norm=0.05,
+        callbacks=[recorder],
+    )
+    kinds = [event[0] for event in recorder.events]
+    # 8 steps, evaluations after steps 3 and 6, and a final one at step 8.
+    assert kinds == [
+        "start",
+        "step",
+        "step",
+        "step",
+        "eval",
+        "step",
+        "step",
+        "step",
+        "eval",
+        "step",
+        "step",
+        "eval",
+        "end",
+    ]
+    assert recorder.events[0] == ("start", 0, 8)
+    steps = [event[1] for event in recorder.events if event[0] == "step"]
+    assert [s.step for s in steps] == list(range(1, 9))
+    assert [s.epoch for s in steps] == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert [s.batch_in_epoch for s in steps] == [1, 2, 3, 4, 1, 2, 3, 4]
+    assert [s.lr for s in steps] == pytest.approx([0.2 * (1 - k / 8) for k in range(8)])
+    assert all(s.examples == 25 and s.total_steps == 8 and s.examples_per_second > 0 for s in steps)
+    assert all(s.grad_norm is not None and s.clipped == (s.grad_norm > 0.05) for s in steps)
+    assert any(s.clipped for s in steps)
+    elapsed = [s.elapsed for s in steps]
+    assert elapsed == sorted(elapsed)
+    assert [e[1].step for e in recorder.events if e[0] == "eval"] == [3, 6, 8]
+    assert set(recorder.events[4][1].metrics) == {"val_loss", "val_accuracy"}
+    assert recorder.events[-1][1] is result
+
+
+def test_step_loss_and_grad_norm_match_a_hand_computation(one_thread) -> None:
+    X, y = small_problem(n=64)
+    model, twin = small_model(), small_model()
+    result = fit(model, (X, y), "cross_entropy", "sgd", lr=0.1, max_steps=1, batch_size=64)
+    order = torch.randperm(64, generator=torch.Generator().manual_seed(0))
+    loss = nn.functional.cross_entropy(twin(X[order]), y[order])
+    loss.backward()
+    norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in twin.parameters()]))
+    assert result.history[0].loss == pytest.approx(loss.item(), abs=1e-6)
+    assert result.history[0].grad_norm == pytest.approx(norm.item(), rel=1e-5)
+    for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+        assert torch.allclose(p, q - 0.1 * q.grad, atol=1e-6)
+
+
+def test_stopping_target_stops_with_its_reason() -> None:
+    X, y = small_problem(n=256)
+    result = fit(
+        small_model(),
+        (X, y),
+        "cross_entropy",
+        "adamw",
+        lr=2e-2,
+        epochs=50,
+        val_data=(X, y),
+        stopping=stopping.target(0.3),
+    )
+    assert result.stopped_by.startswith("reached the target") and result.success
+    assert result.evaluations[-1].metrics["val_loss"] <= 0.3
+    assert result.epochs < 50
+
+
+def test_patience_restores_the_best_parameters() -> None:
+    X, y = small_problem(n=128)
+    val = small_problem(n=64, seed=1)
+    snapshots = {}
+
+    class Snapshot:
+        def on_evaluate(self, trainer, record):
+            snapshots[record.step] = [p.detach().clone() for p in trainer.model.parameters()]
+
+    # A learning rate far too large: the validation loss soon stops improving.
+    model = small_model()
+    result = fit(
+        model,
+        (X, y),
+        "cross_entropy",
+        "sgd",
+        lr=30.0,
+        epochs=40,
+        batch_size=16,
+        val_data=val,
+        stopping=stopping.patience(3, monitor="val_loss"),
+        callbacks=[Snapshot()],
+    )
+    assert result.stopped_by.startswith("no improvement") and "restored" in result.stopped_by
+    losses = {e.step: e.metrics["val_loss"] for e in result.evaluations[:-1]}
+    best_step = min(losses, key=losses.get)
+    assert result.epochs < 40
+    for p, best in zip(model.parameters(), snapshots[best_step], strict=True):
+        assert torch.equal(p, best)
+    assert result.metrics["val_loss"] == pytest.approx(losses[best_step])
+
+
+def test_max_iter_criterion_and_max_steps() -> None:
+    X, y = small_problem(n=100)
+    result = fit(
+        small_model(),
+        (X, y),
+        "cross_entropy",
+        "sgd",
+        lr=0.1,
+        epochs=100,
+        batch_size=10,
+        eval_every=5,
+        stopping=stopping.max_iter(23),
+    )
+    assert result.stopped_by == "stopped at the iteration limit max_iter=23"
+    assert result.steps == 25 and not result.success  # checked at evaluations, every 5 steps
+    result = fit(small_model(), (X, y), "cross_entropy", "sgd", lr=0.1, max_steps=7, batch_size=10)
+    assert result.steps == 7 and result.stopped_by == "reached max_steps=7"
+
+
+def test_a_callback_can_stop_the_run() -> None:
+    class StopAtFour:
+        def on_step_end(self, trainer, record):
+            trainer.stop_requested = record.step == 4
+
+    result = fit(
+        small_model(),
+        small_problem(),
+        "cross_entropy",
+        "sgd",
+        lr=0.1,
+        epochs=10,
+        batch_size=10,
+        callbacks=[StopAtFour()],
+    )
+    assert result.steps == 4 and "callback" in result.stopped_by
+
+
+def test_divergence_stops_the_run() -> None:
+    X, y = small_problem(n=64)
+    result = fit(
+        nn.Linear(6, 1), (X * 1e3, y.float()[:, None]), "mse", "sgd", lr=1e3, epochs=20, batch_size=8
+    )
+    assert result.stopped_by.startswith("diverged")
+    assert result.steps < 160
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    ["AdamW", "sgd", steepest.Lion, torch.optim.SGD, lambda params: torch.optim.Adam(params, lr=1e-2)],
+)
+def test_optimizer_given_as_name_class_factory_or_instance(optimizer) -> None:
+    X, y = small_problem(n=128)
+    model = small_model()
+    lr = None if callable(optimizer) and not isinstance(optimizer, type) else 1e-2
+    result = fit(model, (X, y), "cross_entropy", optimizer, lr=lr, epochs=3, clip_norm=1.0)
+    assert result.steps == 6 and math.isfinite(result.history[-1].loss)
+    assert all(r.grad_norm is not None for r in result.history)
+    instance = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert fit(model, (X, y), "cross_entropy", instance, max_steps=2).steps == 2
+
+
+def test_dataset_and_dataloader_inputs() -> None:
+    X, y = small_problem(n=96)
+    dataset = torch.utils.data.TensorDataset(X, y)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0)
+    )
+
+    class Wrapped(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(y)
+
+        def __getitem__(self, index):
+            return X[index], y[index]
+
+    for data in (dataset, loader, Wrapped()):
+        result = fit(small_model(), data, "cross_entropy", "sgd", lr=0.1, epochs=2, batch_size=32)
+        assert result.steps == 6
+
+
+def test_resume_in_process_continues_exactly(tmp_path: Path, one_thread) -> None:
+    X, y = small_problem(n=120)
+    options = dict(
+        loss="cross_entropy",
+        optimizer="adamw",
+        lr=1e-2,
+        batch_size=16,
+        val_data=(X, y),
+        stopping=stopping.patience(100, monitor="val_loss"),
+    )
+    straight = small_model()
+    fit(straight, (X, y), epochs=4, **options)
+    first = small_model()
+    fit(first, (X, y), max_steps=11, checkpoint_dir=tmp_path, checkpoint_every=5, **options)
+    # Resume from step 10 (the newest checkpoint before the end: delete the final one).
+    (tmp_path / "step-000011.pt").unlink()
+    second = small_model(seed=99)
+    result = fit(second, (X, y), epochs=4, checkpoint_dir=tmp_path, resume=True, **options)
+    assert result.steps == 32 and len(result.history) == 32
+    for a, b in zip(straight.parameters(), second.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resume_refuses_a_different_batch_size(tmp_path: Path) -> None:
+    X, y = small_problem(n=64)
+    fit(small_model(), (X, y), "cross_entropy", max_steps=2, checkpoint_dir=tmp_path, batch_size=16)
+    with pytest.raises(ValueError, match="batch_size"):
+        fit(
+            small_model(),
+            (X, y),
+            "cross_entropy",
+            max_steps=4,
+            checkpoint_dir=tmp_path,
+            batch_size=8,
+            resume=True,
+        )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "match"),
+    [
+        ({"optimizer": "nope"}, ValueError, "optimizer='nope'"),
+        ({"loss": "hinge"}, ValueError, "loss='hinge'"),
+        ({"batch_size": 0}, ValueError, "batch_size=0"),
+        ({"accumulate": 1.5}, ValueError, "accumulate=1.5"),
+        ({"eval_every": "often"}, ValueError, "eval_every='often'"),
+        ({"precision": "int8"}, ValueError, "precision='int8'"),
+        ({"resume": True}, ValueError, "checkpoint_dir"),
+        ({"data": [1, 2, 3]}, TypeError, "data must be"),
+        (
+            {"optimizer": torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1), "lr": 0.1},
+            ValueError,
+            "lr=0.1",
+        ),
+        ({"metrics": ("f1",)}, ValueError, "f1"),
+    ],
+)
+def test_bad_arguments_raise_naming_the_value(arguments, error, match) -> None:
+    options = {"data": small_problem(n=16), "loss": "cross_entropy", "max_steps": 1}
+    options.update(arguments)
+    with pytest.raises(error, match=match):
+        fit(small_model(), **options)

@@ -367,3 +367,28 @@ def test_bad_arguments_raise_naming_the_value(arguments, error, match) -> None:
     options.update(arguments)
     with pytest.raises(error, match=match):
         fit(small_model(), **options)
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path: Path, one_thread) -> None:
+    import signal
+
+    X, y = small_problem(n=120)
+    options = dict(loss="cross_entropy", optimizer="adamw", lr=1e-2, batch_size=16, epochs=3)
+    straight = small_model()
+    fit(straight, (X, y), **options)
+
+    class PressCtrlC:
+        def on_step_end(self, trainer: Trainer, record: StepRecord) -> None:
+            if record.step == 7:
+                signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C
+
+    interrupted = small_model()
+    result = fit(interrupted, (X, y), checkpoint_dir=tmp_path, callbacks=[PressCtrlC()], **options)
+    assert result.steps == 7 and "Ctrl-C" in result.stopped_by
+    assert (tmp_path / "step-000007.pt").exists()
+    resumed = small_model(seed=5)
+    result = fit(resumed, (X, y), checkpoint_dir=tmp_path, resume=True, **options)
+    assert result.steps == 24 and result.stopped_by == "completed epochs=3"
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

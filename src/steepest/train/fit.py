@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -379,6 +381,30 @@ def _evaluate(
 # ------------------------------------------------------------------------------ fit
 
 
+class _CtrlC:
+    """While training, the first Ctrl-C asks the loop to stop after the current step.
+
+    Stopping between steps keeps parameters, optimizer state and counters consistent, so the
+    final checkpoint resumes exactly; a second Ctrl-C interrupts at once, as usual. Outside
+    the main thread (where signals cannot be handled) nothing is installed.
+    """
+
+    def __init__(self) -> None:
+        self.pressed = False
+        self._previous: Any = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.pressed:
+            raise KeyboardInterrupt
+        self.pressed = True
+
+    def restore(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
 def fit(
     model: nn.Module,
     data: Any,
@@ -679,119 +705,133 @@ def fit(
 
     # -- the loop: epochs of steps of micro-batches ---------------------------------------------
     tick = time.perf_counter()
-    while stopped_by is None:
-        if epochs is not None and epochs_done >= epochs:
-            stopped_by, success, ended_by_limit = f"completed epochs={epochs}", True, True
-            break
-        if max_steps is not None and trainer.step >= max_steps:
-            stopped_by, success, ended_by_limit = f"reached max_steps={max_steps}", True, True
-            break
-        trainer.epoch = epochs_done + 1
-        if resumed is not None and batches_done == 0:
-            # Resuming at an epoch boundary: continue from the random state of the checkpoint.
-            checkpoints.restore_rng_states(resumed["rng"], train_batches.generator)
-            resumed = None
-        if batches_done == 0:
-            # Remember the random state the epoch's order is drawn from, so that a resumed
-            # run can draw the same order again.
-            epoch_start_rng = {
-                "torch": torch.get_rng_state(),
-                "generator": (
-                    None if train_batches.generator is None else train_batches.generator.get_state()
-                ),
-            }
-            epoch_batches = train_batches.start_epoch()
-        else:
-            # Resuming mid-epoch: replay the epoch's draw, skip the batches already trained
-            # on, then continue from the random state of the checkpoint.
-            torch.set_rng_state(epoch_start_rng["torch"])
-            if train_batches.generator is not None and epoch_start_rng["generator"] is not None:
-                train_batches.generator.set_state(epoch_start_rng["generator"])
-            epoch_batches = train_batches.start_epoch(skip=batches_done)
-            checkpoints.restore_rng_states(resumed["rng"], train_batches.generator)
-            resumed = None
-
-        for micro_batches in _groups(epoch_batches, accumulate):
-            # Forward and backward over the step's micro-batches; each mean loss is weighted by
-            # its share of the step's examples, so the gradient is that of the whole step's mean.
-            examples = sum(len(targets) for _, targets in micro_batches)
-            step_loss = torch.zeros((), device=device)
-            for inputs, targets in micro_batches:
-                inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-                with autocast():
-                    micro_loss = loss_function(forward(inputs), targets)
-                if len(micro_batches) > 1:
-                    micro_loss = micro_loss * (len(targets) / examples)
-                (micro_loss if scaler is None else scaler.scale(micro_loss)).backward()
-                step_loss += micro_loss.detach().float()
-
-            # The update: clipping happens inside the optimizer's step (its clip_norm), after
-            # the GradScaler unscaled the gradients.
-            lr_used = float(optimizer.param_groups[0]["lr"])
-            grad_norm: float | None = None
-            if clip_in_loop or (track_grad_norm and clip_norm is None):
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                with_grads = [
-                    p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
-                ]
-                if clip_in_loop:
-                    grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grads, clip_norm))
-                else:
-                    grad_norm = float(clipping.global_norm([p.grad for p in with_grads]))
-            if scaler is None:
-                optimizer.step()
-            else:
-                scaler.step(optimizer)
-                scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            if clip_norm is not None and not clip_in_loop:
-                grad_norm = optimizer.last_grad_norm
-            clipped = clip_norm is not None and grad_norm is not None and grad_norm > clip_norm
-
-            trainer.step += 1
-            batches_done += len(micro_batches)
-            loss_value = float(step_loss)
-            train_loss_sum, train_steps = train_loss_sum + loss_value, train_steps + 1
-            now = time.perf_counter()
-            record = StepRecord(
-                step=trainer.step,
-                epoch=trainer.epoch,
-                batch_in_epoch=math.ceil(batches_done / accumulate),
-                loss=loss_value,
-                lr=lr_used,
-                grad_norm=grad_norm,
-                clipped=clipped,
-                examples=examples,
-                examples_per_second=examples / max(now - tick, 1e-9),
-                elapsed=clock(),
-                total_steps=total_steps,
-            )
-            trainer.history.append(record)
-            trainer.notify("on_step_end", record)
-
-            if not math.isfinite(loss_value):
-                stopped_by = f"diverged: the training loss is {loss_value} at step {trainer.step}"
-            elif eval_every != "epoch" and trainer.step % eval_every == 0:
-                evaluate_and_check_stopping()
-            if stopped_by is None and max_steps is not None and trainer.step >= max_steps:
-                stopped_by, success, ended_by_limit = f"reached max_steps={max_steps}", True, True
-            if stopped_by is None and trainer.stop_requested:
-                stopped_by = "stopped by a callback (stop_requested)"
-            if stopped_by is None and checkpoint_every != "epoch" and trainer.step % checkpoint_every == 0:
-                save()
-            if stopped_by is not None:
+    ctrl_c = _CtrlC()  # Ctrl-C finishes the current step, then the run ends with a checkpoint
+    try:
+        while stopped_by is None:
+            if epochs is not None and epochs_done >= epochs:
+                stopped_by, success, ended_by_limit = f"completed epochs={epochs}", True, True
                 break
-            tick = time.perf_counter()
-        else:
-            # The epoch ran to its end.
-            epochs_done += 1
-            batches_done = 0
-            if eval_every == "epoch":
-                evaluate_and_check_stopping()
-            if stopped_by is None and checkpoint_every == "epoch":
-                save()
-            tick = time.perf_counter()
+            if max_steps is not None and trainer.step >= max_steps:
+                stopped_by, success, ended_by_limit = f"reached max_steps={max_steps}", True, True
+                break
+            trainer.epoch = epochs_done + 1
+            if resumed is not None and batches_done == 0:
+                # Resuming at an epoch boundary: continue from the random state of the checkpoint.
+                checkpoints.restore_rng_states(resumed["rng"], train_batches.generator)
+                resumed = None
+            if batches_done == 0:
+                # Remember the random state the epoch's order is drawn from, so that a resumed
+                # run can draw the same order again.
+                epoch_start_rng = {
+                    "torch": torch.get_rng_state(),
+                    "generator": (
+                        None if train_batches.generator is None else train_batches.generator.get_state()
+                    ),
+                }
+                epoch_batches = train_batches.start_epoch()
+            else:
+                # Resuming mid-epoch: replay the epoch's draw, skip the batches already trained
+                # on, then continue from the random state of the checkpoint.
+                torch.set_rng_state(epoch_start_rng["torch"])
+                if train_batches.generator is not None and epoch_start_rng["generator"] is not None:
+                    train_batches.generator.set_state(epoch_start_rng["generator"])
+                epoch_batches = train_batches.start_epoch(skip=batches_done)
+                checkpoints.restore_rng_states(resumed["rng"], train_batches.generator)
+                resumed = None
+
+            for micro_batches in _groups(epoch_batches, accumulate):
+                # Forward and backward over the step's micro-batches; each mean loss is weighted by
+                # its share of the step's examples, so the gradient is that of the whole step's mean.
+                examples = sum(len(targets) for _, targets in micro_batches)
+                step_loss = torch.zeros((), device=device)
+                for inputs, targets in micro_batches:
+                    inputs, targets = (
+                        inputs.to(device, non_blocking=True),
+                        targets.to(device, non_blocking=True),
+                    )
+                    with autocast():
+                        micro_loss = loss_function(forward(inputs), targets)
+                    if len(micro_batches) > 1:
+                        micro_loss = micro_loss * (len(targets) / examples)
+                    (micro_loss if scaler is None else scaler.scale(micro_loss)).backward()
+                    step_loss += micro_loss.detach().float()
+
+                # The update: clipping happens inside the optimizer's step (its clip_norm), after
+                # the GradScaler unscaled the gradients.
+                lr_used = float(optimizer.param_groups[0]["lr"])
+                grad_norm: float | None = None
+                if clip_in_loop or (track_grad_norm and clip_norm is None):
+                    if scaler is not None:
+                        scaler.unscale_(optimizer)
+                    with_grads = [
+                        p for group in optimizer.param_groups for p in group["params"] if p.grad is not None
+                    ]
+                    if clip_in_loop:
+                        grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grads, clip_norm))
+                    else:
+                        grad_norm = float(clipping.global_norm([p.grad for p in with_grads]))
+                if scaler is None:
+                    optimizer.step()
+                else:
+                    scaler.step(optimizer)
+                    scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                if clip_norm is not None and not clip_in_loop:
+                    grad_norm = optimizer.last_grad_norm
+                clipped = clip_norm is not None and grad_norm is not None and grad_norm > clip_norm
+
+                trainer.step += 1
+                batches_done += len(micro_batches)
+                loss_value = float(step_loss)
+                train_loss_sum, train_steps = train_loss_sum + loss_value, train_steps + 1
+                now = time.perf_counter()
+                record = StepRecord(
+                    step=trainer.step,
+                    epoch=trainer.epoch,
+                    batch_in_epoch=math.ceil(batches_done / accumulate),
+                    loss=loss_value,
+                    lr=lr_used,
+                    grad_norm=grad_norm,
+                    clipped=clipped,
+                    examples=examples,
+                    examples_per_second=examples / max(now - tick, 1e-9),
+                    elapsed=clock(),
+                    total_steps=total_steps,
+                )
+                trainer.history.append(record)
+                trainer.notify("on_step_end", record)
+
+                if not math.isfinite(loss_value):
+                    stopped_by = f"diverged: the training loss is {loss_value} at step {trainer.step}"
+                elif eval_every != "epoch" and trainer.step % eval_every == 0:
+                    evaluate_and_check_stopping()
+                if stopped_by is None and max_steps is not None and trainer.step >= max_steps:
+                    stopped_by, success, ended_by_limit = f"reached max_steps={max_steps}", True, True
+                if stopped_by is None and trainer.stop_requested:
+                    stopped_by = "stopped by a callback (stop_requested)"
+                if stopped_by is None and ctrl_c.pressed:
+                    # the step is complete: end here with a checkpoint; --resume continues
+                    stopped_by, ended_by_limit = f"interrupted by Ctrl-C at step {trainer.step}", True
+                if (
+                    stopped_by is None
+                    and checkpoint_every != "epoch"
+                    and trainer.step % checkpoint_every == 0
+                ):
+                    save()
+                if stopped_by is not None:
+                    break
+                tick = time.perf_counter()
+            else:
+                # The epoch ran to its end.
+                epochs_done += 1
+                batches_done = 0
+                if eval_every == "epoch":
+                    evaluate_and_check_stopping()
+                if stopped_by is None and checkpoint_every == "epoch":
+                    save()
+                tick = time.perf_counter()
+    finally:
+        ctrl_c.restore()
 
     # -- the end: final metrics, a last checkpoint, the result -----------------------------------
     if not trainer.evaluations or trainer.evaluations[-1].step != trainer.step:

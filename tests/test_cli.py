@@ -3,150 +3,159 @@
 
 from __future__ import annotations
 
+import random
 import re
+import signal
 import subprocess
 import sys
-from types import SimpleNamespace
+import time
+from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 
-import steepest
 from steepest import cli
-from steepest.train import TrainConfig
+from steepest.train.checkpoint import latest_checkpoint
+from steepest.train.runs import read_metrics
 
-EPOCH_LINE = re.compile(
-    r"^epoch \d+/\d+  loss \d+\.\d{4}  train acc \d+\.\d{2}%  val acc \d+\.\d{2}%  "
-    r"lr \d\.\d{2}e[+-]\d{2}  \d+\.\d+s$"
-)
 TEST_LINE = re.compile(r"^test accuracy \d+\.\d{2}%$")
 
 
 @pytest.fixture
-def captured_configs(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
-    """Replace the training run by a recorder, for tests about parsing alone."""
-    configs: list[TrainConfig] = []
+def captured_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict, object, object]]:
+    """Replace the training job by a recorder, for tests about parsing alone."""
+    runs: list[tuple[dict, object, object]] = []
 
-    def record(config: TrainConfig, log: object) -> SimpleNamespace:
-        configs.append(config)
-        return SimpleNamespace(diverged=False)
+    def record(flags: dict, config_path: object, resume: object, say: object) -> int:
+        runs.append((flags, config_path, resume))
+        return 0
 
-    monkeypatch.setattr(cli, "train", record)
-    return configs
+    monkeypatch.setattr(cli.command, "run", record)
+    return runs
 
 
-def test_no_flags_means_the_default_config(captured_configs: list[TrainConfig]) -> None:
+def test_flags_reach_the_job_and_only_the_given_ones(captured_runs: list) -> None:
     assert cli.main(["train"]) == 0
-    assert captured_configs == [TrainConfig()]
-
-
-def test_every_flag_reaches_the_config(captured_configs: list[TrainConfig]) -> None:
-    argv = [
-        "train",
-        "--optimizer",
-        "NAdam",
-        "--lr",
-        "0.02",
-        "--epochs",
-        "4",
-        "--batch-size",
-        "17",
-        "--seed",
-        "5",
-        "--model",
-        "mlp",
-    ]
+    assert captured_runs[-1] == ({}, None, None)  # defaults come from the configuration schema
+    argv = ["train", "--optimizer", "NAdam", "--lr", "0.02", "--epochs", "4", "--batch-size", "17"]
+    argv += ["--seed", "5", "--model", "mlp", "--schedule", "warmup_cosine", "--warmup", "50"]
+    argv += ["--clip-norm", "1.5", "--init", "auto", "--config", "run.toml"]
     assert cli.main(argv) == 0
-    assert captured_configs == [
-        TrainConfig(optimizer="nadam", lr=0.02, epochs=4, batch_size=17, seed=5, model="mlp")
-    ]
+    flags, config_path, resume = captured_runs[-1]
+    assert flags == {
+        "optimizer": "NAdam",
+        "lr": 0.02,
+        "epochs": 4,
+        "batch_size": 17,
+        "seed": 5,
+        "model": "mlp",
+        "schedule": "warmup_cosine",
+        "warmup": 50,
+        "clip_norm": 1.5,
+        "init": "auto",
+    }
+    assert config_path == "run.toml" and resume is None
+    assert cli.main(["train", "--resume", "runs/x", "--epochs", "9"]) == 0
+    assert captured_runs[-1] == ({"epochs": 9}, None, "runs/x")
 
 
-def test_one_epoch_job_prints_header_epoch_and_test_lines(
-    capsys: pytest.CaptureFixture[str],
+def run_args(tmp_path: Path, name: str, *more: str) -> list[str]:
+    return ["train", "--runs-dir", str(tmp_path), "--name", name, "--progress", "plain", *more]
+
+
+def test_a_run_fills_its_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(run_args(tmp_path, "one", "--epochs", "2", "--model", "mlp")) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("epoch 2/2") for line in out)
+    assert any(TEST_LINE.match(line) for line in out)
+    folder = tmp_path / "one"
+    for name in ("config.toml", "metrics.jsonl", "report.html", "test_metrics.json"):
+        assert (folder / name).stat().st_size > 0, name
+    assert list((folder / "checkpoints").glob("step-*.pt"))
+    steps, evals = read_metrics(folder / "metrics.jsonl")
+    assert [row["step"] for row in steps] == list(range(1, len(steps) + 1)) and len(evals) == 2
+    assert all("regime" in row for row in steps[25:])  # the live diagnosis is logged
+    assert tomllib.loads((folder / "config.toml").read_text())["epochs"] == 2
+
+
+def test_an_existing_run_folder_is_never_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["train", "--epochs", "1", "--optimizer", "Adam", "--lr", "2e-3", "--seed", "3"]
+    assert cli.main(run_args(tmp_path, "keep", "--epochs", "1", "--model", "softmax")) == 0
+    before = {path: path.read_bytes() for path in (tmp_path / "keep").rglob("*") if path.is_file()}
+    capsys.readouterr()
+    assert cli.main(run_args(tmp_path, "keep", "--epochs", "1")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "exists" in err and "--resume" in err
+    after = {path: path.read_bytes() for path in (tmp_path / "keep").rglob("*") if path.is_file()}
+    assert after == before
+
+
+def test_config_file_then_flags(tmp_path: Path) -> None:
+    config = tmp_path / "run.toml"
+    config.write_text('optimizer = "sgd"\nlr = 0.3\nepochs = 3\nmodel = "softmax"\n')
+    argv = run_args(tmp_path, "file", "--config", str(config), "--epochs", "1")
     assert cli.main(argv) == 0
-    captured = capsys.readouterr()
-    lines = captured.out.splitlines()
-    assert len(lines) == 3
-    assert lines[0].startswith("Adam lr 2.00e-03 (xavier init) on DigitsCNN")
-    assert lines[1].startswith("epoch 1/1  ")
-    assert EPOCH_LINE.match(lines[1])
-    assert "lr 2.00e-03" in lines[1]
-    assert TEST_LINE.match(lines[2])
-    assert captured.err == ""
+    saved = tomllib.loads((tmp_path / "file" / "config.toml").read_text())
+    assert (saved["optimizer"], saved["lr"], saved["epochs"], saved["model"]) == ("sgd", 0.3, 1, "softmax")
 
 
 def test_help_exits_zero_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert cli.main(["train", "--help"]) == 0
     out = capsys.readouterr().out
-    for flag in ("--optimizer", "--lr", "--epochs", "--batch-size", "--seed"):
+    for flag in ("--optimizer", "--lr", "--epochs", "--batch-size", "--seed", "--config", "--resume"):
         assert flag in out
 
 
 BAD_INPUTS = {
-    "negative lr": (["train", "--lr", "-1"], "argument --lr: must be a positive number"),
-    "zero lr": (["train", "--lr", "0"], "argument --lr: must be a positive number"),
-    "nan lr": (["train", "--lr", "nan"], "argument --lr: must be a positive number"),
-    "infinite lr": (["train", "--lr", "inf"], "argument --lr: must be a positive number"),
-    "word lr": (["train", "--lr", "fast"], "argument --lr: must be a positive number"),
-    "zero epochs": (["train", "--epochs", "0"], "argument --epochs: must be a positive integer"),
-    "fractional epochs": (["train", "--epochs", "1.5"], "argument --epochs: must be a positive"),
-    "zero batch": (["train", "--batch-size", "0"], "argument --batch-size: must be a positive"),
-    "negative seed": (["train", "--seed", "-1"], "argument --seed: must be an integer from 0"),
-    "unknown optimizer": (["train", "--optimizer", "foo"], "invalid choice: 'foo'"),
-    "unknown model": (["train", "--model", "resnet"], "invalid choice: 'resnet'"),
+    "negative lr": (["train", "--lr=-1"], "lr"),
+    "zero lr": (["train", "--lr", "0"], "lr"),
+    "nan lr": (["train", "--lr", "nan"], "lr"),
+    "word lr": (["train", "--lr", "fast"], "--lr"),
+    "zero epochs": (["train", "--epochs", "0"], "epochs"),
+    "fractional epochs": (["train", "--epochs", "1.5"], "--epochs"),
+    "zero batch": (["train", "--batch-size", "0"], "batch_size"),
+    "negative seed": (["train", "--seed=-1"], "seed"),
+    "unknown optimizer": (["train", "--optimizer", "foo"], "foo"),
+    "unknown model": (["train", "--model", "resnet"], "resnet"),
+    "missing data file": (["train", "--dataset", "no/such.csv"], "no such file"),
+    "missing config file": (["train", "--config", "no_such.toml"], "no_such.toml"),
+    "resume a non-run": (["train", "--resume", "no/such/run"], "no/such/run"),
     "unknown flag": (["train", "--momentum", "0.9"], "unrecognized arguments: --momentum"),
     "abbreviated flag": (["train", "--opt", "sgd"], "unrecognized arguments: --opt"),
-    "unknown command": (["fit"], "invalid choice: 'fit'"),
+    "unknown command": (["fly"], "invalid choice: 'fly'"),
     "no command": ([], "required: COMMAND"),
 }
 
 
 @pytest.mark.parametrize(("argv", "message"), BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
 def test_bad_input_is_one_stderr_line_and_exit_code_2(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # nothing may be written anyway; if it were, not in the repo
     assert cli.main(argv) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert captured.err.endswith("\n")
     lines = captured.err.splitlines()
-    assert len(lines) == 1
+    assert len(lines) == 1 and captured.err.endswith("\n")
     assert lines[0].startswith("steepest: error: ")
     assert message in lines[0]
-
-
-@pytest.mark.parametrize("error_type", [ValueError, TypeError])
-def test_optimizer_rejecting_its_settings_is_one_line_and_exit_code_2(
-    error_type: type[Exception],
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    class RejectsEverything(torch.optim.SGD):
-        def __init__(self, params, lr: float, clip_norm: float | None = None) -> None:
-            raise error_type("Invalid weight_decay value: -1.0")
-
-    monkeypatch.setattr(steepest, "Lion", RejectsEverything)
-    assert cli.main(["train", "--optimizer", "lion", "--epochs", "1"]) == 2
-    captured = capsys.readouterr()
-    assert captured.err == ("steepest: error: Lion rejected its settings: Invalid weight_decay value: -1.0\n")
-    assert "epoch" not in captured.out  # refused before training
+    assert not (tmp_path / "runs").exists()  # refused before any work
 
 
 def test_interrupt_is_one_line_and_exit_code_130(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def interrupted(config: TrainConfig, log: object) -> None:
+    def interrupted(*args: object, **kwargs: object) -> int:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "train", interrupted)
+    monkeypatch.setattr(cli.command, "run", interrupted)
     assert cli.main(["train"]) == 130
     assert capsys.readouterr().err == "steepest: interrupted\n"
 
 
-def run_module(*args: str) -> subprocess.CompletedProcess[str]:
+def run_module(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m steepest ARGS`` in a fresh interpreter, as a user types it."""
     return subprocess.run(
         [sys.executable, "-m", "steepest", *args],
@@ -154,48 +163,73 @@ def run_module(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
         check=False,
+        cwd=cwd,
     )
 
 
-def test_python_dash_m_runs_a_one_epoch_job() -> None:
-    completed = run_module("train", "--epochs", "1")
+def test_python_dash_m_runs_a_job_and_refuses_bad_input(tmp_path: Path) -> None:
+    completed = run_module(*run_args(tmp_path, "m", "--epochs", "1", "--model", "softmax"))
     assert completed.returncode == 0, completed.stderr
-    lines = completed.stdout.splitlines()
-    assert len(lines) == 3
-    assert EPOCH_LINE.match(lines[1])
-    assert TEST_LINE.match(lines[2])
-    assert "Traceback" not in completed.stderr
+    assert any(TEST_LINE.match(line) for line in completed.stdout.splitlines())
+    completed = run_module("train", "--lr=-1", cwd=tmp_path)
+    assert completed.returncode == 2 and completed.stdout == ""
+    assert len(completed.stderr.splitlines()) == 1 and "Traceback" not in completed.stderr
 
 
-def test_python_dash_m_bad_input_exits_2_with_one_line_and_no_traceback() -> None:
-    completed = run_module("train", "--lr", "-1")
-    assert completed.returncode == 2
-    assert completed.stdout == ""
-    assert completed.stderr.splitlines() == [
-        "steepest: error: argument --lr: must be a positive number, got '-1'"
-    ]
+def final_parameters(folder: Path) -> dict[str, torch.Tensor]:
+    path, state = latest_checkpoint(folder / "checkpoints")
+    return state["model"]
 
 
-def test_a_diverging_run_exits_1(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["train", "--optimizer", "sgd", "--lr", "1e4", "--epochs", "3", "--model", "mlp"])
-    assert code == cli.FAILED == 1
-    assert "too large" in capsys.readouterr().out
+def test_sigkill_at_random_moments_then_resume_is_bit_identical(tmp_path: Path) -> None:
+    """The contract of --resume: kill -9 anywhere, resume, and end exactly where an
+    uninterrupted run ends."""
+    options = ["--epochs", "4", "--model", "mlp", "--batch-size", "32", "--schedule", "cosine"]
+    assert run_module(*run_args(tmp_path, "straight", *options)).returncode == 0
+    rng = random.Random(7)
+    folder = tmp_path / "killed"
+    command = [sys.executable, "-m", "steepest", *run_args(tmp_path, "killed", *options)]
+    for _ in range(3):
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 90
+        # wait until training has started (the interpreter's start-up time varies with load)
+        while (
+            not (folder / "metrics.jsonl").exists() and process.poll() is None and time.monotonic() < deadline
+        ):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0))  # then kill -9 at a random moment of the training
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        command = [sys.executable, "-m", "steepest", "train", "--resume", str(folder)]
+    finished = run_module("train", "--resume", str(tmp_path / "killed"))
+    assert finished.returncode == 0, finished.stderr
+    straight, resumed = final_parameters(tmp_path / "straight"), final_parameters(tmp_path / "killed")
+    assert straight.keys() == resumed.keys()
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    steps, _ = read_metrics(tmp_path / "killed" / "metrics.jsonl")
+    assert [row["step"] for row in steps] == list(range(1, len(steps) + 1))  # no gap, no duplicate
 
 
-def test_schedule_clip_and_init_flags_reach_the_config(captured_configs: list[TrainConfig]) -> None:
-    argv = ["train", "--schedule", "warmup_cosine", "--warmup", "50", "--clip-norm", "1.5", "--init", "auto"]
-    assert cli.main(argv) == 0
-    assert captured_configs == [TrainConfig(schedule="warmup_cosine", warmup=50, clip_norm=1.5, init="auto")]
+def test_a_diverging_run_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = run_args(tmp_path, "boom", "--optimizer", "sgd", "--lr", "1e4", "--epochs", "3", "--model", "mlp")
+    assert cli.main(argv) == 1
+    assert "diverged" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(
-    "argv",
-    [["--schedule", "zigzag"], ["--warmup", "-5"], ["--clip-norm", "0"], ["--init", "ones"]],
-)
-def test_bad_schedule_clip_and_init_flags_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.main(["train", *argv]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("steepest: error:")
+def test_report_command_overlays_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for name, optimizer in (("a", "adamw"), ("b", "sgd")):
+        assert (
+            cli.main(
+                run_args(tmp_path, name, "--epochs", "1", "--model", "softmax", "--optimizer", optimizer)
+            )
+            == 0
+        )
+    output = tmp_path / "compare.html"
+    assert cli.main(["report", str(tmp_path / "a"), str(tmp_path / "b"), "-o", str(output)]) == 0
+    html = output.read_text()
+    assert "data:image/png;base64," in html and ">a<" in html and ">b<" in html
+    assert cli.main(["report", str(tmp_path / "nothing")]) == 2
 
 
 def test_schedule_plot_writes_a_png(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -477,3 +477,12 @@ def test_bad_arguments_name_the_argument_and_value(build: Callable[[], Any], err
 def test_criteria_read_as_the_call_that_builds_them() -> None:
     assert repr(stopping.gtol(1e-5)) == "gtol(tol=1e-05, ord=inf)"
     assert repr(stopping.any_of(stopping.max_iter(10))) == "any_of(max_iter(n=10))"
+
+
+def test_target_on_a_metric_reached_from_below() -> None:
+    criterion = stopping.target(0.97, monitor="val_accuracy", mode="max")
+    assert criterion(stopping.Observation(iteration=1, fun=0.5, metrics={"val_accuracy": 0.96})) is None
+    stop = criterion(stopping.Observation(iteration=2, fun=0.4, metrics={"val_accuracy": 0.975}))
+    assert stop is not None and stop.success and "val_accuracy 0.975 >= 0.97" in stop.reason
+    with pytest.raises(ValueError, match="mode"):
+        stopping.target(0.9, mode="up")

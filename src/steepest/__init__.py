@@ -11,7 +11,6 @@ from steepest import clipping, init, lr, problems, schedules, stopping
 from steepest.engine import Optimizer
 from steepest.init import init_report, initialize
 from steepest.minimize import EmpiricalRisk, Result, minimize
-from steepest.train import fit
 from steepest.plateau import reduce_on_plateau
 from steepest.rules import (
     LBFGS,
@@ -29,6 +28,7 @@ from steepest.rules import (
     ScheduleFreeAdamW,
     ScheduleFreeSGD,
 )
+from steepest.train import fit
 
 __version__ = "0.1.0"
 

@@ -23,16 +23,16 @@ import torch
 from steepest import lr, schedules
 from steepest.init import initialize
 from steepest.train import (
-    INIT_SCHEMES,
-    LEARNING_RATE_SCHEDULES,
     MODELS,
     OPTIMIZER_CLASS_NAMES,
     TrainConfig,
     TrainConfigError,
+    command,
     load_digits_splits,
-    train,
 )
+from steepest.train.config import add_train_arguments
 from steepest.train.loop import MAX_SEED
+from steepest.train.report import report_main
 
 #: Exit code of a run that could not finish (the loss diverged).
 FAILED = 1
@@ -102,22 +102,19 @@ def seed_int(text: str) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """``steepest train``: train on the digits, print one line per epoch and the test accuracy."""
-    config = TrainConfig(
-        optimizer=args.optimizer,
-        lr=args.lr,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        model=args.model,
-        schedule=args.schedule,
-        warmup=args.warmup,
-        clip_norm=args.clip_norm,
-        init=args.init,
-    )
+    """``steepest train``: a complete training run into ``runs/<name>/`` (see steepest.train.command)."""
+    flags = {
+        key: value
+        for key, value in vars(args).items()
+        if key not in ("command", "run", "config", "resume", "takes_extra")
+    }
     # Flush every line: piped into tee or a log file, progress still shows as it happens.
-    result = train(config, log=functools.partial(print, flush=True))
-    return FAILED if result.diverged else 0
+    return command.run(flags, args.config, args.resume, say=functools.partial(print, flush=True))
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """``steepest report runs/a [runs/b ...]``: a self-contained HTML report of one or more runs."""
+    return report_main(args.runs, args.output)
 
 
 def _schedule_arguments(name: str, flags: Sequence[str]) -> dict[str, object]:
@@ -224,79 +221,31 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = TrainConfig()
     train_parser = commands.add_parser(
         "train",
-        help="train a CNN on the handwritten digits (the worked example)",
+        help="train a model (default: a CNN on the handwritten digits) into a run folder",
         description=(
-            "Train a small CNN on scikit-learn's 8x8 handwritten digits: Xavier "
-            "initialization, mini-batch cross-entropy, one optimizer step per batch. Prints "
-            "loss and accuracy after every epoch and the held-out test accuracy at the end."
+            "Train a model by mini-batch gradient descent: data, model, progress, checkpoints "
+            "that resume exactly, metrics.jsonl and report.html in runs/<name>/. Every flag can "
+            "also come from a TOML file (--config); flags override the file."
         ),
         allow_abbrev=False,
     )
+    train_parser.add_argument("--config", default=None, help="TOML file of train options")
     train_parser.add_argument(
-        "--optimizer",
-        type=str.lower,  # case-insensitive: AdamW, adamw and ADAMW all work
-        choices=list(OPTIMIZER_CLASS_NAMES),
-        default=defaults.optimizer,
-        help=f"update rule (default: {defaults.optimizer})",
+        "--resume", default=None, metavar="RUN_FOLDER", help="continue the run in this folder exactly"
     )
-    train_parser.add_argument(
-        "--lr",
-        type=positive_float,
-        default=None,
-        help="learning rate (default: one that works for the chosen optimizer on this "
-        f"problem, {defaults.learning_rate:g} for {defaults.optimizer})",
-    )
-    train_parser.add_argument(
-        "--epochs",
-        type=positive_int,
-        default=defaults.epochs,
-        help=f"passes over the training images (default: {defaults.epochs})",
-    )
-    train_parser.add_argument(
-        "--batch-size",
-        type=positive_int,
-        default=defaults.batch_size,
-        help=f"images per optimizer step (default: {defaults.batch_size})",
-    )
-    train_parser.add_argument(
-        "--seed",
-        type=seed_int,
-        default=defaults.seed,
-        help="seeds initialization and batch order; the same seed prints the same numbers "
-        f"(default: {defaults.seed})",
-    )
-    train_parser.add_argument(
-        "--model",
-        choices=list(MODELS),
-        default=defaults.model,
-        help=f"network to train (default: {defaults.model})",
-    )
-    train_parser.add_argument(
-        "--schedule",
-        choices=list(LEARNING_RATE_SCHEDULES),
-        default=defaults.schedule,
-        help=f"learning-rate schedule peaking at --lr (default: {defaults.schedule})",
-    )
-    train_parser.add_argument(
-        "--warmup",
-        type=nonnegative_int,
-        default=defaults.warmup,
-        help="optimizer steps of linear warm-up, for warmup_cosine, wsd and inverse_sqrt "
-        f"(default: {defaults.warmup})",
-    )
-    train_parser.add_argument(
-        "--clip-norm",
-        type=positive_float,
-        default=defaults.clip_norm,
-        help="clip the global gradient norm to this inside every step (default: no clipping)",
-    )
-    train_parser.add_argument(
-        "--init",
-        choices=list(INIT_SCHEMES),
-        default=defaults.init,
-        help=f"weight initialization, biases zero (default: {defaults.init})",
-    )
+    add_train_arguments(train_parser)
     train_parser.set_defaults(run=run_train)
+
+    report_parser = commands.add_parser(
+        "report",
+        help="HTML report of one run, or of several runs overlaid",
+        description="Write a self-contained report.html with loss, accuracy, learning-rate and "
+        "gradient-norm curves and a summary table; several run folders are overlaid to compare.",
+        allow_abbrev=False,
+    )
+    report_parser.add_argument("runs", nargs="+", help="run folders")
+    report_parser.add_argument("-o", "--output", default=None, help="HTML file to write")
+    report_parser.set_defaults(run=run_report)
 
     schedule_parser = commands.add_parser(
         "schedule", help="preview learning-rate schedules", allow_abbrev=False

@@ -114,9 +114,7 @@ class Stop:
         if self.best_params is None:
             return False
         if len(params) != len(self.best_params):
-            raise ValueError(
-                f"params has {len(params)} tensors but best_params has {len(self.best_params)}"
-            )
+            raise ValueError(f"params has {len(params)} tensors but best_params has {len(self.best_params)}")
         for param, best in zip(params, self.best_params):
             param.copy_(best)
         return True
@@ -240,9 +238,7 @@ class Criterion:
         """Resume from :meth:`state_dict`'s output; the kinds must match."""
         if not isinstance(state_dict, Mapping) or state_dict.get("kind") != self.kind:
             found = state_dict.get("kind") if isinstance(state_dict, Mapping) else state_dict
-            raise ValueError(
-                f"state_dict is not the state of a {self.kind} criterion (kind={found!r})"
-            )
+            raise ValueError(f"state_dict is not the state of a {self.kind} criterion (kind={found!r})")
         self._load_state(state_dict)
 
     def __repr__(self) -> str:
@@ -374,8 +370,7 @@ class FunctionTolerance(Criterion):
         if change <= self.tol:  # False for nan
             where = "" if self.window == 1 else f" (means over windows of {self.window})"
             return Stop(
-                f"converged: relative change of the objective {change:.3g} <= ftol={self.tol:g}"
-                f"{where}",
+                f"converged: relative change of the objective {change:.3g} <= ftol={self.tol:g}{where}",
                 success=True,
                 status=Status.FUNCTION_TOLERANCE,
             )
@@ -457,31 +452,62 @@ class StepTolerance(Criterion):
         return None
 
 
+def monitored_value(monitor: str | Callable[[Observation], float], observation: Observation) -> float:
+    """The value a criterion watches: an observation field, a metric by name, or a callable."""
+    if callable(monitor):
+        return float(monitor(observation))
+    if monitor in observation.metrics:
+        return float(observation.metrics[monitor])
+    if monitor in ("fun", "grad_norm", "step_norm"):
+        value = getattr(observation, monitor)
+        return math.nan if value is None else float(value)
+    raise ValueError(
+        f"monitor={monitor!r} is neither an observation field (fun, grad_norm, "
+        f"step_norm) nor a key of its metrics {sorted(observation.metrics)}"
+    )
+
+
 class Target(Criterion):
-    """Stop when the objective is at or below a value: ``f <= value``. A success.
+    """Stop when a monitored value reaches a target: ``f <= value`` (``mode="max"``: ``>=``).
 
     Args:
-        value: the objective value to reach (finite).
+        value: the value to reach (finite).
+        monitor: what to watch: ``"fun"`` (default), a metric name such as ``"val_accuracy"``,
+            or a callable ``Observation -> float``.
+        mode: ``"min"`` (reach from above, default) or ``"max"`` (reach from below).
 
     Example:
         >>> target(0.01)(Observation(iteration=5, fun=0.009)).status
         <Status.TARGET_REACHED: 3>
+        >>> target(0.97, monitor="val_accuracy", mode="max")  # doctest: +SKIP
     """
 
     kind = "target"
 
-    def __init__(self, value: float) -> None:
+    def __init__(
+        self, value: float, monitor: str | Callable[[Observation], float] = "fun", mode: str = "min"
+    ) -> None:
         self.value = _check_real("value", value)
         if not math.isfinite(self.value):
             raise ValueError(f"value must be finite, got value={value!r}")
+        self.mode = validation.choice("mode", mode, ("min", "max"))
+        if not (isinstance(monitor, str) or callable(monitor)):
+            raise TypeError(
+                f"monitor must be a name or a callable Observation -> float, got monitor={monitor!r}"
+            )
+        self.monitor = monitor
 
     def _settings(self) -> dict[str, Any]:
-        return {"value": self.value}
+        return {"value": self.value, "monitor": self.monitor, "mode": self.mode}
 
     def __call__(self, observation: Observation) -> Stop | None:
-        if observation.fun <= self.value:
+        current = monitored_value(self.monitor, observation)
+        reached = current <= self.value if self.mode == "min" else current >= self.value
+        if reached:
+            name = "objective" if self.monitor == "fun" else str(self.monitor)
+            sign = "<=" if self.mode == "min" else ">="
             return Stop(
-                f"reached the target: objective {observation.fun:.6g} <= {self.value:g}",
+                f"reached the target: {name} {current:.6g} {sign} {self.value:g}",
                 success=True,
                 status=Status.TARGET_REACHED,
             )
@@ -575,17 +601,7 @@ class Patience(Criterion):
         self.best_params = None if best_params is None else [t.clone() for t in best_params]
 
     def _monitored(self, observation: Observation) -> float:
-        if callable(self.monitor):
-            return float(self.monitor(observation))
-        if self.monitor in observation.metrics:
-            return float(observation.metrics[self.monitor])
-        if self.monitor in ("fun", "grad_norm", "step_norm"):
-            value = getattr(observation, self.monitor)
-            return math.nan if value is None else float(value)
-        raise ValueError(
-            f"monitor={self.monitor!r} is neither an observation field (fun, grad_norm, "
-            f"step_norm) nor a key of its metrics {sorted(observation.metrics)}"
-        )
+        return monitored_value(self.monitor, observation)
 
     def _improves(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -768,9 +784,7 @@ class Stalled(Criterion):
 
 
 def _kind_of(criterion: CriterionLike) -> str:
-    return getattr(criterion, "kind", None) or getattr(
-        criterion, "__name__", type(criterion).__name__
-    )
+    return getattr(criterion, "kind", None) or getattr(criterion, "__name__", type(criterion).__name__)
 
 
 class _Combination(Criterion):
@@ -818,8 +832,7 @@ class _Combination(Criterion):
         saved = state["criteria"]
         if sorted(saved) != sorted(self._names):
             raise ValueError(
-                f"state_dict holds criteria {sorted(saved)}, this {self.kind} has "
-                f"{sorted(self._names)}"
+                f"state_dict holds criteria {sorted(saved)}, this {self.kind} has {sorted(self._names)}"
             )
         for name, criterion in zip(self._names, self.criteria):
             if hasattr(criterion, "load_state_dict"):

@@ -238,6 +238,7 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("model", str, "cnn", "network to train", one_of(tuple(MODELS)), lowercase=True),
     Option("dataset", str, "digits", "a built-in data set's name, or a data file's or folder's path",
            _dataset),
+    Option("label_column", str, None, "CSV column holding the target (default: the last column)"),
     Option("label", str, None, "free text naming the run in reports and legends"),
     Option("schedule", str, "constant", "learning-rate schedule peaking at lr",
            one_of(tuple(LEARNING_RATE_SCHEDULES)), lowercase=True),

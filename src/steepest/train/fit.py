@@ -86,6 +86,9 @@ class StepRecord:
     examples_per_second: float
     elapsed: float
     total_steps: int | None
+    # Annotations callbacks add for the callbacks after them (the regime diagnosis puts
+    # "regime" and "advice" here); metrics.jsonl, the progress bar and the report show them.
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)

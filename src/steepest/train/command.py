@@ -1,0 +1,211 @@
+"""The job behind ``steepest train``: configuration in, a complete run folder out.
+
+Read top to bottom: resolve and validate the whole configuration (file, flags, defaults)
+before any work; create the run folder (never overwriting one, unless resuming it); load the
+data and build the model; choose the learning rate (given, a schedule, or ``"auto"``); train
+with :func:`steepest.fit`, logging metrics, progress and the learning-rate regime; score the
+held-out test split; write the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from steepest import lr as learning_rate_tools
+from steepest import stopping
+from steepest.init import initialize
+from steepest.train.config import ConfigError, configure, resolve_config, validate_config
+from steepest.train.data import DataSplits, load_dataset
+from steepest.train.fit import StepRecord, Trainer, fit
+from steepest.train.loop import DEFAULT_LEARNING_RATES, LEARNING_RATE_SCHEDULES
+from steepest.train.models import build_model
+from steepest.train.progress import Progress
+from steepest.train.report import write_report
+from steepest.train.runs import (
+    MetricsWriter,
+    RunFolder,
+    TensorBoardWriter,
+    create_run_folder,
+    open_run_folder,
+)
+
+#: Exit codes: a finished run, a run that diverged.
+SUCCESS, DIVERGED = 0, 1
+
+PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+class DiagnoseRegime:
+    """Callback: classify the learning-rate regime live and annotate each step's record.
+
+    Feeds :class:`steepest.lr.RegimeMonitor` with every step's loss, gradient norm and rate;
+    the latest regime (and, when a window completes, its advice) goes into ``record.extra``
+    for the metrics file, the progress display and the report. Its state is checkpointed.
+    """
+
+    name = "regime"
+
+    def __init__(self, window: int = 20, say: Callable[[str], None] | None = None) -> None:
+        self.monitor = learning_rate_tools.RegimeMonitor(window=window)
+        self.say = say
+        self._last_regime: str | None = None
+
+    def on_step_end(self, trainer: Trainer, record: StepRecord) -> None:
+        diagnosis = self.monitor.observe(record.step, record.loss, grad_norm=record.grad_norm, lr=record.lr)
+        if self.monitor.latest is not None:
+            record.extra["regime"] = self.monitor.latest.regime
+        if diagnosis is not None and diagnosis.regime != "good":
+            record.extra["advice"] = diagnosis.advice
+            if self.say is not None and diagnosis.regime != self._last_regime:
+                self.say(f"step {record.step}: {diagnosis.advice}")
+        if diagnosis is not None:
+            self._last_regime = diagnosis.regime
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.monitor.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.monitor.load_state_dict(state)
+
+
+def resolve(flags: Mapping[str, Any], config_path: str | None, resume: str | None) -> tuple[dict, RunFolder]:
+    """The validated configuration and its run folder, before any training work.
+
+    Resuming reads the run folder's saved configuration as the file layer, so a resumed run
+    continues with the settings it started with unless a flag says otherwise.
+    """
+    if resume is not None:
+        folder = open_run_folder(resume)
+        config = validate_config(resolve_config(folder.read_config(), dict(flags)))
+        folder = create_run_folder(folder.path.parent, folder.path.name, config, resume=True)
+    else:
+        config = configure(dict(flags), config_path)
+        folder = create_run_folder(config["runs_dir"], config["name"], config)
+    return config, folder
+
+
+def choose_learning_rate(
+    config: Mapping[str, Any], model: torch.nn.Module, data: DataSplits, folder: RunFolder, say: Callable
+) -> tuple[str, Any]:
+    """The optimizer name and its ``lr`` argument: a schedule peaking at the chosen rate.
+
+    ``lr = "auto"`` asks :func:`steepest.lr.choose_lr` (a range test, or a learning-rate-free
+    method for the Adam family), says what it chose and why, and records it in the run folder.
+    """
+    optimizer = config["optimizer"]
+    if config["lr"] == "auto":
+        choice = learning_rate_tools.choose_lr(
+            model, data.train, optimizer, batch_size=config["batch_size"], seed=config["seed"]
+        )
+        say(f"lr auto: {choice.method} at lr {choice.lr:.3g}: {choice.reason}")
+        (folder.path / "lr_choice.json").write_text(
+            json.dumps({"lr": choice.lr, "method": choice.method, "reason": choice.reason}, indent=2) + "\n"
+        )
+        optimizer, peak = choice.method, choice.lr
+    else:
+        peak = config["lr"] if config["lr"] is not None else DEFAULT_LEARNING_RATES.get(optimizer, 1e-3)
+    batches = math.ceil(len(data.train[1]) / config["batch_size"])
+    total = config["epochs"] * math.ceil(batches / config["accumulate"])
+    if config["warmup"] > total:
+        raise ConfigError(f"warmup must be <= the run's {total} steps, got warmup={config['warmup']}")
+    return optimizer, LEARNING_RATE_SCHEDULES[config["schedule"]](peak, config["warmup"], total)
+
+
+def stopping_criteria(config: Mapping[str, Any]) -> Any:
+    """``patience`` on the validation loss and ``target`` on the validation accuracy, if set."""
+    criteria = []
+    if config["patience"]:
+        criteria.append(stopping.patience(config["patience"], monitor="val_loss", restore_best=True))
+    if config["target"] is not None:
+        criteria.append(stopping.target(config["target"], monitor="val_accuracy", mode="max"))
+    return stopping.any_of(*criteria) if criteria else None
+
+
+def test_metrics(model: torch.nn.Module, data: DataSplits) -> dict[str, float]:
+    """Loss (and accuracy) on the held-out test split, touched once, at the very end."""
+    inputs, targets = data.test
+    model.eval()
+    with torch.no_grad():
+        outputs = model(inputs)
+    if data.task == "classification":
+        return {
+            "test_loss": float(F.cross_entropy(outputs, targets)),
+            "test_accuracy": float((outputs.argmax(dim=1) == targets).float().mean()),
+        }
+    return {"test_loss": float(F.mse_loss(outputs.reshape(targets.shape), targets))}
+
+
+def run(
+    flags: Mapping[str, Any],
+    config_path: str | None = None,
+    resume: str | None = None,
+    say: Callable[[str], None] = print,
+) -> int:
+    """Run ``steepest train`` with the given flags; return the exit code."""
+    config, folder = resolve(flags, config_path, resume)
+    try:
+        data = load_dataset(config["dataset"], label=config["label_column"], split_seed=0)
+        torch.manual_seed(config["seed"])
+        model = build_model(config["model"], data)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(str(error)) from error
+    initialize(model, config["init"])
+    optimizer, lr = choose_learning_rate(config, model, data, folder, say)
+
+    quiet = config["quiet"]
+    callbacks: list[Any] = [DiagnoseRegime(say=None if quiet else say)]
+    callbacks.append(MetricsWriter(folder.metrics_path, every=config["log_every"]))
+    if config["tensorboard"]:
+        callbacks.append(TensorBoardWriter(folder.path / "tensorboard"))
+    callbacks.append(Progress(mode=config["progress"], quiet=quiet))
+    steps_per_epoch = math.ceil(math.ceil(len(data.train[1]) / config["batch_size"]) / config["accumulate"])
+    every_epochs = config["eval_every"]
+    checkpoint_epochs = config["checkpoint_every"]
+    if checkpoint_epochs == 0:
+        checkpoint_every: str | int = 2**62  # only the final checkpoint, which fit always writes
+    else:
+        checkpoint_every = "epoch" if checkpoint_epochs == 1 else checkpoint_epochs * steps_per_epoch
+    if not quiet:
+        say(f"run folder {folder.path}: {config['optimizer']} on {config['model']} / {config['dataset']}")
+    result = fit(
+        model,
+        data.train,
+        "cross_entropy" if data.task == "classification" else "mse",
+        optimizer=optimizer,
+        lr=lr,
+        epochs=config["epochs"],
+        batch_size=config["batch_size"],
+        val_data=data.val,
+        eval_every="epoch" if every_epochs == 1 else every_epochs * steps_per_epoch,
+        stopping=stopping_criteria(config),
+        clip_norm=config["clip_norm"],
+        accumulate=config["accumulate"],
+        precision=PRECISIONS[config["precision"]],
+        compile=config["compile"],
+        callbacks=callbacks,
+        checkpoint_dir=folder.checkpoints_dir,
+        checkpoint_every=checkpoint_every,
+        keep_last=config["keep_last"],
+        resume=resume is not None,
+        seed=config["seed"],
+        metrics=("accuracy",) if data.task == "classification" else (),
+    )
+    scores = test_metrics(model, data)
+    (folder.path / "test_metrics.json").write_text(json.dumps(scores, indent=2) + "\n")
+    write_report([folder.path], folder.report_path)
+    if not quiet:
+        if "test_accuracy" in scores:
+            say(f"test accuracy {scores['test_accuracy']:.2%}")
+        else:
+            say(f"test loss {scores['test_loss']:.4g}")
+        say(f"report {folder.report_path}")
+    return DIVERGED if str(result.stopped_by).startswith("diverged") else SUCCESS
+
+
+__all__ = ["DiagnoseRegime", "resolve", "run", "test_metrics"]

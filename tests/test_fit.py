@@ -392,3 +392,15 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path: Path, one_
     for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
         assert torch.equal(a, b)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_lr_auto_chooses_says_why_and_trains(digits, one_thread) -> None:
+    torch.manual_seed(0)
+    model = build_model("mlp", digits)
+    result = fit(model, digits.train, "cross_entropy", "adam", lr="auto", epochs=3, val_data=digits.val)
+    choice = result.lr_choice
+    assert choice is not None and choice.reason
+    assert choice.method is steepest.Prodigy  # the documented policy for the Adam family
+    assert result.metrics["val_accuracy"] >= 0.9
+    with pytest.raises(ValueError, match="lr"):
+        fit(small_model(), small_problem(), "cross_entropy", "adam", lr="fast", epochs=1)

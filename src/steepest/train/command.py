@@ -103,10 +103,14 @@ def choose_learning_rate(
         choice = learning_rate_tools.choose_lr(
             model, data.train, optimizer, batch_size=config["batch_size"], seed=config["seed"]
         )
-        say(f"lr auto: {choice.method} at lr {choice.lr:.3g}: {choice.reason}")
-        (folder.path / "lr_choice.json").write_text(
-            json.dumps({"lr": choice.lr, "method": choice.method, "reason": choice.reason}, indent=2) + "\n"
-        )
+        say(f"lr auto: {choice}")
+        record = {
+            "lr": choice.lr,
+            "method": choice.method.__name__,
+            "policy": choice.policy,
+            "reason": choice.reason,
+        }
+        (folder.path / "lr_choice.json").write_text(json.dumps(record, indent=2) + "\n")
         optimizer, peak = choice.method, choice.lr
     else:
         peak = config["lr"] if config["lr"] is not None else DEFAULT_LEARNING_RATES.get(optimizer, 1e-3)
@@ -172,7 +176,8 @@ def run(
     else:
         checkpoint_every = "epoch" if checkpoint_epochs == 1 else checkpoint_epochs * steps_per_epoch
     if not quiet:
-        say(f"run folder {folder.path}: {config['optimizer']} on {config['model']} / {config['dataset']}")
+        optimizer_name = getattr(optimizer, "__name__", optimizer)
+        say(f"run folder {folder.path}: {optimizer_name} on {config['model']} / {config['dataset']}")
     result = fit(
         model,
         data.train,

@@ -113,6 +113,7 @@ class FitResult:
         success: True when a convergence criterion (target, patience, ...) ended the run.
         steps: optimizer steps done; epochs: epochs begun; seconds: wall-clock time.
         model: the trained model (with the best parameters when patience restored them).
+        lr_choice: with ``lr="auto"``, the :class:`steepest.lr.LRChoice` (rate, method, reason).
     """
 
     history: list[StepRecord]
@@ -124,6 +125,7 @@ class FitResult:
     epochs: int
     seconds: float
     model: nn.Module = field(repr=False)
+    lr_choice: Any = None  # with lr="auto": the rate or method chosen, and why
 
 
 class Trainer:
@@ -413,7 +415,7 @@ def fit(
     data: Any,
     loss: str | LossFunction,
     optimizer: Any = "adamw",
-    lr: float | Callable[[int], float] | None = None,
+    lr: float | str | Callable[[int], float] | None = None,
     *,
     epochs: int | None = None,
     max_steps: int | None = None,
@@ -446,7 +448,7 @@ def fit(
         optimizer: a steepest optimizer name (any case, e.g. ``"adamw"``), an optimizer class,
             a factory ``params -> optimizer``, or an instance (default ``"adamw"``).
         lr: learning rate, a float or a schedule ``step -> rate``; None keeps the optimizer's
-            default. Only for a name or a class.
+            default; ``"auto"`` chooses one (``steepest.lr.choose_lr``). Only for a name or a class.
         epochs: passes over ``data``; max_steps: optimizer steps. With neither, 10 epochs.
         batch_size: examples per micro-batch (default 64); a step sees
             ``batch_size * accumulate`` examples.
@@ -514,6 +516,20 @@ def fit(
     loss_function = _resolve_loss(loss)
     if track_grad_norm is None:
         track_grad_norm = device.type == "cpu"
+
+    lr_choice = None
+    if isinstance(lr, str):
+        if lr != "auto":
+            raise ValueError(f"lr must be a number, a schedule or 'auto', got lr={lr!r}")
+        if not isinstance(optimizer, (str, type)):
+            raise ValueError("lr='auto' needs an optimizer given by name or class, to build its own")
+        # A short range test (it restores the model and every random state afterwards) or a
+        # learning-rate-free method; see steepest.lr.choose_lr for the policy.
+        from steepest.lr import choose_lr
+
+        name = optimizer if isinstance(optimizer, str) else optimizer.__name__
+        lr_choice = choose_lr(model, data, name, batch_size=batch_size, seed=seed)
+        optimizer, lr = lr_choice.method, lr_choice.lr
 
     # -- set up: seeds, data, optimizer, mixed precision -------------------------------------
     # One seed fixes the initial random state of everything (dropout, numpy, Python) and,
@@ -850,6 +866,7 @@ def fit(
         epochs=trainer.epoch,
         seconds=clock(),
         model=model,
+        lr_choice=lr_choice,
     )
     trainer.notify("on_fit_end", result)
     return result

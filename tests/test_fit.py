@@ -404,3 +404,21 @@ def test_lr_auto_chooses_says_why_and_trains(digits, one_thread) -> None:
     assert result.metrics["val_accuracy"] >= 0.9
     with pytest.raises(ValueError, match="lr"):
         fit(small_model(), small_problem(), "cross_entropy", "adam", lr="fast", epochs=1)
+
+
+def test_safe_step_skips_a_poisoned_batch_and_the_run_completes(one_thread) -> None:
+    X, y = small_problem(n=128)
+    X = X.clone()
+    X[5, 0] = float("nan")  # one example poisons the loss of its batch in every epoch
+    options = dict(loss="cross_entropy", optimizer="sgd", lr=0.1, batch_size=32, epochs=3)
+    unguarded = fit(small_model(), (X, y), **options)
+    assert unguarded.stopped_by.startswith("diverged")
+
+    model = small_model()
+    result = fit(model, (X, y), on_nonfinite="skip", **options)
+    assert result.stopped_by == "completed epochs=3" and result.steps == 12
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    skipped = [record for record in result.history if "safety" in record.extra]
+    assert len(skipped) == 3 and all(record.extra["safety"].startswith("skip") for record in skipped)
+    with pytest.raises(FloatingPointError):
+        fit(small_model(), (X, y), on_nonfinite="raise", **options)

@@ -193,6 +193,8 @@ def run(
         accumulate=config["accumulate"],
         precision=PRECISIONS[config["precision"]],
         compile=config["compile"],
+        on_nonfinite=config["on_nonfinite"],
+        on_spike=config["on_spike"],
         callbacks=callbacks,
         checkpoint_dir=folder.checkpoints_dir,
         checkpoint_every=checkpoint_every,

@@ -252,6 +252,10 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("precision", str, "fp32", "arithmetic precision of the forward and backward pass",
            one_of(PRECISIONS), lowercase=True),
     Option("compile", bool, False, "compile the model with torch.compile"),
+    Option("on_nonfinite", str, None, "on a NaN/inf loss: raise, skip, backoff or stop (default: stop)",
+           one_of(("raise", "skip", "backoff", "stop")), lowercase=True),
+    Option("on_spike", str, None, "on a loss spike: skip, backoff or stop (default: carry on)",
+           one_of(("skip", "backoff", "stop")), lowercase=True),
     # where the run goes, and what it records
     Option("name", str, None, "run folder name under runs_dir (default: date, time and optimizer)",
            _folder_name),

@@ -22,7 +22,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -436,6 +436,9 @@ def fit(
     device: str | torch.device = "cpu",
     metrics: Sequence[str] = ("accuracy",),
     track_grad_norm: bool | None = None,
+    on_nonfinite: str | None = None,
+    on_spike: str | None = None,
+    safety: Mapping[str, Any] | None = None,
 ) -> FitResult:
     """Train ``model`` on ``data`` by mini-batch gradient descent; evaluate, stop, checkpoint.
 
@@ -476,6 +479,10 @@ def fit(
         seed: seeds torch, numpy, Python's random and the shuffling (default 0).
         device: where to train (default ``"cpu"``).
         metrics: ``("accuracy",)`` (default) adds ``val_accuracy`` for class labels; ``()``.
+        on_nonfinite, on_spike: the safe-step policy (``steepest.lr.SafeStep``): ``"raise"``,
+            ``"skip"``, ``"backoff"`` or ``"stop"`` on a non-finite loss or gradient, and on a
+            loss spike; None (default) stops the run when the loss is not finite. ``safety``:
+            more SafeStep options (spike_factor, backoff_factor, ...).
         track_grad_norm: compute the gradient norm when not clipping (one reduction per step);
             None means on CPU only.
 
@@ -551,6 +558,18 @@ def fit(
     clip_in_loop = clip_norm is not None and not hasattr(optimizer, "clip_norm")
     autocast_dtype = PRECISIONS[precision]
     scaler = torch.amp.GradScaler(device.type) if precision == "float16" else None
+    # The safe-step policy (steepest.lr.SafeStep) for NaN losses and loss spikes, when asked.
+    guard = None
+    if on_nonfinite is not None or on_spike is not None:
+        from steepest.lr import SafeStep
+
+        guard = SafeStep(
+            optimizer,
+            on_nonfinite=on_nonfinite or "raise",
+            on_spike=on_spike,
+            scaler=scaler,
+            **dict(safety or {}),
+        )
 
     def autocast() -> Any:
         if autocast_dtype is None:
@@ -619,6 +638,7 @@ def fit(
             "epoch_start_rng": epoch_start_rng,
             "rng": checkpoints.capture_rng_states(train_batches.generator),
             "stopping": stopping.state_dict() if hasattr(stopping, "state_dict") else None,
+            "safety": None if guard is None else guard.state_dict(),
             "callbacks": {
                 _callback_name(callback): callback.state_dict()
                 for callback in trainer.callbacks
@@ -661,6 +681,8 @@ def fit(
             scaler.load_state_dict(resumed["scaler"])
         if resumed["stopping"] is not None and hasattr(stopping, "load_state_dict"):
             stopping.load_state_dict(resumed["stopping"])
+        if guard is not None and resumed.get("safety") is not None:
+            guard.load_state_dict(resumed["safety"])
         for callback in trainer.callbacks:
             name = _callback_name(callback)
             if hasattr(callback, "load_state_dict") and name in resumed["callbacks"]:
@@ -789,7 +811,11 @@ def fit(
                         grad_norm = float(torch.nn.utils.clip_grad_norm_(with_grads, clip_norm))
                     else:
                         grad_norm = float(clipping.global_norm([p.grad for p in with_grads]))
-                if scaler is None:
+                verdict = None
+                if guard is not None:
+                    # the safe-step policy checks the loss, then steps (or skips, or backs off)
+                    verdict = guard.step(step_loss)
+                elif scaler is None:
                     optimizer.step()
                 else:
                     scaler.step(optimizer)
@@ -817,10 +843,14 @@ def fit(
                     elapsed=clock(),
                     total_steps=total_steps,
                 )
+                if verdict is not None and verdict.action != "step":
+                    record.extra["safety"] = f"{verdict.action}: {verdict.reason}"
                 trainer.history.append(record)
                 trainer.notify("on_step_end", record)
 
-                if not math.isfinite(loss_value):
+                if verdict is not None and verdict.should_stop:
+                    stopped_by = f"stopped by the safe-step policy: {verdict.reason}"
+                elif guard is None and not math.isfinite(loss_value):
                     stopped_by = f"diverged: the training loss is {loss_value} at step {trainer.step}"
                 elif eval_every != "epoch" and trainer.step % eval_every == 0:
                     evaluate_and_check_stopping()

@@ -294,3 +294,20 @@ def test_lr_find_prints_suggestions_and_plots(tmp_path, capsys: pytest.CaptureFi
     suggested = float(re.search(r"consensus\s+([0-9.e+-]+)", out).group(1))
     assert 1e-4 < suggested < 10  # a softmax regression on standardized digits trains in this band
     assert output.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_users_own_model_as_module_attr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "my_nets.py").write_text(
+        "import torch\n"
+        "def Net():\n"
+        "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert cli.main(run_args(tmp_path, "mine", "--model", "my_nets:Net", "--epochs", "1")) == 0
+    assert (tmp_path / "mine" / "report.html").exists()
+
+
+def test_a_model_that_cannot_be_built_leaves_no_run_folder(tmp_path: Path, capsys) -> None:
+    assert cli.main(run_args(tmp_path, "broken", "--model", "no_such_module:Net")) == 2
+    assert "no_such_module" in capsys.readouterr().err
+    assert not (tmp_path / "broken").exists()

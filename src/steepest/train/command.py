@@ -74,20 +74,23 @@ class DiagnoseRegime:
         self.monitor.load_state_dict(state)
 
 
-def resolve(flags: Mapping[str, Any], config_path: str | None, resume: str | None) -> tuple[dict, RunFolder]:
-    """The validated configuration and its run folder, before any training work.
+def resolve(flags: Mapping[str, Any], config_path: str | None, resume: str | None) -> dict[str, Any]:
+    """The validated configuration, before any work.
 
     Resuming reads the run folder's saved configuration as the file layer, so a resumed run
     continues with the settings it started with unless a flag says otherwise.
     """
     if resume is not None:
+        return validate_config(resolve_config(open_run_folder(resume).read_config(), dict(flags)))
+    return configure(dict(flags), config_path)
+
+
+def run_folder(config: Mapping[str, Any], resume: str | None) -> RunFolder:
+    """The run folder: a new one (never over an existing one), or the one being resumed."""
+    if resume is not None:
         folder = open_run_folder(resume)
-        config = validate_config(resolve_config(folder.read_config(), dict(flags)))
-        folder = create_run_folder(folder.path.parent, folder.path.name, config, resume=True)
-    else:
-        config = configure(dict(flags), config_path)
-        folder = create_run_folder(config["runs_dir"], config["name"], config)
-    return config, folder
+        return create_run_folder(folder.path.parent, folder.path.name, config, resume=True)
+    return create_run_folder(config["runs_dir"], config["name"], config)
 
 
 def choose_learning_rate(
@@ -152,13 +155,14 @@ def run(
     say: Callable[[str], None] = print,
 ) -> int:
     """Run ``steepest train`` with the given flags; return the exit code."""
-    config, folder = resolve(flags, config_path, resume)
-    try:
+    config = resolve(flags, config_path, resume)
+    try:  # data and model come before the run folder: a mistake here leaves nothing behind
         data = load_dataset(config["dataset"], label=config["label_column"], split_seed=0)
         torch.manual_seed(config["seed"])
         model = build_model(config["model"], data)
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from error
+    folder = run_folder(config, resume)
     initialize(model, config["init"])
     optimizer, lr = choose_learning_rate(config, model, data, folder, say)
 
@@ -215,4 +219,4 @@ def run(
     return DIVERGED if str(result.stopped_by).startswith("diverged") else SUCCESS
 
 
-__all__ = ["DiagnoseRegime", "resolve", "run", "test_metrics"]
+__all__ = ["DiagnoseRegime", "resolve", "run", "run_folder", "test_metrics"]

@@ -113,6 +113,15 @@ def _folder_name(value: str) -> str | None:
     return "must be a folder name: letters, digits and . _ - + = @, not starting with . or -"
 
 
+def _model(value: str) -> str | None:
+    # "package.module:attr" names the user's own nn.Module (a class or a factory); whether it
+    # imports is checked when the run builds it, with its own error message.
+    if ":" in value:
+        module, _, attribute = value.partition(":")
+        return None if module and attribute.isidentifier() else "must be module:attr, e.g. mypackage.nets:Net"
+    return one_of(tuple(MODELS))(value)
+
+
 def _dataset(value: str) -> str | None:
     if value.lower() in DATASET_NAMES:
         return None
@@ -235,7 +244,8 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("batch_size", int, 64, "examples per mini-batch", at_least(1)),
     Option("seed", int, 0, "seeds initialization and batch order: the same seed, the same numbers",
            _seed_in_range),
-    Option("model", str, "cnn", "network to train", one_of(tuple(MODELS)), lowercase=True),
+    Option("model", str, "cnn", "network to train: a built-in one, or your own as module:attr",
+           _model),
     Option("dataset", str, "digits", "a built-in data set's name, or a data file's or folder's path",
            _dataset),
     Option("label_column", str, None, "CSV column holding the target (default: the last column)"),

@@ -458,3 +458,17 @@ def test_bad_params_are_refused(spec: Spec) -> None:
         spec.cls(x)
     with pytest.raises(ValueError, match="lr"):
         spec.cls([{"params": [x], "lr": float("nan")}])
+
+
+def test_foreach_none_runs_per_tensor_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from steepest.engine import optimizer as engine
+
+    built: list[object] = []
+    real = engine.TensorList
+    monkeypatch.setattr(engine, "TensorList", lambda tensors: built.append(1) or real(tensors))
+    params = make_params()
+    for foreach, expected in ((None, False), (True, True)):
+        built.clear()
+        optimizer = steepest.Adam(params[:4], lr=0.01, foreach=foreach)
+        run(optimizer, params, 1)
+        assert bool(built) is expected

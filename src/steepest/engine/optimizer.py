@@ -16,8 +16,9 @@ The shell does the rest for every rule alike:
    step-dependent coefficient (bias corrections, ...) is one Python float computed once
    on the CPU, so no device synchronisation is ever needed;
 5. run the rule per tensor (``foreach=False``: the readable reference) or once per bucket
-   over :class:`~steepest.engine.tensorlist.TensorList` s (``foreach=None/True``: the
-   multi-tensor path, ``torch._foreach_*``). The same lines of math serve both.
+   over :class:`~steepest.engine.tensorlist.TensorList` s (``foreach=True``: the
+   multi-tensor path, ``torch._foreach_*``); ``None`` picks multi-tensor on accelerators and
+   per tensor on the CPU. The same lines of math serve both.
 
 A future fused path only changes step 5: a bucket's params, grads and buffers can live in
 one flat buffer each, and the rule runs on those flat tensors unchanged.
@@ -42,6 +43,7 @@ from steepest.engine import validation
 from steepest.engine.tensorlist import TensorList
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
+
 
 # torch.optim stores scalar state (``step``) as float32 CPU tensors unless the default
 # dtype is float64; matching it keeps state_dicts interchangeable.
@@ -88,9 +90,7 @@ class Optimizer(torch.optim.Optimizer):
     update: ClassVar[Callable[..., None]]
     _checks: ClassVar[dict[str, validation.Check]] = {}
 
-    def __init__(
-        self, params: ParamsT, defaults: dict[str, Any], *, clip_norm: float | None = None
-    ) -> None:
+    def __init__(self, params: ParamsT, defaults: dict[str, Any], *, clip_norm: float | None = None) -> None:
         # Set before torch's __init__, which calls add_param_group for every group.
         self.step_count = 0  # completed steps; every schedule is evaluated at this step
         self._schedules: list[dict[str, Any]] = []  # per group: hyperparameter -> schedule
@@ -122,9 +122,7 @@ class Optimizer(torch.optim.Optimizer):
         """CPU scalar state and its initial values; the shell increments ``step``."""
         return {"step": 0.0}
 
-    def _coefficients(
-        self, group: dict[str, Any], scalars: dict[str, Tensor], fresh: bool
-    ) -> dict[str, Any]:
+    def _coefficients(self, group: dict[str, Any], scalars: dict[str, Tensor], fresh: bool) -> dict[str, Any]:
         """Keyword arguments of ``update`` for one bucket at this step.
 
         ``scalars`` holds the bucket's scalar state after ``step`` was incremented; a rule
@@ -158,9 +156,7 @@ class Optimizer(torch.optim.Optimizer):
         tensors = [p[1] if isinstance(p, tuple) else p for p in params]
         for index, tensor in enumerate(tensors):
             if not isinstance(tensor, Tensor):
-                raise TypeError(
-                    f"params[{index}] must be a torch.Tensor, got {type(tensor).__name__}"
-                )
+                raise TypeError(f"params[{index}] must be a torch.Tensor, got {type(tensor).__name__}")
         seen: set[int] = {id(p) for group in self.param_groups for p in group["params"]}
         for index, tensor in enumerate(tensors):
             if id(tensor) in seen:
@@ -183,8 +179,7 @@ class Optimizer(torch.optim.Optimizer):
         for name, schedule in schedules.items():
             if isinstance(schedule, tuple):
                 resolved[name] = tuple(
-                    float(item(self.step_count)) if _is_schedule(item) else item
-                    for item in schedule
+                    float(item(self.step_count)) if _is_schedule(item) else item for item in schedule
                 )
             else:
                 resolved[name] = float(schedule(self.step_count))
@@ -311,12 +306,13 @@ class Optimizer(torch.optim.Optimizer):
         A rule that needs a global statistic first (a distance estimate, say) overrides this
         and composes :meth:`_buckets`, :meth:`_advance` and :meth:`_apply` itself.
         """
-        multi_tensor = group.get("foreach") is not False
         for bucket in self._buckets(group):
             scalars = self._advance(group, bucket)
             coefficients = self._coefficients(group, scalars, bucket.fresh)
             bucket.share_scalars()
-            self._apply(type(self).update, bucket, self._buffer_names(group), coefficients, multi_tensor)
+            self._apply(
+                type(self).update, bucket, self._buffer_names(group), coefficients, group.get("foreach")
+            )
 
     def _buckets(self, group: dict[str, Any]) -> list[Bucket]:
         """Parameters of ``group`` that have a gradient, with their state, in buckets.
@@ -361,13 +357,19 @@ class Optimizer(torch.optim.Optimizer):
         bucket: Bucket,
         buffer_names: tuple[str, ...],
         coefficients: dict[str, Any],
-        multi_tensor: bool,
+        foreach: bool | None,
     ) -> Any:
         """Run ``rule`` on one bucket: per tensor, or once over TensorLists.
+
+        ``foreach=None`` takes the multi-tensor path on accelerators and the per-tensor one on
+        the CPU, where ``torch._foreach_*`` is a loop in C++ that runs each op over every
+        tensor before the next op, and measured 1.5-2.5x slower than per tensor for Adam
+        (benchmarks/step_speed.py), as torch.optim also defaults to.
 
         Returns what the rule returns; per tensor, the sum of the returns (so a rule can
         also compute a statistic, e.g. a partial sum that the caller reduces).
         """
+        multi_tensor = foreach if foreach is not None else bucket.params[0].device.type != "cpu"
         params = [_real_view(p) for p in bucket.params]
         grads = [_real_view(g) for g in bucket.grads]
         buffers = {name: [_real_view(s[name]) for s in bucket.states] for name in buffer_names}
@@ -486,9 +488,7 @@ def _schedules_in(group: dict[str, Any]) -> dict[str, Any]:
     for name, value in group.items():
         if name == "params":
             continue
-        if _is_schedule(value) or (
-            isinstance(value, tuple) and any(_is_schedule(item) for item in value)
-        ):
+        if _is_schedule(value) or (isinstance(value, tuple) and any(_is_schedule(item) for item in value)):
             found[name] = value
     return found
 

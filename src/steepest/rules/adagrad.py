@@ -46,7 +46,8 @@ class Adagrad(Optimizer):
         weight_decay: L2 penalty (default 0).
         initial_accumulator_value: starting value of the sum of squares (default 0).
         eps: added to the denominator (default 1e-10).
-        foreach: None or True for the multi-tensor path, False for the per-tensor reference.
+        foreach: True for the multi-tensor path, False for the per-tensor reference, None (default)
+            for multi-tensor on accelerators and per tensor on the CPU.
         clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
         maximize: ascend the objective instead of descending it.
 

@@ -88,7 +88,8 @@ class Adam(Optimizer):
         weight_decay: L2 penalty (default 0); decoupled when decoupled_weight_decay=True.
         amsgrad: use the running maximum of the second moment (Reddi et al. 2018).
         maximize: ascend the objective instead of descending it.
-        foreach: None or True for the multi-tensor path, False for the per-tensor reference.
+        foreach: True for the multi-tensor path, False for the per-tensor reference, None (default)
+            for multi-tensor on accelerators and per tensor on the CPU.
         clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
         decoupled_weight_decay: shrink parameters directly (AdamW) instead of adding an L2
             term to the gradient.

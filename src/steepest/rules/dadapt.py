@@ -146,7 +146,7 @@ class DistanceEstimator(Optimizer):
         buckets = self._buckets(group)
         if not buckets:
             return
-        multi_tensor = group.get("foreach") is not False
+        multi_tensor = group.get("foreach")  # None: chosen per device by _apply
         step_size = self._step_size(group)  # from the d the previous step estimated
         coefficients = self._statistics_coefficients(group, step_size)
         partials = [

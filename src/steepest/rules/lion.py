@@ -46,7 +46,8 @@ class Lion(Optimizer):
             (default (0.9, 0.99)).
         weight_decay: decoupled weight decay (default 0).
         maximize: ascend the objective instead of descending it.
-        foreach: None or True for the multi-tensor path, False for the per-tensor reference.
+        foreach: True for the multi-tensor path, False for the per-tensor reference, None (default)
+            for multi-tensor on accelerators and per tensor on the CPU.
         clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
 
     Example:

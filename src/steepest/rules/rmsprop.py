@@ -58,7 +58,8 @@ class RMSprop(Optimizer):
         momentum: momentum coefficient (default 0).
         centered: normalise by the estimated variance of the gradient instead of its
             second moment.
-        foreach: None or True for the multi-tensor path, False for the per-tensor reference.
+        foreach: True for the multi-tensor path, False for the per-tensor reference, None (default)
+            for multi-tensor on accelerators and per tensor on the CPU.
         clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
         maximize: ascend the objective instead of descending it.
 

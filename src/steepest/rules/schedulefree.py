@@ -195,7 +195,7 @@ class _ScheduleFree(Optimizer):
             weight_decay=group["weight_decay"],
             **self._rule_coefficients(group),
         )
-        multi_tensor = group.get("foreach") is not False
+        multi_tensor = group.get("foreach")  # None: chosen per device by _apply
         for bucket in self._buckets(group):
             self._apply(type(self).update, bucket, self._buffer_names(group), coefficients, multi_tensor)
         group["scheduled_lr"] = lr

@@ -52,7 +52,8 @@ class SGD(Optimizer):
         weight_decay: L2 penalty coefficient added to the gradient (default 0).
         nesterov: Nesterov momentum; needs momentum > 0 and dampening = 0.
         maximize: ascend the objective instead of descending it.
-        foreach: None or True for the multi-tensor path, False for the per-tensor reference.
+        foreach: True for the multi-tensor path, False for the per-tensor reference, None (default)
+            for multi-tensor on accelerators and per tensor on the CPU.
         clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
 
     Example:

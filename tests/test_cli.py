@@ -297,13 +297,13 @@ def test_lr_find_prints_suggestions_and_plots(tmp_path, capsys: pytest.CaptureFi
 
 
 def test_users_own_model_as_module_attr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "my_nets.py").write_text(
+    (tmp_path / "cli_user_nets.py").write_text(
         "import torch\n"
         "def Net():\n"
         "    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert cli.main(run_args(tmp_path, "mine", "--model", "my_nets:Net", "--epochs", "1")) == 0
+    assert cli.main(run_args(tmp_path, "mine", "--model", "cli_user_nets:Net", "--epochs", "1")) == 0
     assert (tmp_path / "mine" / "report.html").exists()
 
 

@@ -305,6 +305,7 @@ def test_users_own_model_as_module_attr(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.syspath_prepend(str(tmp_path))
     assert cli.main(run_args(tmp_path, "mine", "--model", "cli_user_nets:Net", "--epochs", "1")) == 0
     assert (tmp_path / "mine" / "report.html").exists()
+    sys.modules.pop("cli_user_nets", None)  # the module lives in tmp_path, gone after the test
 
 
 def test_a_model_that_cannot_be_built_leaves_no_run_folder(tmp_path: Path, capsys) -> None:

@@ -3,11 +3,12 @@
 Both do the same work on the CPU: the same MLP, data, AdamW optimizer, batch size and shuffled
 batch order, no evaluation, no checkpoints. fit's extra per-step work (records, callbacks, the
 loss as a Python float, the gradient norm) is what the ratio measures. Target: fit at most 3%
-slower. Not a test: run ``python benchmarks/fit_overhead.py``.
+slower. Not a test: run ``python benchmarks/fit_overhead.py [--model mlp|cnn]``.
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import torch
@@ -16,13 +17,19 @@ from torch.nn import functional as F
 
 import steepest
 from steepest.train import fit
+from steepest.train.models import DigitsCNN
 
 STEPS = 600
 REPEATS = 5
 
 
+MODEL = "mlp"  # set by main(): "mlp" (a tiny MLP: the worst case for overhead) or "cnn"
+
+
 def make_model() -> nn.Module:
     torch.manual_seed(0)
+    if MODEL == "cnn":
+        return DigitsCNN()  # the model of `steepest train`: its steps cost more than the MLP's
     return nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))
 
 
@@ -63,9 +70,15 @@ def fit_loop(X: torch.Tensor, y: torch.Tensor, batch_size: int, track_grad_norm:
 
 
 def main() -> None:
+    global MODEL
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    MODEL = parser.parse_args().model
     torch.set_num_threads(1)  # steadier timings; both loops run under the same setting
     generator = torch.Generator().manual_seed(0)
-    X, y = torch.randn(4096, 64, generator=generator), torch.randint(0, 10, (4096,), generator=generator)
+    shape = (4096, 1, 8, 8) if MODEL == "cnn" else (4096, 64)
+    X, y = torch.randn(shape, generator=generator), torch.randint(0, 10, (4096,), generator=generator)
+    print(f"model {MODEL}")
     print(
         f"{'batch':>6} {'hand loop steps/s':>18} {'fit steps/s':>12} {'ratio':>7} "
         f"{'fit+grad norm steps/s':>22} {'ratio':>7}"

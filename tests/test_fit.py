@@ -422,3 +422,14 @@ def test_safe_step_skips_a_poisoned_batch_and_the_run_completes(one_thread) -> N
     assert len(skipped) == 3 and all(record.extra["safety"].startswith("skip") for record in skipped)
     with pytest.raises(FloatingPointError):
         fit(small_model(), (X, y), on_nonfinite="raise", **options)
+
+
+def test_compile_trains_like_eager(one_thread) -> None:
+    """torch.compile of the model (about 20 s of compilation on 2 cores) follows eager closely."""
+    X, y = small_problem(n=128)
+    options = dict(loss="cross_entropy", optimizer="adam", lr=1e-2, batch_size=32, epochs=2)
+    eager = fit(small_model(), (X, y), **options)
+    compiled = fit(small_model(), (X, y), compile=True, **options)
+    assert compiled.steps == eager.steps == 8
+    for a, b in zip(eager.history, compiled.history, strict=True):
+        assert b.loss == pytest.approx(a.loss, rel=1e-4)

@@ -312,3 +312,12 @@ def test_a_model_that_cannot_be_built_leaves_no_run_folder(tmp_path: Path, capsy
     assert cli.main(run_args(tmp_path, "broken", "--model", "no_such_module:Net")) == 2
     assert "no_such_module" in capsys.readouterr().err
     assert not (tmp_path / "broken").exists()
+
+
+def test_on_too_large_backs_off_a_far_too_large_rate(tmp_path: Path) -> None:
+    argv = run_args(tmp_path, "big", "--optimizer", "adam", "--lr", "1.0", "--model", "mlp", "--epochs", "6")
+    assert cli.main([*argv, "--on-too-large", "backoff"]) == 0
+    steps, evals = read_metrics(tmp_path / "big" / "metrics.jsonl")
+    assert steps[-1]["lr"] < 0.5 * steps[0]["lr"]  # the rate was cut
+    assert any(str(row.get("safety", "")).startswith("backoff") for row in steps)
+    assert evals[-1]["val_accuracy"] > 0.6  # and it learned (unguarded it stays near chance)

@@ -203,3 +203,65 @@ def test_lr_100x_too_large_with_backoff_reaches_the_tuned_target(make, x0):
         assert too_large.nit <= 3 * tuned.nit
     finally:
         torch.set_num_threads(threads)
+
+
+# -- a too-large rate that never produces NaN or a spike -----------------------------------------
+def digits_run(lr: float, guard_options: dict | None, target: float | None, steps: int):
+    """Adam on an MLP over sklearn's digits, mini-batches of 64; steps to reach ``target``."""
+    from torch.nn import functional as F
+
+    from steepest.train import build_model, load_dataset
+
+    data = load_dataset("digits")
+    inputs, labels = data.train
+    torch.manual_seed(0)
+    model = build_model("mlp", data)
+    optimizer = Adam(model.parameters(), lr=lr)
+    guard = SafeStep(optimizer, **guard_options) if guard_options else None
+    generator = torch.Generator().manual_seed(0)
+    verdicts = []
+    for step in range(steps):
+        index = torch.randint(0, len(labels), (64,), generator=generator)
+        loss = F.cross_entropy(model(inputs[index]), labels[index])
+        optimizer.zero_grad()
+        loss.backward()
+        if guard is None:
+            optimizer.step()
+        else:
+            verdicts.append(guard.step(loss.detach()))
+            if verdicts[-1].should_stop:
+                break
+        with torch.no_grad():
+            full = float(F.cross_entropy(model(inputs), labels))
+        if target is not None and full <= target:
+            return step + 1, full, verdicts
+    return None, full, verdicts
+
+
+def test_lr_100x_too_large_on_digits_backs_off_and_reaches_the_tuned_target() -> None:
+    """ANCHORS.md: here a far too large rate keeps the loss at chance level, with no NaN and no
+    spike; the regime trigger (on_too_large) must still bring the run to a tuned run's target."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _, target, _ = digits_run(0.01, None, None, steps=200)  # the tuned rate's loss after 200 steps
+        tuned_steps, _, _ = digits_run(0.01, None, target, steps=600)
+        assert digits_run(1.0, None, target, steps=600)[0] is None  # unguarded: never gets there
+        options = dict(on_nonfinite="backoff", on_too_large="backoff")
+        steps, _, verdicts = digits_run(1.0, options, target, steps=4 * tuned_steps)
+        assert steps is not None and steps <= 4 * tuned_steps
+        backoffs = [v for v in verdicts if v.action == "backoff"]
+        assert backoffs and all(v.event == "too_large" for v in backoffs)
+        # and a well-chosen rate never triggers it
+        _, _, verdicts = digits_run(0.01, options, None, steps=300)
+        assert not [v for v in verdicts if v.action != "step"]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_on_too_large_stop_and_bad_values() -> None:
+    w = torch.zeros(3, requires_grad=True)
+    with pytest.raises(ValueError, match="on_too_large"):
+        SafeStep(SGD([w], lr=0.1), on_too_large="skip")
+    with pytest.raises(ValueError, match="regime_patience"):
+        SafeStep(SGD([w], lr=0.1), on_too_large="stop", regime_patience=0)

@@ -26,6 +26,11 @@ at the global gradient norm), so a bad update is never applied:
   taken at the first good step and every ``snapshot_every`` good steps after it;
 * ``"stop"``: do not step; the :class:`Verdict` says ``should_stop`` with a reason.
 
+A rate far too large does not always give NaN or spikes: on classification networks the loss
+can sit at chance level, finite and flat. ``on_too_large="backoff"`` watches the live regime
+diagnosis for that and backs off too (tested: Adam at 100x the tuned rate on the digits MLP
+reaches the tuned run's loss within 4x its steps; unguarded it never does).
+
 Spike: a finite loss ``L`` with ``L > ref + (spike_factor - 1) * max(|ref|, floor)``, where
 ``ref`` is the median of the last ``window`` accepted losses (at least ``warmup`` of them) and
 ``floor = spike_floor * |first accepted loss|``. For a positive loss far from zero this is
@@ -123,6 +128,12 @@ class SafeStep:
         check_grad: also check the global gradient norm for finiteness (default True; one
             reduction and one device synchronisation per step; off with a scaler).
         scaler: a ``torch.amp.GradScaler`` to step through (see the module docstring).
+        on_too_large: ``"backoff"`` or ``"stop"`` when the live regime diagnosis
+            (:class:`steepest.lr.RegimeMonitor`) says "too_large" for ``regime_patience``
+            windows of ``regime_window`` steps in a row: a rate so large the loss stays at or
+            above its start, finite and without spikes. Its backoff returns to where the
+            current rate began (every step at it did harm) and cuts the rate by the factor
+            the diagnosis measured. Default None (off).
 
     Example:
         >>> w = torch.zeros(3, requires_grad=True)
@@ -149,6 +160,9 @@ class SafeStep:
         max_skips: int = 100,
         check_grad: bool = True,
         scaler: Any = None,
+        on_too_large: str | None = None,
+        regime_window: int = 20,
+        regime_patience: int = 2,
     ) -> None:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
@@ -173,7 +187,15 @@ class SafeStep:
         if scaler is not None and not (hasattr(scaler, "step") and hasattr(scaler, "update")):
             raise TypeError(f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}")
         self.scaler = scaler
+        if on_too_large not in (None, "backoff", "stop"):
+            raise ValueError(
+                f"on_too_large must be None, 'backoff' or 'stop', got on_too_large={on_too_large!r}"
+            )
+        self.on_too_large = on_too_large
+        self.regime_window = _int("regime_window", regime_window, 2)
+        self.regime_patience = _int("regime_patience", regime_patience, 1)
         self._snapshot: dict[str, Any] | None = None
+        self._start_snapshot: dict[str, Any] | None = None
         self.reset()
 
     # -- state ---------------------------------------------------------------------------------
@@ -192,6 +214,14 @@ class SafeStep:
         self._recent: list[float] = []
         self._snapshot = None
         self._snapshot_due = True
+        self._start_snapshot = None  # where the current learning rate began: a too-large rate
+        self.too_large = 0  # harms every step, so its backoff goes back there
+        self._too_large_windows = 0
+        self._monitor = None
+        if self.on_too_large is not None:
+            from steepest.lr.diagnosis import RegimeMonitor  # the live "too large" diagnosis
+
+            self._monitor = RegimeMonitor(window=self.regime_window)
 
     def state_dict(self) -> dict[str, Any]:
         """Counters and the loss reference, plain numbers only (the snapshot is not saved)."""
@@ -216,8 +246,16 @@ class SafeStep:
         missing = {"calls", "skips", "backoffs", "spikes", "recent"} - set(state)
         if missing:
             raise ValueError(f"state is not a SafeStep state_dict: missing {sorted(missing)}")
-        for name in ("calls", "good_steps", "skips", "backoffs", "spikes", "nonfinite", "scaler_skips",
-                     "consecutive_skips"):
+        for name in (
+            "calls",
+            "good_steps",
+            "skips",
+            "backoffs",
+            "spikes",
+            "nonfinite",
+            "scaler_skips",
+            "consecutive_skips",
+        ):
             setattr(self, name, int(state.get(name, 0)))
         self.lr_cut = float(state.get("lr_cut", 1.0))
         first = state.get("first_loss")
@@ -260,6 +298,9 @@ class SafeStep:
         self.calls += 1
         event, reason = self._event(value, step)
         if event is None:
+            event, reason, factor = self._regime(value, step)
+            if event is not None:
+                return self._act_on_too_large(reason, factor, step, value)
             self._accept(value)
             return Verdict("step", step=step, loss=value, lr=self._lr())
         policy = self.on_nonfinite if event == "nonfinite" else self.on_spike
@@ -277,23 +318,39 @@ class SafeStep:
             self.skips += 1
             self.consecutive_skips += 1
             if self.consecutive_skips > self.max_skips:
-                return Verdict("stop", f"{reason}; gave up after {self.max_skips} skips in a row",
-                               event, step, value, self._lr())
+                return Verdict(
+                    "stop",
+                    f"{reason}; gave up after {self.max_skips} skips in a row",
+                    event,
+                    step,
+                    value,
+                    self._lr(),
+                )
             return Verdict("skip", f"{reason}; skipped the update", event, step, value, self._lr())
         # backoff
         if self._snapshot is None:
-            return Verdict("stop", f"{reason}; no good step yet to roll back to", event, step, value,
-                           self._lr())
+            return Verdict(
+                "stop", f"{reason}; no good step yet to roll back to", event, step, value, self._lr()
+            )
         if self.backoffs >= self.max_backoffs:
-            return Verdict("stop", f"{reason}; gave up after {self.max_backoffs} backoffs", event, step,
-                           value, self._lr())
+            return Verdict(
+                "stop",
+                f"{reason}; gave up after {self.max_backoffs} backoffs",
+                event,
+                step,
+                value,
+                self._lr(),
+            )
         self.backoffs += 1
         self._restore()
         return Verdict(
             "backoff",
             f"{reason}; rolled back to step {self._snapshot['step_count']} and cut the learning rate "
             f"x{self.backoff_factor:g} (now {self._lr():.3g})",
-            event, step, value, self._lr(),
+            event,
+            step,
+            value,
+            self._lr(),
         )
 
     def step(self, loss: float | Tensor, closure: Callable[[], Any] | None = None) -> Verdict:
@@ -340,6 +397,59 @@ class SafeStep:
                     )
         return None, ""
 
+    def _regime(self, value: float, step: int) -> tuple[str | None, str, float]:
+        """A "too large" learning rate that shows as no progress rather than as NaN or a spike.
+
+        ANCHORS.md: on logistic regression and the digits networks a rate far too large keeps
+        the loss at or above where it started, finite and without spikes. The live regime
+        monitor (steepest.lr.RegimeMonitor) sees it; ``regime_patience`` windows in a row of
+        "too_large" make it an event.
+        """
+        if self._monitor is None:
+            return None, "", 1.0
+        diagnosis = self._monitor.observe(step, value, lr=self._lr())
+        if diagnosis is None:
+            return None, "", 1.0
+        self._too_large_windows = self._too_large_windows + 1 if diagnosis.regime == "too_large" else 0
+        if self._too_large_windows < self.regime_patience:
+            return None, "", 1.0
+        factor = diagnosis.factor if 0 < diagnosis.factor < 1 else self.backoff_factor
+        return (
+            "too_large",
+            f"learning rate too large at step {self._step_count(step)}: {diagnosis.reason}",
+            factor,
+        )
+
+    def _act_on_too_large(self, reason: str, factor: float, step: int, value: float) -> Verdict:
+        self.too_large += 1
+        self._too_large_windows = 0
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.on_too_large == "stop" or self._start_snapshot is None:
+            return Verdict("stop", reason, "too_large", step, value, self._lr())
+        if self.backoffs >= self.max_backoffs:
+            return Verdict(
+                "stop",
+                f"{reason}; gave up after {self.max_backoffs} backoffs",
+                "too_large",
+                step,
+                value,
+                self._lr(),
+            )
+        self.backoffs += 1
+        # Every step at the too-large rate did harm: go back to where that rate began.
+        self._snapshot = self._start_snapshot
+        self._restore(factor)
+        self._monitor.reset()
+        return Verdict(
+            "backoff",
+            f"{reason}; rolled back to step {self._snapshot['step_count']} and cut the learning rate "
+            f"x{factor:.3g} (now {self._lr():.3g})",
+            "too_large",
+            step,
+            value,
+            self._lr(),
+        )
+
     def _accept(self, value: float) -> None:
         if self.first_loss is None:
             self.first_loss = value
@@ -365,16 +475,19 @@ class SafeStep:
             "recent": list(self._recent),
             "step_count": int(getattr(self.optimizer, "step_count", self.calls)),
         }
+        if self._snapshot_due and self._start_snapshot is None:
+            self._start_snapshot = self._snapshot  # the first state at this learning rate
         self._snapshot_due = False
 
     @torch.no_grad()
-    def _restore(self) -> None:
+    def _restore(self, factor: float | None = None) -> None:
         snapshot = self._snapshot
         assert snapshot is not None
         for param, kept in zip(self._params(), snapshot["params"]):
             param.copy_(kept)
         self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
-        self.lr_cut *= self.backoff_factor
+        self.lr_cut *= self.backoff_factor if factor is None else factor
+        self._start_snapshot = None  # the next snapshot starts the new learning rate
         factor = self.lr_cut / snapshot["lr_cut"]  # the snapshot predates the cuts made since
         scale_lr = getattr(self.optimizer, "scale_lr", None)
         if callable(scale_lr):
@@ -414,9 +527,7 @@ def _int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
-def _real(
-    name: str, value: Any, *, low: float, low_open: bool = False, high: float | None = None
-) -> float:
+def _real(name: str, value: Any, *, low: float, low_open: bool = False, high: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a real number, got {name}={value!r}")
     value = float(value)

@@ -199,6 +199,7 @@ def run(
         compile=config["compile"],
         on_nonfinite=config["on_nonfinite"],
         on_spike=config["on_spike"],
+        safety={"on_too_large": config["on_too_large"]} if config["on_too_large"] else None,
         callbacks=callbacks,
         checkpoint_dir=folder.checkpoints_dir,
         checkpoint_every=checkpoint_every,

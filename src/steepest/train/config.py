@@ -266,6 +266,9 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
            one_of(("raise", "skip", "backoff", "stop")), lowercase=True),
     Option("on_spike", str, None, "on a loss spike: skip, backoff or stop (default: carry on)",
            one_of(("skip", "backoff", "stop")), lowercase=True),
+    Option("on_too_large", str, None,
+           "when the live diagnosis finds the learning rate too large: backoff or stop (default: carry on)",
+           one_of(("backoff", "stop")), lowercase=True),
     # where the run goes, and what it records
     Option("name", str, None, "run folder name under runs_dir (default: date, time and optimizer)",
            _folder_name),

@@ -560,7 +560,7 @@ def fit(
     scaler = torch.amp.GradScaler(device.type) if precision == "float16" else None
     # The safe-step policy (steepest.lr.SafeStep) for NaN losses and loss spikes, when asked.
     guard = None
-    if on_nonfinite is not None or on_spike is not None:
+    if on_nonfinite is not None or on_spike is not None or (safety or {}).get("on_too_large"):
         from steepest.lr import SafeStep
 
         guard = SafeStep(

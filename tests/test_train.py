@@ -196,7 +196,7 @@ def test_optimizer_constructor_errors_become_train_config_errors(
         def __init__(self, params, lr: float, clip_norm: float | None = None) -> None:
             raise ValueError(f"Invalid learning rate: {lr}")
 
-    monkeypatch.setattr(steepest, "AdamW", RejectsEverything)
+    monkeypatch.setitem(steepest.rules.OPTIMIZERS, "adamw", RejectsEverything)
     with pytest.raises(TrainConfigError, match="AdamW rejected its settings: Invalid learning"):
         train(TrainConfig(epochs=1))
 

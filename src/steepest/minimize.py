@@ -51,13 +51,8 @@ from steepest.stopping import Status, Stop
 
 __all__ = ["METHODS", "EmpiricalRisk", "Result", "minimize"]
 
-#: Method names (any letter case; "-" and "_" ignored, so "L-BFGS" and "newton_cg" work) ->
-#: optimizer class: every optimizer of the library.
-METHODS: dict[str, type[torch.optim.Optimizer]] = {
-    name.lower(): getattr(rules, name)
-    for name in rules.__all__
-    if isinstance(getattr(rules, name), type) and issubclass(getattr(rules, name), torch.optim.Optimizer)
-}
+#: Method names (any letter case; "-" and "_" ignored) -> optimizer class: every optimizer.
+METHODS = rules.OPTIMIZERS
 
 # Optimizers that must re-evaluate the objective inside ``step`` when they do not declare
 # ``requires_closure = True`` themselves (torch.optim.LBFGS does not).
@@ -207,10 +202,7 @@ def _rebuild(structure: Any, leaves: Iterator[Tensor]) -> Any:
 
 
 def _method_class(name: str) -> type[torch.optim.Optimizer]:
-    key = name.lower().replace("-", "").replace("_", "")
-    if key not in METHODS:
-        raise ValueError(f"unknown method={name!r}; known: {sorted(METHODS)}")
-    return METHODS[key]
+    return rules.by_name(name, argument="method")
 
 
 def _build_optimizer(

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from steepest import rules
 from steepest.lr.range_test import RangeTestResult, range_test
 
 __all__ = ["POLICIES", "LRChoice", "choose_lr", "is_adam_family"]
@@ -180,9 +181,7 @@ def choose_lr(
 
 def _optimizer_class(optimizer: Any) -> type[torch.optim.Optimizer]:
     if isinstance(optimizer, str):
-        from steepest.minimize import _method_class
-
-        return _method_class(optimizer)
+        return rules.by_name(optimizer)
     if isinstance(optimizer, type) and issubclass(optimizer, torch.optim.Optimizer):
         return optimizer
     raise TypeError(

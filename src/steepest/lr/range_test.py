@@ -53,6 +53,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from steepest import rules
 from steepest.engine import validation
 
 __all__ = ["RULES", "SCHEDULE_KINDS", "RangeTestResult", "lr_find_summary", "range_test"]
@@ -800,7 +801,7 @@ def _optimizer_factory(optimizer: Any, min_lr: float) -> OptimizerFactory:
     if optimizer is None:
         optimizer = "SGD"
     if isinstance(optimizer, str):
-        optimizer = _optimizer_by_name(optimizer)
+        optimizer = rules.by_name(optimizer)
     if isinstance(optimizer, torch.optim.Optimizer):
         raise TypeError(
             "optimizer must be an optimizer class or a factory params -> optimizer, not an instance: "
@@ -814,23 +815,6 @@ def _optimizer_factory(optimizer: Any, min_lr: float) -> OptimizerFactory:
     if callable(optimizer):
         return optimizer
     raise TypeError(f"optimizer must be an optimizer class or a factory, got optimizer={optimizer!r}")
-
-
-def _optimizer_by_name(name: str) -> type[torch.optim.Optimizer]:
-    """steepest's optimizer called ``name`` (any case): what a command line passes."""
-    import steepest  # here, not at import time: steepest's own __init__ may import this module
-
-    classes = {}
-    for exported in steepest.__all__:
-        value = getattr(steepest, exported, None)
-        is_optimizer = isinstance(value, type) and issubclass(value, torch.optim.Optimizer)
-        if is_optimizer and value is not steepest.Optimizer:
-            classes[exported.lower()] = value
-    if name.lower() not in classes:
-        raise ValueError(
-            f"optimizer must be one of {sorted(classes)} (or a class or factory), got optimizer={name!r}"
-        )
-    return classes[name.lower()]
 
 
 def _group_ratios(optimizer: torch.optim.Optimizer) -> list[float]:
@@ -858,11 +842,4 @@ def _step_requires_closure(optimizer: torch.optim.Optimizer) -> bool:
 
 
 # -- small helpers ------------------------------------------------------------------------------
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {name}={value!r} ({type(value).__name__})")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {name}={value!r}")
-    return int(value)
-
-
+_check_int = validation.integer  # (name, value, minimum): the library's one integer check

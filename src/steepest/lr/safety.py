@@ -64,6 +64,7 @@ import torch
 from torch import Tensor
 
 from steepest import clipping
+from steepest.engine import validation
 
 __all__ = ["ACTIONS", "SafeStep", "Verdict"]
 
@@ -519,12 +520,7 @@ def _loss_value(loss: Any) -> float:
     raise TypeError(f"loss must be a float or a one-element tensor, got loss={loss!r:.80}")
 
 
-def _int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {name}={value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {name}={value!r}")
-    return value
+_int = validation.integer  # (name, value, minimum): the library's one integer check
 
 
 def _real(name: str, value: Any, *, low: float, low_open: bool = False, high: float | None = None) -> float:

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from steepest import clipping
+from steepest import clipping, rules
 from steepest import stopping as stopping_criteria
 from steepest.train import checkpoint as checkpoints
 
@@ -278,7 +278,6 @@ def _build_optimizer(
 ) -> torch.optim.Optimizer:
     """A name, a class, a factory ``params -> optimizer`` or an instance -> an optimizer."""
     from steepest.engine import Optimizer as SteepestOptimizer
-    from steepest.minimize import METHODS
 
     if isinstance(optimizer, torch.optim.Optimizer):
         if lr is not None:
@@ -288,10 +287,7 @@ def _build_optimizer(
             )
         built = optimizer
     elif isinstance(optimizer, str):
-        key = optimizer.lower().replace("-", "").replace("_", "")
-        if key not in METHODS:
-            raise ValueError(f"unknown optimizer={optimizer!r}; choose from {', '.join(sorted(METHODS))}")
-        optimizer = METHODS[key]
+        optimizer = rules.by_name(optimizer)
     if isinstance(optimizer, type):
         if not issubclass(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer subclass, got {optimizer.__name__}")

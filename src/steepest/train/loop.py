@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from steepest import schedules
+from steepest import rules, schedules
 from steepest.init import initialize
 from steepest.train.data import Split, load_digits_splits, make_loader
 from steepest.train.models import MODELS
@@ -221,21 +221,17 @@ def make_optimizer(
 ) -> torch.optim.Optimizer:
     """Build the steepest optimizer called ``name`` (any letter case) over ``params``.
 
-    The class is looked up in the ``steepest`` package when called, not when this module is
-    imported, so ``steepest/__init__.py`` may itself import this module. A ValueError or
-    TypeError from the constructor (hyperparameters it rejects) becomes a TrainConfigError.
+    The class comes from ``steepest.rules.by_name``, the library's one optimizer lookup. A
+    ValueError or TypeError from the constructor (hyperparameters it rejects) becomes a
+    TrainConfigError.
     """
     key = name.lower()
     if key not in OPTIMIZER_CLASS_NAMES:
         raise TrainConfigError(
             f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZER_CLASS_NAMES)}"
         )
-    import steepest
-
-    class_name = OPTIMIZER_CLASS_NAMES[key]
-    optimizer_class = getattr(steepest, class_name, None)
-    if optimizer_class is None:
-        raise TrainConfigError(f"this version of steepest does not provide {class_name}")
+    optimizer_class = rules.by_name(OPTIMIZER_CLASS_NAMES[key])
+    class_name = OPTIMIZER_CLASS_NAMES[key]  # the name the user gave, as the class spells it
     try:
         return optimizer_class(params, lr=lr, clip_norm=clip_norm)
     except (ValueError, TypeError) as error:

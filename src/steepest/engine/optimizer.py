@@ -333,10 +333,12 @@ class Optimizer(torch.optim.Optimizer):
                 )
         if group.get("maximize", False):
             grads = torch._foreach_neg(grads)
-        scalar_names = tuple(self._scalar_state(group))
+        # the group's state layout, asked once per step rather than once per tensor
+        buffer_names, initial_scalars = self._buffer_names(group), self._scalar_state(group)
+        scalar_names = tuple(initial_scalars)
         buckets: dict[tuple, Bucket] = {}
         for p, grad in zip(params, grads):
-            state, fresh = self._init_state(p, group)
+            state, fresh = self._ensure_state(p, group, buffer_names, initial_scalars)
             key = (p.device, p.dtype, fresh, tuple(float(state[name]) for name in scalar_names))
             bucket = buckets.setdefault(key, Bucket(fresh=fresh, scalar_names=scalar_names))
             bucket.params.append(p)
@@ -395,8 +397,16 @@ class Optimizer(torch.optim.Optimizer):
         Missing entries are created, never replaced, so state loaded from torch.optim (or
         a setting switched on mid-run, like amsgrad) is picked up as it is.
         """
-        buffer_names = self._buffer_names(group)
-        initial_scalars = self._scalar_state(group)
+        return self._ensure_state(param, group, self._buffer_names(group), self._scalar_state(group))
+
+    def _ensure_state(
+        self,
+        param: Tensor,
+        group: dict[str, Any],
+        buffer_names: tuple[str, ...],
+        initial_scalars: dict[str, float],
+    ) -> tuple[dict[str, Any], bool]:
+        """:meth:`_init_state` with the group's state layout already known (the step's hot loop)."""
         if not buffer_names and not initial_scalars:
             return {}, False  # stateless (plain SGD): leave optimizer.state untouched, like torch
         state = self.state[param]

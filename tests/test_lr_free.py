@@ -29,12 +29,21 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 import steepest.rules.dadapt as dadapt_module
+from problem import (  # the shared test problem
+    FROZEN,
+    GROUP_MEMBERS,
+    clone_params,
+    groups,
+    make_params,
+    max_relative_difference,
+    run,
+    set_gradients,
+)
 from steepest.rules.dadapt import DAdaptAdam
 from steepest.rules.prodigy import Prodigy
 from steepest.rules.schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
 
 RTOL = 1e-10
-FROZEN = 4  # index of the parameter whose grad stays None
 
 # What a reference keeps besides the per-tensor state: per group (keyed by its first tensor)
 # and per tensor (schedule-free's x and y).
@@ -350,58 +359,6 @@ def all_configs(names: tuple[str, ...] = tuple(CASES)) -> list:
         for name in names
         for index, config in enumerate(CASES[name]["configs"])
     ]
-
-
-# -- a shared problem: mixed shapes, two param groups, one parameter without gradient ------------
-def make_params(dtype: torch.dtype = torch.float64, seed: int = 0) -> list[torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-
-    def randn(*shape: int) -> torch.Tensor:
-        return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype)
-
-    scalar, vector, matrix = randn(), randn(5), randn(4, 3)
-    non_contiguous = randn(3, 6)[:, ::2]
-    params = [scalar, vector, matrix, non_contiguous, randn(2)]  # the problem of test_optimizers
-    return [p.requires_grad_() for p in params]
-
-
-def clone_params(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    out = []
-    for p in params:
-        copy = torch.empty_strided(p.shape, p.stride(), dtype=p.dtype)
-        copy.copy_(p.detach())
-        out.append(copy.requires_grad_())
-    return out
-
-
-GROUP_MEMBERS = ([0, 1, FROZEN], [2, 3])
-
-
-def groups(params: list[torch.Tensor], override: dict[str, Any]) -> list[dict[str, Any]]:
-    first, second = GROUP_MEMBERS
-    return [{"params": [params[i] for i in first]}, {"params": [params[i] for i in second], **override}]
-
-
-def set_gradients(params: list[torch.Tensor], step: int) -> None:
-    """A gradient that depends on where the parameters are, plus seeded noise."""
-    for index, p in enumerate(params):
-        if index == FROZEN:
-            continue
-        generator = torch.Generator().manual_seed(1000 * step + index)
-        noise = torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.dtype)
-        p.grad = torch.sin(3 * p.detach()) + 0.3 * noise
-
-
-def run(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], steps: int, start: int = 0) -> None:
-    for step in range(start, start + steps):
-        set_gradients(params, step)
-        optimizer.step()
-
-
-def max_relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    scale = torch.maximum(a.abs(), b.abs()).clamp_min(1e-300)
-    return float(((a - b).abs() / scale).max()) if a.numel() else 0.0
 
 
 def relative_difference(a: float, b: float) -> float:

@@ -120,6 +120,7 @@ BAD_INPUTS = {
     "unknown optimizer": (["train", "--optimizer", "foo"], "foo"),
     "unknown model": (["train", "--model", "resnet"], "resnet"),
     "missing data file": (["train", "--dataset", "no/such.csv"], "no such file"),
+    "warm-up longer than the run": (["train", "--schedule", "warmup_cosine", "--warmup", "99999"], "warmup"),
     "missing config file": (["train", "--config", "no_such.toml"], "no_such.toml"),
     "resume a non-run": (["train", "--resume", "no/such/run"], "no/such/run"),
     "unknown flag": (["train", "--momentum", "0.9"], "unrecognized arguments: --momentum"),

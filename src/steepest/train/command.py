@@ -10,7 +10,6 @@ held-out test split; write the report.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,12 +17,12 @@ import torch
 from torch.nn import functional as F
 
 from steepest import lr as learning_rate_tools
-from steepest import stopping
+from steepest import schedules, stopping
 from steepest.init import initialize
 from steepest.train.config import ConfigError, configure, resolve_config, validate_config
 from steepest.train.data import DataSplits, load_dataset
 from steepest.train.fit import StepRecord, Trainer, fit
-from steepest.train.loop import DEFAULT_LEARNING_RATES, LEARNING_RATE_SCHEDULES
+from steepest.train.loop import DEFAULT_LEARNING_RATES, build_schedule
 from steepest.train.models import build_model
 from steepest.train.progress import Progress
 from steepest.train.report import write_report
@@ -94,7 +93,12 @@ def run_folder(config: Mapping[str, Any], resume: str | None) -> RunFolder:
 
 
 def choose_learning_rate(
-    config: Mapping[str, Any], model: torch.nn.Module, data: DataSplits, folder: RunFolder, say: Callable
+    config: Mapping[str, Any],
+    model: torch.nn.Module,
+    data: DataSplits,
+    folder: RunFolder,
+    total_steps: int,
+    say: Callable,
 ) -> tuple[str, Any]:
     """The optimizer name and its ``lr`` argument: a schedule peaking at the chosen rate.
 
@@ -117,11 +121,7 @@ def choose_learning_rate(
         optimizer, peak = choice.method, choice.lr
     else:
         peak = config["lr"] if config["lr"] is not None else DEFAULT_LEARNING_RATES.get(optimizer, 1e-3)
-    batches = math.ceil(len(data.train[1]) / config["batch_size"])
-    total = config["epochs"] * math.ceil(batches / config["accumulate"])
-    if config["warmup"] > total:
-        raise ConfigError(f"warmup must be <= the run's {total} steps, got warmup={config['warmup']}")
-    return optimizer, LEARNING_RATE_SCHEDULES[config["schedule"]](peak, config["warmup"], total)
+    return optimizer, build_schedule(config["schedule"], peak, config["warmup"], total_steps)
 
 
 def stopping_criteria(config: Mapping[str, Any]) -> Any:
@@ -162,9 +162,15 @@ def run(
         model = build_model(config["model"], data)
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from error
+    steps_per_epoch = schedules.steps_per_epoch(
+        len(data.train[1]), config["batch_size"], accumulation=config["accumulate"]
+    )
+    total_steps = config["epochs"] * steps_per_epoch
+    # the schedule's settings checked now (its peak, maybe lr="auto"'s, comes after the folder)
+    build_schedule(config["schedule"], 1.0, config["warmup"], total_steps)
     folder = run_folder(config, resume)
     initialize(model, config["init"])
-    optimizer, lr = choose_learning_rate(config, model, data, folder, say)
+    optimizer, lr = choose_learning_rate(config, model, data, folder, total_steps, say)
 
     quiet = config["quiet"]
     callbacks: list[Any] = [DiagnoseRegime(say=None if quiet else say)]
@@ -172,7 +178,6 @@ def run(
     if config["tensorboard"]:
         callbacks.append(TensorBoardWriter(folder.path / "tensorboard"))
     callbacks.append(Progress(mode=config["progress"], quiet=quiet))
-    steps_per_epoch = math.ceil(math.ceil(len(data.train[1]) / config["batch_size"]) / config["accumulate"])
     every_epochs = config["eval_every"]
     checkpoint_epochs = config["checkpoint_every"]
     if checkpoint_epochs == 0:

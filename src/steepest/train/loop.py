@@ -79,15 +79,23 @@ LEARNING_RATE_SCHEDULES: dict[str, Callable[[float, int, int], schedules.Schedul
 INIT_SCHEMES: tuple[str, ...] = ("xavier", "he", "lecun", "orthogonal", "auto")
 
 
+def build_schedule(name: str, peak: float, warmup: int, total: int) -> schedules.Schedule:
+    """The schedule ``name`` of ``LEARNING_RATE_SCHEDULES`` peaking at ``peak`` over ``total`` steps.
+
+    Bad settings (a warm-up longer than the run, ...) raise TrainConfigError, a usage error.
+    """
+    if warmup > total:
+        raise TrainConfigError(f"warmup must be <= the run's {total} steps, got warmup={warmup}")
+    try:
+        return LEARNING_RATE_SCHEDULES[name](peak, warmup, total)
+    except (ValueError, TypeError) as error:
+        raise TrainConfigError(f"schedule {name!r}: {error}") from error
+
+
 def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> schedules.Schedule:
     """The run's learning rate as a function of the optimizer step (units: steps, always)."""
     total = config.epochs * steps_per_epoch
-    if config.warmup > total:
-        raise TrainConfigError(f"warmup must be <= the run's {total} steps, got warmup={config.warmup}")
-    try:
-        return LEARNING_RATE_SCHEDULES[config.schedule](config.learning_rate, config.warmup, total)
-    except (ValueError, TypeError) as error:
-        raise TrainConfigError(f"schedule {config.schedule!r}: {error}") from error
+    return build_schedule(config.schedule, config.learning_rate, config.warmup, total)
 
 
 #: Largest seed torch accepts. Negative seeds are refused: torch would wrap them around to

@@ -15,13 +15,13 @@ The shell does the rest for every rule alike:
 4. bucket the tensors by (device, dtype, scalar state): inside a bucket every
    step-dependent coefficient (bias corrections, ...) is one Python float computed once
    on the CPU, so no device synchronisation is ever needed;
-5. run the rule per tensor (``foreach=False``: the readable reference) or once per bucket
+5. run the rule per tensor (``foreach=False``: the readable reference), once per bucket
    over :class:`~steepest.engine.tensorlist.TensorList` s (``foreach=True``: the
-   multi-tensor path, ``torch._foreach_*``); ``None`` picks multi-tensor on accelerators and
-   per tensor on the CPU. The same lines of math serve both.
-
-A future fused path only changes step 5: a bucket's params, grads and buffers can live in
-one flat buffer each, and the rule runs on those flat tensors unchanged.
+   multi-tensor path, ``torch._foreach_*``), or compiled into one single pass per tensor
+   (``fused=True``: :mod:`steepest.engine.fused`). The same lines of math serve all three.
+   By default (``fused=None, foreach=None``) a large bucket (``DEFAULT_FUSED_MIN_ELEMENTS``)
+   is fused where compiling is available; otherwise accelerators run multi-tensor and the
+   CPU per tensor.
 
 Non-finite gradients: like torch.optim, the shell applies the rule as given, so a NaN or
 infinite gradient propagates into the parameters under IEEE arithmetic. It never does so
@@ -39,7 +39,8 @@ import torch
 from torch import Tensor
 
 from steepest import clipping
-from steepest.engine import validation
+from steepest.engine import fused as fused_path
+from steepest.engine import precision, validation
 from steepest.engine.tensorlist import TensorList
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
@@ -89,6 +90,8 @@ class Optimizer(torch.optim.Optimizer):
 
     update: ClassVar[Callable[..., None]]
     _checks: ClassVar[dict[str, validation.Check]] = {}
+    #: The rule is elementwise with no return value, so it may be compiled (``fused=``).
+    supports_fused: ClassVar[bool] = False
 
     def __init__(self, params: ParamsT, defaults: dict[str, Any], *, clip_norm: float | None = None) -> None:
         # Set before torch's __init__, which calls add_param_group for every group.
@@ -98,6 +101,7 @@ class Optimizer(torch.optim.Optimizer):
             validation.positive("clip_norm", clip_norm)
         self.clip_norm = clip_norm
         self._last_grad_norm: Tensor | None = None
+        self._seed_offset = 0  # narrow buffers rounded so far in this step
         if isinstance(params, Tensor):
             raise TypeError(
                 "params must be an iterable of Tensors or dicts, got a single Tensor; "
@@ -139,6 +143,14 @@ class Optimizer(torch.optim.Optimizer):
         for name, check in self._checks.items():
             if name in group:
                 check(name, group[name])
+        state_dtype = group.get("state_dtype")
+        if state_dtype is not None and state_dtype not in precision.LOW_PRECISION_STATE:
+            raise TypeError(
+                f"state_dtype must be None (the parameter's dtype) or one of "
+                f"{', '.join(map(str, precision.LOW_PRECISION_STATE))}, got {state_dtype!r}"
+            )
+        if group.get("fused") and group.get("foreach"):
+            raise ValueError("fused=True and foreach=True cannot both be set: pick one execution path")
         self._check_group(group)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -269,6 +281,7 @@ class Optimizer(torch.optim.Optimizer):
     def _begin_step(self) -> None:
         """Before any update: this step's hyperparameters, refused if a schedule gives a bad one."""
         self._resolve_schedules(check=True)
+        self._seed_offset = 0
 
     def _end_step(self) -> None:
         """After the update: count the step and show the next step's hyperparameters."""
@@ -311,7 +324,12 @@ class Optimizer(torch.optim.Optimizer):
             coefficients = self._coefficients(group, scalars, bucket.fresh)
             bucket.share_scalars()
             self._apply(
-                type(self).update, bucket, self._buffer_names(group), coefficients, group.get("foreach")
+                type(self).update,
+                bucket,
+                self._buffer_names(group),
+                coefficients,
+                group.get("foreach"),
+                group.get("fused"),
             )
 
     def _buckets(self, group: dict[str, Any]) -> list[Bucket]:
@@ -360,21 +378,35 @@ class Optimizer(torch.optim.Optimizer):
         buffer_names: tuple[str, ...],
         coefficients: dict[str, Any],
         foreach: bool | None,
+        fused: bool | None = False,
     ) -> Any:
-        """Run ``rule`` on one bucket: per tensor, or once over TensorLists.
+        """Run ``rule`` on one bucket: compiled, per tensor, or once over TensorLists.
 
-        ``foreach=None`` takes the multi-tensor path on accelerators and the per-tensor one on
-        the CPU, where ``torch._foreach_*`` is a loop in C++ that runs each op over every
-        tensor before the next op, and measured 1.5-2.5x slower than per tensor for Adam
+        ``fused=True`` compiles the rule (:mod:`steepest.engine.fused`); ``fused=None`` does so
+        for a bucket of at least ``DEFAULT_FUSED_MIN_ELEMENTS`` elements where compiling is
+        available, and falls back to eager if it fails. Eager, ``foreach=None`` takes the
+        multi-tensor path on accelerators and the per-tensor one on the CPU, where
+        ``torch._foreach_*`` is a loop in C++ that runs each op over every tensor before the
+        next op, and measured 1.5-2.5x slower than per tensor for Adam
         (benchmarks/step_speed.py), as torch.optim also defaults to.
 
         Returns what the rule returns; per tensor, the sum of the returns (so a rule can
         also compute a statistic, e.g. a partial sum that the caller reduces).
         """
-        multi_tensor = foreach if foreach is not None else bucket.params[0].device.type != "cpu"
         params = [_real_view(p) for p in bucket.params]
         grads = [_real_view(g) for g in bucket.grads]
         buffers = {name: [_real_view(s[name]) for s in bucket.states] for name in buffer_names}
+        # buffers kept in a lower precision than the parameters (state_dtype)
+        narrow = tuple(name for name in buffer_names if buffers[name][0].dtype != params[0].dtype)
+        seeds = self._rounding_seeds(len(params) * len(narrow), params[0].device) if narrow else None
+        if self._fuses(bucket, foreach, fused) and fused_path.run_fused(
+            rule, params, grads, buffers, coefficients, required=fused is True, narrow=narrow, seeds=seeds
+        ):
+            return None
+        if narrow:  # eager: the rule runs per tensor on widened copies of the narrow buffers
+            fused_path.apply_per_tensor(rule, params, grads, buffers, coefficients, {}, narrow, seeds)
+            return None
+        multi_tensor = foreach if foreach is not None else bucket.params[0].device.type != "cpu"
         if multi_tensor:
             return rule(
                 TensorList(params),
@@ -390,6 +422,27 @@ class Optimizer(torch.optim.Optimizer):
             if result is not None:
                 total = result if total is None else total + result
         return total
+
+    def _rounding_seeds(self, count: int, device: torch.device) -> Tensor:
+        """Seeds of the stochastic rounding of ``count`` narrow buffers at this step.
+
+        A function of the step count (saved in checkpoints) and the buffer's position, so a
+        resumed run rounds exactly as the uninterrupted one; masked to 28 bits, as
+        :func:`steepest.engine.precision.random_bits` expects.
+        """
+        first = (self.step_count * 1_000_003 + self._seed_offset) & 0xFFFFFFF
+        self._seed_offset += count
+        return (torch.arange(count, dtype=torch.int64) + first).to(device)
+
+    def _fuses(self, bucket: Bucket, foreach: bool | None, fused: bool | None) -> bool:
+        """Whether this bucket runs on the fused path (see :meth:`_apply`)."""
+        if not self.supports_fused:
+            return False
+        if fused is not None or foreach is not None:
+            return bool(fused)
+        device = bucket.params[0].device
+        numel = sum(p.numel() for p in bucket.params)
+        return numel >= fused_path.DEFAULT_FUSED_MIN_ELEMENTS and fused_path.compile_available(device)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create whatever state ``param`` lacks; True when a buffer was created.
@@ -414,9 +467,18 @@ class Optimizer(torch.optim.Optimizer):
             if name not in state:
                 state[name] = torch.tensor(value, dtype=_scalar_dtype())
         fresh = False
+        state_dtype = group.get("state_dtype")
         for name in buffer_names:
             if name not in state:
-                state[name] = self._new_buffer(name, param, group)
+                buffer = self._new_buffer(name, param, group)
+                if state_dtype is not None and param.dtype != state_dtype:
+                    if param.is_complex():
+                        raise ValueError(
+                            f"state_dtype={state_dtype} needs real parameters, got a {param.dtype} "
+                            f"parameter of shape {tuple(param.shape)}"
+                        )
+                    buffer = buffer.to(state_dtype)
+                state[name] = buffer
                 fresh = True
         return state, fresh
 
@@ -457,6 +519,7 @@ class Optimizer(torch.optim.Optimizer):
         self._resolve_schedules()
         for group in self.param_groups:
             scalar_names = self._scalar_state(group)
+            state_dtype = group.get("state_dtype")
             for param in group["params"]:
                 state = self.state.get(param)
                 if not state:
@@ -464,6 +527,10 @@ class Optimizer(torch.optim.Optimizer):
                 for name in scalar_names:
                     if name in state and torch.is_tensor(state[name]):
                         state[name] = state[name].to(device="cpu", dtype=_scalar_dtype())
+                if state_dtype is not None:  # torch cast the narrow buffers to the param dtype
+                    for name in self._buffer_names(group):
+                        if name in state:
+                            state[name] = state[name].to(state_dtype)
 
     # -- inspection ----------------------------------------------------------------------
     @torch.no_grad()

@@ -120,9 +120,7 @@ class TensorList:
         return TensorList(torch._foreach_div(self.tensors, _unwrap(other)))
 
     def addcmul(self, tensor1: TensorList, tensor2: TensorList, *, value: Scalar = 1) -> TensorList:
-        return TensorList(
-            torch._foreach_addcmul(self.tensors, tensor1.tensors, tensor2.tensors, value=value)
-        )
+        return TensorList(torch._foreach_addcmul(self.tensors, tensor1.tensors, tensor2.tensors, value=value))
 
     def lerp(self, end: TensorList, weight: Scalar) -> TensorList:
         return TensorList(torch._foreach_lerp(self.tensors, end.tensors, weight))
@@ -154,6 +152,17 @@ def maximum_(target: Tensor | TensorList, other: Tensor | TensorList) -> Tensor 
         torch._foreach_maximum_(target.tensors, other.tensors)  # type: ignore[union-attr]
         return target
     return torch.maximum(target, other, out=target)  # type: ignore[arg-type]
+
+
+def nonzero(coefficient: float | Tensor) -> bool:
+    """Whether a term with this coefficient is switched on (``weight_decay`` and the like).
+
+    Rules write ``if nonzero(weight_decay):`` rather than ``!= 0`` because the fused path
+    hands every nonzero coefficient over as a 0-d tensor (a new value must not recompile)
+    and a zero as the number 0: the test then never reads a tensor's value, and a compiled
+    rule leaves a switched-off term out entirely.
+    """
+    return isinstance(coefficient, Tensor) or coefficient != 0
 
 
 def as_lists(*columns: Sequence[Tensor]) -> tuple[TensorList, ...]:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest.engine import Optimizer, validation
+from steepest.engine import Optimizer, nonzero, validation
 from steepest.engine.optimizer import ParamsT
 
 
@@ -26,7 +26,7 @@ def adagrad_update(
 
     s <- s + g^2;  theta <- theta - lr_t * g / (sqrt(s) + eps),  lr_t = lr / (1 + (t-1) lr_decay)
     """
-    if weight_decay != 0:
+    if nonzero(weight_decay):
         grad = grad.add(param, alpha=weight_decay)
     decayed_lr = lr / (1 + (step - 1) * lr_decay)
     sum.addcmul_(grad, grad, value=1)
@@ -48,6 +48,10 @@ class Adagrad(Optimizer):
         eps: added to the denominator (default 1e-10).
         foreach: True for the multi-tensor path, False for the per-tensor reference, None (default)
             for multi-tensor on accelerators and per tensor on the CPU.
+        fused: True compiles the rule into one single pass per tensor (``steepest.engine.fused``);
+            None (default) does so for large parameter sets where compiling is available.
+        state_dtype: store the state buffers in this dtype (``torch.bfloat16``: half the
+            memory, updated with stochastic rounding; ``steepest.engine.precision``).
         clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
         maximize: ascend the objective instead of descending it.
 
@@ -59,6 +63,7 @@ class Adagrad(Optimizer):
     """
 
     update = staticmethod(adagrad_update)
+    supports_fused = True
     _checks = {
         "lr": validation.nonnegative,
         "lr_decay": validation.nonnegative,
@@ -67,6 +72,7 @@ class Adagrad(Optimizer):
         "eps": validation.positive,
         "maximize": validation.boolean,
         "foreach": validation.optional_boolean,
+        "fused": validation.optional_boolean,
     }
 
     def __init__(
@@ -78,6 +84,8 @@ class Adagrad(Optimizer):
         initial_accumulator_value: float = 0,
         eps: float = 1e-10,
         foreach: bool | None = None,
+        fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
         *,
         maximize: bool = False,
         clip_norm: float | None = None,
@@ -89,6 +97,8 @@ class Adagrad(Optimizer):
             initial_accumulator_value=initial_accumulator_value,
             eps=eps,
             foreach=foreach,
+            fused=fused,
+            state_dtype=state_dtype,
             maximize=maximize,
         )
         super().__init__(params, defaults, clip_norm=clip_norm)

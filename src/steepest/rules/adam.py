@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from steepest.engine import Optimizer, maximum_, validation
+from steepest.engine import Optimizer, maximum_, nonzero, validation
 from steepest.engine.optimizer import ParamsT
 
 
@@ -14,7 +15,7 @@ def _apply_weight_decay(
     param: Tensor, grad: Tensor, lr: float, weight_decay: float, decoupled: bool
 ) -> Tensor:
     """L2 penalty added to the gradient, or (decoupled) a shrink of the parameter."""
-    if weight_decay == 0:
+    if not nonzero(weight_decay):
         return grad
     if decoupled:
         param.mul_(1 - lr * weight_decay)
@@ -22,11 +23,17 @@ def _apply_weight_decay(
     return grad.add(param, alpha=weight_decay)
 
 
-def _update_moments(
-    grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, beta1: float, beta2: float
-) -> None:
+def _update_moments(grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, beta1: float, beta2: float) -> None:
     exp_avg.lerp_(grad, 1 - beta1)
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+
+
+def adam_bias_corrections(lr: float, beta1: float, beta2: float, step: float) -> dict[str, float]:
+    """Adam's step-dependent scalars, computed once per step on the CPU (never per element).
+
+    step_size = lr / (1 - b1^t);  bias_correction2_sqrt = sqrt(1 - b2^t)
+    """
+    return dict(step_size=lr / (1 - beta1**step), bias_correction2_sqrt=(1 - beta2**step) ** 0.5)
 
 
 def adam_update(
@@ -42,24 +49,23 @@ def adam_update(
     eps: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
-    step: float,
+    step_size: float,
+    bias_correction2_sqrt: float,
 ) -> None:
     """One Adam step (tensors or TensorLists, updated in place).
 
     m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;
     theta <- theta - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps)
-    AMSGrad uses max(v) over time in place of v.
+    AMSGrad uses max(v) over time in place of v. ``step_size`` and ``bias_correction2_sqrt``
+    come from :func:`adam_bias_corrections`.
     """
     grad = _apply_weight_decay(param, grad, lr, weight_decay, decoupled_weight_decay)
     _update_moments(grad, exp_avg, exp_avg_sq, beta1, beta2)
-    bias_correction1 = 1 - beta1**step
-    bias_correction2 = 1 - beta2**step
-    step_size = lr / bias_correction1
     if max_exp_avg_sq is not None:
         second_moment = maximum_(max_exp_avg_sq, exp_avg_sq)
     else:
         second_moment = exp_avg_sq
-    denom = second_moment.sqrt().div_(bias_correction2**0.5).add_(eps)
+    denom = second_moment.sqrt().div_(bias_correction2_sqrt).add_(eps)
     param.addcdiv_(exp_avg, denom, value=-step_size)
 
 
@@ -90,6 +96,10 @@ class Adam(Optimizer):
         maximize: ascend the objective instead of descending it.
         foreach: True for the multi-tensor path, False for the per-tensor reference, None (default)
             for multi-tensor on accelerators and per tensor on the CPU.
+        fused: True compiles the rule into one single pass per tensor (``steepest.engine.fused``);
+            None (default) does so for large parameter sets where compiling is available.
+        state_dtype: store the state buffers in this dtype (``torch.bfloat16``: half the
+            memory, updated with stochastic rounding; ``steepest.engine.precision``).
         clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
         decoupled_weight_decay: shrink parameters directly (AdamW) instead of adding an L2
             term to the gradient.
@@ -102,6 +112,7 @@ class Adam(Optimizer):
     """
 
     update = staticmethod(adam_update)
+    supports_fused = True
     _checks = _ADAM_CHECKS
 
     def __init__(
@@ -114,6 +125,8 @@ class Adam(Optimizer):
         amsgrad: bool = False,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
         maximize: bool = False,
         decoupled_weight_decay: bool = False,
         clip_norm: float | None = None,
@@ -126,6 +139,8 @@ class Adam(Optimizer):
             amsgrad=amsgrad,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
+            state_dtype=state_dtype,
             decoupled_weight_decay=decoupled_weight_decay,
         )
         super().__init__(params, defaults, clip_norm=clip_norm)
@@ -144,7 +159,7 @@ class Adam(Optimizer):
             eps=group["eps"],
             weight_decay=group["weight_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
-            step=float(scalars["step"]),
+            **adam_bias_corrections(group["lr"], beta1, beta2, float(scalars["step"])),
         )
 
 
@@ -173,6 +188,8 @@ class AdamW(Adam):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
         clip_norm: float | None = None,
     ) -> None:
         super().__init__(
@@ -183,6 +200,8 @@ class AdamW(Adam):
             weight_decay,
             amsgrad,
             foreach=foreach,
+            fused=fused,
+            state_dtype=state_dtype,
             maximize=maximize,
             decoupled_weight_decay=True,
             clip_norm=clip_norm,
@@ -212,21 +231,21 @@ def nadam_update(
     eps: float,
     weight_decay: float,
     decoupled_weight_decay: bool,
-    step: float,
-    mu: float,
-    mu_next: float,
-    mu_product: float,
+    bias_correction2: float,
+    gradient_step: float,
+    momentum_step: float,
 ) -> None:
     """One NAdam step: Adam with Nesterov momentum (tensors or TensorLists, in place).
 
     theta <- theta - lr [ (1-mu_t)/(1-prod mu) g + mu_{t+1}/(1-prod mu * mu_{t+1}) m ] / (sqrt(v_hat)+eps)
+    ``gradient_step`` and ``momentum_step`` are the two (negative) coefficients in brackets,
+    times lr, and ``bias_correction2`` is 1 - b2^t: scalars computed once per step.
     """
     grad = _apply_weight_decay(param, grad, lr, weight_decay, decoupled_weight_decay)
     _update_moments(grad, exp_avg, exp_avg_sq, beta1, beta2)
-    bias_correction2 = 1 - beta2**step
     denom = exp_avg_sq.div(bias_correction2).sqrt_().add_(eps)
-    param.addcdiv_(grad, denom, value=-lr * (1.0 - mu) / (1.0 - mu_product))
-    param.addcdiv_(exp_avg, denom, value=(-lr * mu_next) / (1.0 - mu_product * mu_next))
+    param.addcdiv_(grad, denom, value=gradient_step)
+    param.addcdiv_(exp_avg, denom, value=momentum_step)
 
 
 class NAdam(Optimizer):
@@ -240,7 +259,7 @@ class NAdam(Optimizer):
         weight_decay: L2 penalty (default 0); decoupled when decoupled_weight_decay=True.
         momentum_decay: psi of the momentum schedule mu_t (default 4e-3).
         decoupled_weight_decay: shrink parameters directly (NAdamW).
-        maximize, foreach, clip_norm: as in :class:`Adam`.
+        maximize, foreach, fused, state_dtype, clip_norm: as in :class:`Adam`.
 
     Example:
         >>> opt = steepest.NAdam(model.parameters(), lr=2e-3)
@@ -250,6 +269,7 @@ class NAdam(Optimizer):
     """
 
     update = staticmethod(nadam_update)
+    supports_fused = True
     _checks = {**_ADAM_CHECKS, "momentum_decay": validation.nonnegative}
 
     def __init__(
@@ -263,6 +283,8 @@ class NAdam(Optimizer):
         decoupled_weight_decay: bool = False,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
         maximize: bool = False,
         clip_norm: float | None = None,
     ) -> None:
@@ -275,6 +297,8 @@ class NAdam(Optimizer):
             decoupled_weight_decay=decoupled_weight_decay,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
+            state_dtype=state_dtype,
         )
         super().__init__(params, defaults, clip_norm=clip_norm)
 
@@ -292,6 +316,7 @@ class NAdam(Optimizer):
         # Kept as a CPU tensor of torch's scalar dtype and multiplied the same way, so the
         # rounding of the running product matches torch.optim.NAdam's.
         scalars["mu_product"] *= mu
+        lr, mu_product = group["lr"], float(scalars["mu_product"])
         return dict(
             lr=group["lr"],
             beta1=beta1,
@@ -299,8 +324,7 @@ class NAdam(Optimizer):
             eps=group["eps"],
             weight_decay=group["weight_decay"],
             decoupled_weight_decay=group["decoupled_weight_decay"],
-            step=step,
-            mu=mu,
-            mu_next=mu_next,
-            mu_product=float(scalars["mu_product"]),
+            bias_correction2=1 - beta2**step,
+            gradient_step=-lr * (1.0 - mu) / (1.0 - mu_product),
+            momentum_step=(-lr * mu_next) / (1.0 - mu_product * mu_next),
         )

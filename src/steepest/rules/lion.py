@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from steepest.engine import Optimizer, validation
+from steepest.engine import Optimizer, nonzero, validation
 from steepest.engine.optimizer import ParamsT
 
 
@@ -24,7 +25,7 @@ def lion_update(
 
     c = b1 m + (1-b1) g;  theta <- theta - lr (sign(c) + wd theta);  m <- b2 m + (1-b2) g
     """
-    if weight_decay != 0:
+    if nonzero(weight_decay):
         param.mul_(1 - lr * weight_decay)
     direction = exp_avg.lerp(grad, 1 - beta1).sign_()
     param.add_(direction, alpha=-lr)
@@ -48,6 +49,10 @@ class Lion(Optimizer):
         maximize: ascend the objective instead of descending it.
         foreach: True for the multi-tensor path, False for the per-tensor reference, None (default)
             for multi-tensor on accelerators and per tensor on the CPU.
+        fused: True compiles the rule into one single pass per tensor (``steepest.engine.fused``);
+            None (default) does so for large parameter sets where compiling is available.
+        state_dtype: store the state buffers in this dtype (``torch.bfloat16``: half the
+            memory, updated with stochastic rounding; ``steepest.engine.precision``).
         clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
 
     Example:
@@ -58,12 +63,14 @@ class Lion(Optimizer):
     """
 
     update = staticmethod(lion_update)
+    supports_fused = True
     _checks = {
         "lr": validation.nonnegative,
         "betas": validation.betas,
         "weight_decay": validation.nonnegative,
         "maximize": validation.boolean,
         "foreach": validation.optional_boolean,
+        "fused": validation.optional_boolean,
     }
 
     def __init__(
@@ -75,10 +82,18 @@ class Lion(Optimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
         clip_norm: float | None = None,
     ) -> None:
         defaults = dict(
-            lr=lr, betas=betas, weight_decay=weight_decay, maximize=maximize, foreach=foreach
+            lr=lr,
+            betas=betas,
+            weight_decay=weight_decay,
+            maximize=maximize,
+            foreach=foreach,
+            fused=fused,
+            state_dtype=state_dtype,
         )
         super().__init__(params, defaults, clip_norm=clip_norm)
 
@@ -90,6 +105,4 @@ class Lion(Optimizer):
 
     def _coefficients(self, group: dict[str, Any], scalars: dict, fresh: bool) -> dict[str, Any]:
         beta1, beta2 = group["betas"]
-        return dict(
-            lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"]
-        )
+        return dict(lr=group["lr"], beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from steepest.engine import Optimizer, validation
+from steepest.engine import Optimizer, nonzero, validation
 from steepest.engine.optimizer import ParamsT
 
 
@@ -28,7 +29,7 @@ def rmsprop_update(
     v <- alpha v + (1-alpha) g^2;  theta <- theta - lr * g / (sqrt(v - mean(g)^2 if centered) + eps)
     With momentum: b <- momentum b + g / (...);  theta <- theta - lr b.
     """
-    if weight_decay != 0:
+    if nonzero(weight_decay):
         grad = grad.add(param, alpha=weight_decay)
     square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
     if grad_avg is not None:  # centered: subtract the squared running mean of the gradient
@@ -60,6 +61,10 @@ class RMSprop(Optimizer):
             second moment.
         foreach: True for the multi-tensor path, False for the per-tensor reference, None (default)
             for multi-tensor on accelerators and per tensor on the CPU.
+        fused: True compiles the rule into one single pass per tensor (``steepest.engine.fused``);
+            None (default) does so for large parameter sets where compiling is available.
+        state_dtype: store the state buffers in this dtype (``torch.bfloat16``: half the
+            memory, updated with stochastic rounding; ``steepest.engine.precision``).
         clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
         maximize: ascend the objective instead of descending it.
 
@@ -72,6 +77,7 @@ class RMSprop(Optimizer):
     """
 
     update = staticmethod(rmsprop_update)
+    supports_fused = True
     _checks = {
         "lr": validation.nonnegative,
         "alpha": validation.unit_interval,
@@ -81,6 +87,7 @@ class RMSprop(Optimizer):
         "centered": validation.boolean,
         "maximize": validation.boolean,
         "foreach": validation.optional_boolean,
+        "fused": validation.optional_boolean,
     }
 
     def __init__(
@@ -94,6 +101,8 @@ class RMSprop(Optimizer):
         centered: bool = False,
         *,
         foreach: bool | None = None,
+        fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
         maximize: bool = False,
         clip_norm: float | None = None,
     ) -> None:
@@ -105,6 +114,8 @@ class RMSprop(Optimizer):
             momentum=momentum,
             centered=centered,
             foreach=foreach,
+            fused=fused,
+            state_dtype=state_dtype,
             maximize=maximize,
         )
         super().__init__(params, defaults, clip_norm=clip_norm)

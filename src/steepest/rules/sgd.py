@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor
 
-from steepest.engine import Optimizer, validation
+from steepest.engine import Optimizer, nonzero, validation
 from steepest.engine.optimizer import ParamsT
 
 
@@ -28,7 +29,7 @@ def sgd_update(
     b <- momentum * b + (1 - dampening) * g  (b = g at the first step),
     d = g + momentum * b  (Nesterov)  or  b  (heavy ball)  or  g  (momentum = 0).
     """
-    if weight_decay != 0:
+    if nonzero(weight_decay):
         grad = grad.add(param, alpha=weight_decay)
     if momentum_buffer is not None:
         if fresh:
@@ -54,6 +55,10 @@ class SGD(Optimizer):
         maximize: ascend the objective instead of descending it.
         foreach: True for the multi-tensor path, False for the per-tensor reference, None (default)
             for multi-tensor on accelerators and per tensor on the CPU.
+        fused: True compiles the rule into one single pass per tensor (``steepest.engine.fused``);
+            None (default) does so for large parameter sets where compiling is available.
+        state_dtype: store the state buffers in this dtype (``torch.bfloat16``: half the
+            memory, updated with stochastic rounding; ``steepest.engine.precision``).
         clip_norm: clip the global gradient 2-norm to this inside ``step`` (default None).
 
     Example:
@@ -64,6 +69,7 @@ class SGD(Optimizer):
     """
 
     update = staticmethod(sgd_update)
+    supports_fused = True
     _checks = {
         "lr": validation.nonnegative,
         "momentum": validation.nonnegative,
@@ -72,6 +78,7 @@ class SGD(Optimizer):
         "nesterov": validation.boolean,
         "maximize": validation.boolean,
         "foreach": validation.optional_boolean,
+        "fused": validation.optional_boolean,
     }
 
     def __init__(
@@ -85,6 +92,8 @@ class SGD(Optimizer):
         *,
         maximize: bool = False,
         foreach: bool | None = None,
+        fused: bool | None = None,
+        state_dtype: torch.dtype | None = None,
         clip_norm: float | None = None,
     ) -> None:
         defaults = dict(
@@ -95,6 +104,8 @@ class SGD(Optimizer):
             nesterov=nesterov,
             maximize=maximize,
             foreach=foreach,
+            fused=fused,
+            state_dtype=state_dtype,
         )
         super().__init__(params, defaults, clip_norm=clip_norm)
 

@@ -1,0 +1,157 @@
+"""The fused path: a rule compiled into one single pass over memory per bucket.
+
+An optimizer step is memory traffic. Run eagerly, each line of a rule is its own pass
+over every tensor (``exp_avg.lerp_`` reads and writes the first moment, ``exp_avg_sq.mul_``
+the second, ...), so Adam moves its state several times per step. Compiled with
+``torch.compile`` (Inductor: vectorised C++ on the CPU, Triton on GPUs) the same lines of
+the same rule become one loop per tensor that reads params, grads and state once and
+writes them once, the floor an elementwise rule can reach.
+
+Two things keep a compiled rule from recompiling at every step:
+
+* every coefficient (learning rate, betas, bias corrections) is handed over as a 0-d
+  tensor, so a schedule that changes the learning rate each step changes data, not code;
+* a coefficient that is zero is handed over as the number 0 instead, so the rule's
+  ``if nonzero(weight_decay):`` branches are decided at compile time and a switched-off
+  term costs nothing. Booleans and ``None`` (amsgrad off, Nesterov) are static as well.
+
+A rule is compiled once per (rule, static settings, tensor shapes): a model's shapes do not
+change between steps, so a training run compiles each bucket once, on its first step.
+
+Example:
+    >>> opt = steepest.AdamW(model.parameters(), lr=1e-3, fused=True)
+    >>> loss.backward(); opt.step()  # first step compiles (seconds); the next ones are one pass
+"""
+
+from __future__ import annotations
+
+import types
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from steepest.engine.precision import stochastic_round_
+
+# Below this many elements per bucket the default path stays eager: compiling costs seconds
+# once, and a small model's eager step is already dominated by Python, not memory traffic.
+# 2**22 elements (16 MB of float32 params) is where the fused CPU step starts saving more
+# than a millisecond per step (benchmarks/step_speed.py).
+DEFAULT_FUSED_MIN_ELEMENTS = 2**22
+
+_compiled: dict[tuple, Callable[..., None]] = {}
+_unavailable: dict[str, str] = {}  # device type -> why compiling failed there
+
+
+def compile_available(device: torch.device) -> bool:
+    """Whether the fused path can run on ``device`` (False once compiling failed there)."""
+    if device.type in _unavailable:
+        return False
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            return False
+    return device.type in ("cpu", "cuda")
+
+
+def runtime_coefficients(coefficients: dict[str, Any], device: torch.device) -> tuple[dict, dict]:
+    """Split a rule's keyword arguments into static ones and 0-d tensors.
+
+    Returns ``(static, dynamic)``: booleans, None and zeros are static (they choose code);
+    every other number becomes a float64 0-d tensor on ``device`` (it is data). float64
+    keeps the scalar arithmetic of the rule (``1 - lr * weight_decay``) as exact as the
+    eager path's Python floats; each product with a tensor still runs in the tensor's dtype.
+    """
+    static, dynamic = {}, {}
+    for name, value in coefficients.items():
+        if isinstance(value, bool) or value is None or (isinstance(value, (int, float)) and value == 0):
+            static[name] = value
+        elif isinstance(value, (int, float)):
+            dynamic[name] = torch.tensor(float(value), dtype=torch.float64, device=device)
+        else:
+            static[name] = value
+    return static, dynamic
+
+
+def apply_per_tensor(
+    rule: Callable[..., Any],
+    params: list[Tensor],
+    grads: list[Tensor],
+    buffers: dict[str, list[Tensor]],
+    static: dict[str, Any],
+    dynamic: dict[str, Any],
+    narrow: tuple[str, ...] = (),
+    seeds: Tensor | None = None,
+) -> None:
+    """The rule applied tensor by tensor: what ``torch.compile`` turns into one pass each.
+
+    Buffers named in ``narrow`` are stored in a lower precision than the parameter
+    (``state_dtype``): the rule updates a widened copy, which is stochastically rounded back
+    with ``seeds[index * len(narrow) + k]`` (:mod:`steepest.engine.precision`). Compiled,
+    widening and rounding fuse into the same single pass.
+    """
+    for index in range(len(params)):
+        state = {name: column[index] for name, column in buffers.items()}
+        wide = {name: state[name].to(params[index].dtype) for name in narrow}
+        rule(params[index], grads[index], **{**state, **wide}, **static, **dynamic)
+        for k, name in enumerate(narrow):
+            stochastic_round_(state[name], wide[name], seeds[index * len(narrow) + k])
+
+
+def _compiled_runner(rule: Callable[..., Any], static: dict[str, Any]) -> Callable[..., None]:
+    """A compiled ``apply_per_tensor`` of its own for each rule and static setting.
+
+    torch.compile caches compiled code per Python code object and recompiles at most a few
+    times per object before giving up; a fresh code object per rule keeps one optimizer's
+    recompiles (a new shape set) from using up another's.
+    """
+    key = (rule, tuple(sorted((name, repr(value)) for name, value in static.items())))
+    if key not in _compiled:
+        name = f"fused_{getattr(rule, '__name__', 'rule')}_{len(_compiled)}"
+        code = apply_per_tensor.__code__.replace(co_name=name)
+        function = types.FunctionType(
+            code, apply_per_tensor.__globals__, code.co_name, apply_per_tensor.__defaults__
+        )
+        _compiled[key] = torch.compile(function, fullgraph=True, dynamic=False)
+    return _compiled[key]
+
+
+def run_fused(
+    rule: Callable[..., Any],
+    params: list[Tensor],
+    grads: list[Tensor],
+    buffers: dict[str, list[Tensor]],
+    coefficients: dict[str, Any],
+    *,
+    required: bool,
+    narrow: tuple[str, ...] = (),
+    seeds: Tensor | None = None,
+) -> bool:
+    """Run ``rule`` on one bucket as a compiled single pass; False if it could not be compiled.
+
+    With ``required`` (``fused=True``) a compilation failure raises; otherwise (``fused=None``)
+    it warns once per device type and the caller falls back to the eager path.
+    """
+    device = params[0].device
+    static, dynamic = runtime_coefficients(coefficients, device)
+    runner = _compiled_runner(rule, {**static, "narrow": narrow})
+    try:
+        runner(rule, params, grads, buffers, static, dynamic, narrow, seeds)
+    except Exception as error:  # the C++ compiler or Triton missing, an unsupported op
+        if required:
+            raise RuntimeError(
+                f"fused=True: compiling {getattr(rule, '__name__', rule)} for {device.type} failed "
+                f"({type(error).__name__}: {error}); use fused=False"
+            ) from error
+        _unavailable[device.type] = f"{type(error).__name__}: {error}"
+        warnings.warn(
+            f"steepest: the fused path is unavailable on {device.type} ({_unavailable[device.type]}); "
+            "using the eager path",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return False
+    return True

@@ -1,0 +1,191 @@
+"""The fused path (``fused=True``): the rule compiled into one pass per tensor.
+
+Anchor: the per-tensor reference path of the same optimizer. In float32, over 50 steps on
+the shared mixed-shape problem (two groups, a scalar, a non-contiguous tensor, a parameter
+without gradient), params and state agree to float32 rounding; two fused runs agree bit
+for bit; state_dicts move between the paths; a learning rate or weight decay that changes
+at every step never recompiles.
+
+The gradients here are seeded noise that does not depend on the parameters: with a
+gradient fed back from the parameters (the shared problem's ``sin(3 theta)``), a one-ulp
+difference of a fused multiply-add grows with the trajectory's own sensitivity, which would
+measure the problem, not the kernel.
+
+Compiling costs seconds per graph on a small CPU, so the full configuration table runs
+under ``-m slow``; the default run covers the first configuration of every fusable rule.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import steepest
+from problem import FROZEN, clone_params, groups, make_params, max_relative_difference
+from specs import SPECS, Spec
+from steepest.engine import fused as fused_path
+
+FUSABLE = [spec for spec in SPECS if spec.cls.supports_fused]
+RTOL = 1e-6  # float32 rounding, accumulated over 50 steps
+
+
+def relative_error(a: torch.Tensor, b: torch.Tensor, initial: torch.Tensor | None = None) -> float:
+    """max |a - b| over the tensor's scale: the larger of max |b| and, for a parameter, its
+    starting max |theta_0|. Float32 rounding is relative to the size of the numbers summed:
+    a parameter that drifts from 1 towards 0 carries the rounding of the steps that moved it,
+    which an entry-by-entry ratio would read as a large relative error."""
+    a, b = a.detach().double(), b.detach().double()
+    if not b.numel():
+        return 0.0
+    scale = b.abs().max()
+    if initial is not None:
+        scale = torch.maximum(scale, initial.detach().double().abs().max())
+    return float((a - b).abs().max() / scale.clamp_min(1e-30))
+
+
+def run(optimizer: torch.optim.Optimizer, params: list[torch.Tensor], steps: int, start: int = 0):
+    """``steps`` steps with seeded gradients that do not depend on the parameters."""
+    for step in range(start, start + steps):
+        for index, p in enumerate(params):
+            if index != FROZEN:
+                generator = torch.Generator().manual_seed(1000 * step + index)
+                p.grad = torch.randn(p.shape, generator=generator, dtype=torch.float64).to(p.dtype)
+        optimizer.step()
+
+
+def _configs(all_of_them: bool) -> list:
+    cases = []
+    for spec in FUSABLE:
+        for index, config in enumerate(spec.configs):
+            marks = () if index == 0 or all_of_them else (pytest.mark.slow,)
+            cases.append(pytest.param(spec, config, id=f"{spec.name}-{index}", marks=marks))
+    return cases
+
+
+def _pair(spec: Spec, config: dict, dtype=torch.float32):
+    """A fused optimizer and a per-tensor one, on identical parameters."""
+    fused_params, eager_params = make_params(dtype), make_params(dtype)
+    fused = spec.cls(groups(fused_params, spec.group_override), **config, fused=True)
+    eager = spec.cls(groups(eager_params, spec.group_override), **config, foreach=False)
+    return fused, fused_params, eager, eager_params
+
+
+def _assert_close(fused, fused_params, eager, eager_params, rtol=RTOL):
+    initial = make_params(torch.float32)
+    for index, (a, b) in enumerate(zip(fused_params, eager_params)):
+        assert relative_error(a, b, initial[index]) <= rtol, f"param {index}"
+        for key, value in eager.state.get(b, {}).items():
+            ours = fused.state[a][key]
+            assert ours.dtype == value.dtype and ours.shape == value.shape, key
+            assert relative_error(ours, value) <= rtol, key
+
+
+def test_every_elementwise_rule_is_fusable():
+    names = {spec.cls.__name__ for spec in FUSABLE}
+    assert {"SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "Lion"} <= names
+
+
+@pytest.mark.parametrize(("spec", "config"), _configs(all_of_them=False))
+def test_fused_equals_per_tensor_float32(spec: Spec, config: dict) -> None:
+    fused, fused_params, eager, eager_params = _pair(spec, config)
+    run(fused, fused_params, 50)
+    run(eager, eager_params, 50)
+    _assert_close(fused, fused_params, eager, eager_params)
+    assert torch.equal(fused_params[FROZEN], make_params(torch.float32)[FROZEN])
+    # the trajectory moved: agreement of two frozen runs would prove nothing
+    assert max_relative_difference(fused_params[2], make_params(torch.float32)[2]) > 1e-3
+
+
+@pytest.mark.parametrize(
+    ("spec", "config"), [case for case in _configs(all_of_them=False) if not case.marks][:3]
+)
+def test_fused_runs_are_bit_identical(spec: Spec, config: dict) -> None:
+    first, first_params, _, _ = _pair(spec, config)
+    second, second_params, _, _ = _pair(spec, config)
+    run(first, first_params, 20)
+    run(second, second_params, 20)
+    for a, b in zip(first_params, second_params):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("direction", ["fused_to_eager", "eager_to_fused"])
+def test_state_dicts_move_between_paths(direction: str) -> None:
+    spec = next(spec for spec in FUSABLE if spec.cls is steepest.Adam)
+    config = {"lr": 0.01, "weight_decay": 0.1, "amsgrad": True}
+    fused, fused_params, eager, eager_params = _pair(spec, config)
+    source, source_params = (fused, fused_params) if direction == "fused_to_eager" else (eager, eager_params)
+    run(source, source_params, 10)
+    target_params = clone_params(source_params)
+    target_kwargs = {"foreach": False} if direction == "fused_to_eager" else {"fused": True}
+    target = spec.cls(groups(target_params, spec.group_override), **config, **target_kwargs)
+    target.load_state_dict(copy.deepcopy(source.state_dict()))
+    run(source, source_params, 10, start=10)
+    run(target, target_params, 10, start=10)
+    for a, b, initial in zip(target_params, source_params, make_params(torch.float32)):
+        assert relative_error(a, b, initial) <= RTOL
+
+
+def test_changing_coefficients_never_recompile() -> None:
+    params = make_params(torch.float32)
+    schedule = steepest.schedules.warmup_cosine(0.05, warmup=5, total=40)
+    optimizer = steepest.AdamW(
+        groups(params, {"weight_decay": 0.3}), lr=schedule, betas=(0.8, 0.99), fused=True
+    )
+    run(optimizer, params, 2)
+    graphs = counters["stats"]["unique_graphs"]
+    run(optimizer, params, 20, start=2)
+    optimizer.scale_lr(0.5)  # a back-off changes the rate again
+    optimizer.param_groups[1]["weight_decay"] = 0.2
+    run(optimizer, params, 5, start=22)
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+def test_fused_and_foreach_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="fused=True and foreach=True"):
+        steepest.Adam(make_params()[:2], fused=True, foreach=True)
+    with pytest.raises(TypeError, match="fused"):
+        steepest.SGD(make_params()[:2], fused="yes")
+
+
+def test_default_fuses_large_buckets_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = fused_path.run_fused
+
+    def spy(rule, params, *args, **kwargs):
+        calls.append(len(params))
+        return real(rule, params, *args, **kwargs)
+
+    monkeypatch.setattr(fused_path, "run_fused", spy)
+    params = make_params(torch.float32)
+    run(steepest.SGD(params[:4], lr=0.01, momentum=0.9), params, 2)
+    assert calls == []  # a small bucket stays eager
+    monkeypatch.setattr(fused_path, "DEFAULT_FUSED_MIN_ELEMENTS", 1)
+    run(steepest.SGD(params[:4], lr=0.01, momentum=0.9), params, 2)
+    assert calls  # fused=None took the fused path
+    calls.clear()
+    run(steepest.SGD(params[:4], lr=0.01, momentum=0.9, foreach=False), params, 2)
+    assert calls == []  # an explicit eager choice is kept
+
+
+def test_compile_failure_falls_back_or_raises(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(rule, static):
+        def runner(*args):
+            raise RuntimeError("no C++ compiler")
+
+        return runner
+
+    monkeypatch.setattr(fused_path, "_compiled_runner", broken)
+    monkeypatch.setattr(fused_path, "_unavailable", {})
+    monkeypatch.setattr(fused_path, "DEFAULT_FUSED_MIN_ELEMENTS", 1)
+    params, reference = make_params(torch.float32), make_params(torch.float32)
+    with pytest.warns(RuntimeWarning, match="fused path is unavailable on cpu"):
+        run(steepest.Adam(params[:4], lr=0.01), params, 3)
+    run(steepest.Adam(reference[:4], lr=0.01, foreach=False), reference, 3)
+    for a, b in zip(params, reference):
+        assert torch.equal(a, b)  # the fallback is the eager path, nothing lost
+    assert not fused_path.compile_available(torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="fused=True: compiling adam_update for cpu failed"):
+        run(steepest.Adam(params[:4], lr=0.01, fused=True), params, 1)

@@ -15,6 +15,9 @@ Two things keep a compiled rule from recompiling at every step:
   ``if nonzero(weight_decay):`` branches are decided at compile time and a switched-off
   term costs nothing. Booleans and ``None`` (amsgrad off, Nesterov) are static as well.
 
+On CUDA, the rules with a multi-tensor Triton kernel (:mod:`steepest.engine.triton_kernels`:
+Adam/AdamW, SGD) update a whole bucket in one launch instead.
+
 A rule is compiled once per (rule, static settings, tensor shapes): a model's shapes do not
 change between steps, so a training run compiles each bucket once, on its first step.
 
@@ -136,6 +139,12 @@ def run_fused(
     it warns once per device type and the caller falls back to the eager path.
     """
     device = params[0].device
+    if device.type == "cuda" and not narrow:
+        from steepest.engine import triton_kernels  # imports Triton: only where a GPU runs it
+
+        if triton_kernels.covers(rule, params, grads, buffers):
+            triton_kernels.launch(rule, params, grads, buffers, coefficients)
+            return True
     static, dynamic = runtime_coefficients(coefficients, device)
     runner = _compiled_runner(rule, {**static, "narrow": narrow})
     try:

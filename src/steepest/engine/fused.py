@@ -9,8 +9,8 @@ writes them once, the floor an elementwise rule can reach.
 
 Two things keep a compiled rule from recompiling at every step:
 
-* every coefficient (learning rate, betas, bias corrections) is handed over as a 0-d
-  tensor, so a schedule that changes the learning rate each step changes data, not code;
+* every coefficient (learning rate, betas, bias corrections) is handed over as data, an
+  entry of one small tensor, so a schedule that changes the learning rate each step changes data, not code;
 * a coefficient that is zero is handed over as the number 0 instead, so the rule's
   ``if nonzero(weight_decay):`` branches are decided at compile time and a switched-off
   term costs nothing. Booleans and ``None`` (amsgrad off, Nesterov) are static as well.
@@ -60,23 +60,23 @@ def compile_available(device: torch.device) -> bool:
     return device.type in ("cpu", "cuda")
 
 
-def runtime_coefficients(coefficients: dict[str, Any], device: torch.device) -> tuple[dict, dict]:
-    """Split a rule's keyword arguments into static ones and 0-d tensors.
+def runtime_coefficients(coefficients: dict[str, Any], device: torch.device) -> tuple[dict, tuple, Tensor]:
+    """Split a rule's keyword arguments into static ones and runtime scalars.
 
-    Returns ``(static, dynamic)``: booleans, None and zeros are static (they choose code);
-    every other number becomes a float64 0-d tensor on ``device`` (it is data). float64
+    Returns ``(static, names, values)``: booleans, None and zeros are static (they choose
+    code); every other number is an entry of ``values``, one float64 tensor on ``device``
+    (one transfer per step), whose entries the compiled code reads by position. float64
     keeps the scalar arithmetic of the rule (``1 - lr * weight_decay``) as exact as the
     eager path's Python floats; each product with a tensor still runs in the tensor's dtype.
     """
-    static, dynamic = {}, {}
+    static, names, values = {}, [], []
     for name, value in coefficients.items():
-        if isinstance(value, bool) or value is None or (isinstance(value, (int, float)) and value == 0):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value == 0:
             static[name] = value
-        elif isinstance(value, (int, float)):
-            dynamic[name] = torch.tensor(float(value), dtype=torch.float64, device=device)
         else:
-            static[name] = value
-    return static, dynamic
+            names.append(name)
+            values.append(float(value))
+    return static, tuple(names), torch.tensor(values, dtype=torch.float64).to(device)
 
 
 def apply_per_tensor(
@@ -85,21 +85,25 @@ def apply_per_tensor(
     grads: list[Tensor],
     buffers: dict[str, list[Tensor]],
     static: dict[str, Any],
-    dynamic: dict[str, Any],
+    names: tuple[str, ...] = (),
+    values: Tensor | None = None,
     narrow: tuple[str, ...] = (),
     seeds: Tensor | None = None,
 ) -> None:
     """The rule applied tensor by tensor: what ``torch.compile`` turns into one pass each.
 
-    Buffers named in ``narrow`` are stored in a lower precision than the parameter
-    (``state_dtype``): the rule updates a widened copy, which is stochastically rounded back
-    with ``seeds[index * len(narrow) + k]`` (:mod:`steepest.engine.precision`). Compiled,
-    widening and rounding fuse into the same single pass.
+    ``static`` holds keyword arguments as they are; ``names`` are read from the 1-D tensor
+    ``values`` (:func:`runtime_coefficients`). Buffers named in ``narrow`` are stored in a
+    lower precision than the parameter (``state_dtype``): the rule updates a widened copy,
+    which is stochastically rounded back with ``seeds[index * len(narrow) + k]``
+    (:mod:`steepest.engine.precision`). Compiled, widening and rounding fuse into the same
+    single pass.
     """
+    runtime = {name: values[position] for position, name in enumerate(names)}
     for index in range(len(params)):
         state = {name: column[index] for name, column in buffers.items()}
         wide = {name: state[name].to(params[index].dtype) for name in narrow}
-        rule(params[index], grads[index], **{**state, **wide}, **static, **dynamic)
+        rule(params[index], grads[index], **{**state, **wide}, **static, **runtime)
         for k, name in enumerate(narrow):
             stochastic_round_(state[name], wide[name], seeds[index * len(narrow) + k])
 
@@ -145,10 +149,10 @@ def run_fused(
         if triton_kernels.covers(rule, params, grads, buffers):
             triton_kernels.launch(rule, params, grads, buffers, coefficients)
             return True
-    static, dynamic = runtime_coefficients(coefficients, device)
-    runner = _compiled_runner(rule, {**static, "narrow": narrow})
+    static, names, values = runtime_coefficients(coefficients, device)
+    runner = _compiled_runner(rule, {**static, "names": names, "narrow": narrow})
     try:
-        runner(rule, params, grads, buffers, static, dynamic, narrow, seeds)
+        runner(rule, params, grads, buffers, static, names, values, narrow, seeds)
     except Exception as error:  # the C++ compiler or Triton missing, an unsupported op
         if required:
             raise RuntimeError(

@@ -64,10 +64,13 @@ class Bucket:
 
     def share_scalars(self) -> None:
         """Copy the first tensor's (advanced) scalar state to the others."""
+        if len(self.states) < 2:
+            return
         leader = self.states[0]
-        for state in self.states[1:]:
-            for name in self.scalar_names:
-                state[name].copy_(leader[name])
+        for name in self.scalar_names:  # one multi-tensor copy per scalar, not one per tensor
+            torch._foreach_copy_(
+                [state[name] for state in self.states[1:]], [leader[name]] * (len(self.states) - 1)
+            )
 
 
 class Optimizer(torch.optim.Optimizer):
@@ -404,7 +407,9 @@ class Optimizer(torch.optim.Optimizer):
         ):
             return None
         if narrow:  # eager: the rule runs per tensor on widened copies of the narrow buffers
-            fused_path.apply_per_tensor(rule, params, grads, buffers, coefficients, {}, narrow, seeds)
+            fused_path.apply_per_tensor(
+                rule, params, grads, buffers, coefficients, narrow=narrow, seeds=seeds
+            )
             return None
         multi_tensor = foreach if foreach is not None else bucket.params[0].device.type != "cpu"
         if multi_tensor:
@@ -427,12 +432,12 @@ class Optimizer(torch.optim.Optimizer):
         """Seeds of the stochastic rounding of ``count`` narrow buffers at this step.
 
         A function of the step count (saved in checkpoints) and the buffer's position, so a
-        resumed run rounds exactly as the uninterrupted one; masked to 28 bits, as
-        :func:`steepest.engine.precision.random_bits` expects.
+        resumed run rounds exactly as the uninterrupted one (int32, as
+        :func:`steepest.engine.precision.random_bits` computes).
         """
-        first = (self.step_count * 1_000_003 + self._seed_offset) & 0xFFFFFFF
+        first = (self.step_count * 1_000_003 + self._seed_offset) % 2**31
         self._seed_offset += count
-        return (torch.arange(count, dtype=torch.int64) + first).to(device)
+        return ((torch.arange(count, dtype=torch.int64) + first) % 2**31).to(torch.int32).to(device)
 
     def _fuses(self, bucket: Bucket, foreach: bool | None, fused: bool | None) -> bool:
         """Whether this bucket runs on the fused path (see :meth:`_apply`)."""

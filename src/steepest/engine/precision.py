@@ -23,20 +23,20 @@ from torch import Tensor
 #: Dtypes ``state_dtype`` accepts besides the parameter's own.
 LOW_PRECISION_STATE = (torch.bfloat16,)
 
-_MASK32 = 0xFFFFFFFF
-# 0x45D9F3B: the multiplier of a well-mixing 32-bit integer hash; below 2**27, so that
-# a 32-bit value times it stays inside int64 and the arithmetic is exact everywhere.
-_MIX = 0x45D9F3B
-_SEED_MIX = 0x9E3779B  # spreads consecutive seeds far apart (below 2**28, same reason)
+# 2**32 / golden ratio, as a signed 32-bit integer: frac(n * phi) is the most evenly spread
+# sequence there is (a Weyl sequence), so consecutive elements, and one element over
+# consecutive steps (seeds 1_000_003 apart), see well-spread rounding offsets.
+_GOLDEN = 0x9E3779B9 - 2**32
 
 
 def random_bits(shape: torch.Size, seed: Tensor | int, device: torch.device) -> Tensor:
-    """16 pseudo-random bits per element (int64), a pure function of (position, seed)."""
-    index = torch.arange(shape.numel(), device=device, dtype=torch.int64).view(shape)
-    h = (index + seed * _SEED_MIX) & _MASK32
-    h = ((h ^ (h >> 16)) * _MIX) & _MASK32
-    h = ((h ^ (h >> 16)) * _MIX) & _MASK32
-    return (h ^ (h >> 16)) & 0xFFFF
+    """16 pseudo-random bits per element (int32), a pure function of (position, seed).
+
+    Integer arithmetic that wraps around modulo 2**32 (as torch's int32 ops and the compiled
+    kernels do), so the bits are the same on every path.
+    """
+    index = torch.arange(shape.numel(), device=device, dtype=torch.int32).view(shape)
+    return (((index + seed) * _GOLDEN) >> 16) & 0xFFFF
 
 
 def stochastic_round_(target: Tensor, value: Tensor, seed: Tensor | int) -> Tensor:
@@ -50,6 +50,6 @@ def stochastic_round_(target: Tensor, value: Tensor, seed: Tensor | int) -> Tens
         >>> m = torch.zeros(3, dtype=torch.bfloat16)
         >>> _ = stochastic_round_(m, torch.tensor([1.0, 1.001, -2.5]), seed=0)
     """
-    bits = value.float().view(torch.int32).to(torch.int64)
-    rounded = (bits + random_bits(value.shape, seed, value.device)) & ~0xFFFF
-    return target.copy_(rounded.to(torch.int32).view(torch.float32))
+    bits = value.float().view(torch.int32)
+    rounded = (bits + random_bits(value.shape, seed, value.device)) & -0x10000
+    return target.copy_(rounded.view(torch.float32))

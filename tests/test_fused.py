@@ -189,3 +189,17 @@ def test_compile_failure_falls_back_or_raises(monkeypatch: pytest.MonkeyPatch) -
     assert not fused_path.compile_available(torch.device("cpu"))
     with pytest.raises(RuntimeError, match="fused=True: compiling adam_update for cpu failed"):
         run(steepest.Adam(params[:4], lr=0.01, fused=True), params, 1)
+
+
+def test_fused_false_forces_the_multi_tensor_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from steepest.engine import optimizer as engine
+
+    built: list[int] = []
+    real = engine.TensorList
+    monkeypatch.setattr(engine, "TensorList", lambda tensors: built.append(1) or real(tensors))
+    params = make_params(torch.float32)
+    run(steepest.Adam(params[:4], lr=0.01, fused=False), params, 1)
+    assert built  # multi-tensor even on the CPU, where the default is per tensor
+    built.clear()
+    run(steepest.Adam(params[:4], lr=0.01, fused=False, foreach=False), params, 1)
+    assert not built  # an explicit foreach still decides

@@ -381,14 +381,15 @@ class Optimizer(torch.optim.Optimizer):
         buffer_names: tuple[str, ...],
         coefficients: dict[str, Any],
         foreach: bool | None,
-        fused: bool | None = False,
+        fused: bool | None = None,
     ) -> Any:
         """Run ``rule`` on one bucket: compiled, per tensor, or once over TensorLists.
 
         ``fused=True`` compiles the rule (:mod:`steepest.engine.fused`); ``fused=None`` does so
         for a bucket of at least ``DEFAULT_FUSED_MIN_ELEMENTS`` elements where compiling is
-        available, and falls back to eager if it fails. Eager, ``foreach=None`` takes the
-        multi-tensor path on accelerators and the per-tensor one on the CPU, where
+        available, and falls back to eager if it fails. ``fused=False`` takes the
+        multi-tensor path. Otherwise, ``foreach=None`` takes the multi-tensor path on
+        accelerators and the per-tensor one on the CPU, where
         ``torch._foreach_*`` is a loop in C++ that runs each op over every tensor before the
         next op, and measured 1.5-2.5x slower than per tensor for Adam
         (benchmarks/step_speed.py), as torch.optim also defaults to.
@@ -411,7 +412,9 @@ class Optimizer(torch.optim.Optimizer):
                 rule, params, grads, buffers, coefficients, narrow=narrow, seeds=seeds
             )
             return None
-        multi_tensor = foreach if foreach is not None else bucket.params[0].device.type != "cpu"
+        if foreach is None:  # fused=False asks for the multi-tensor path explicitly
+            foreach = fused is False or bucket.params[0].device.type != "cpu"
+        multi_tensor = foreach
         if multi_tensor:
             return rule(
                 TensorList(params),

@@ -11,6 +11,10 @@ gradient fed back from the parameters (the shared problem's ``sin(3 theta)``), a
 difference of a fused multiply-add grows with the trajectory's own sensitivity, which would
 measure the problem, not the kernel.
 
+The first param group of the shared problem is contiguous and the second holds a
+non-contiguous tensor, so on the CPU the first takes PyTorch's own fused kernel where the rule
+has one (Adam, AdamW, SGD, Adagrad) and the second the compiled rule: both are checked.
+
 Compiling costs seconds per graph on a small CPU, so the full configuration table runs
 under ``-m slow``; the default run covers the first configuration of every fusable rule.
 """
@@ -203,3 +207,20 @@ def test_fused_false_forces_the_multi_tensor_path(monkeypatch: pytest.MonkeyPatc
     built.clear()
     run(steepest.Adam(params[:4], lr=0.01, fused=False, foreach=False), params, 1)
     assert not built  # an explicit foreach still decides
+
+
+def test_cpu_takes_pytorchs_fused_kernel_for_contiguous_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from steepest.rules.adam import adam_update
+
+    params = make_params(torch.float32)
+    optimizer = steepest.AdamW(groups(params, {}), lr=0.01, fused=True)
+    run(optimizer, params, 1)  # fills the table
+    used: list[int] = []
+    real = fused_path.ATEN_CPU_KERNELS[adam_update]
+    monkeypatch.setitem(
+        fused_path.ATEN_CPU_KERNELS,
+        adam_update,
+        lambda params, *rest: used.append(len(params)) or real(params, *rest),
+    )
+    run(optimizer, params, 1, start=1)
+    assert used == [2]  # the contiguous group (scalar, vector); the other one is compiled

@@ -19,9 +19,10 @@ The shell does the rest for every rule alike:
    over :class:`~steepest.engine.tensorlist.TensorList` s (``foreach=True``: the
    multi-tensor path, ``torch._foreach_*``), or compiled into one single pass per tensor
    (``fused=True``: :mod:`steepest.engine.fused`). The same lines of math serve all three.
-   By default (``fused=None, foreach=None``) a large bucket (``DEFAULT_FUSED_MIN_ELEMENTS``)
-   is fused where compiling is available; otherwise accelerators run multi-tensor and the
-   CPU per tensor.
+   By default (``fused=None, foreach=None``) a bucket is fused where a ready-made kernel
+   exists (PyTorch's fused CPU kernels, the Triton kernels) or where it is large enough to
+   repay compiling (``DEFAULT_FUSED_MIN_ELEMENTS``); otherwise accelerators run multi-tensor
+   and the CPU per tensor.
 
 Non-finite gradients: like torch.optim, the shell applies the rule as given, so a NaN or
 infinite gradient propagates into the parameters under IEEE arithmetic. It never does so
@@ -385,9 +386,10 @@ class Optimizer(torch.optim.Optimizer):
     ) -> Any:
         """Run ``rule`` on one bucket: compiled, per tensor, or once over TensorLists.
 
-        ``fused=True`` compiles the rule (:mod:`steepest.engine.fused`); ``fused=None`` does so
-        for a bucket of at least ``DEFAULT_FUSED_MIN_ELEMENTS`` elements where compiling is
-        available, and falls back to eager if it fails. ``fused=False`` takes the
+        ``fused=True`` runs the rule in one pass (:mod:`steepest.engine.fused`); ``fused=None``
+        does so where a ready-made kernel exists, or for a bucket of at least
+        ``DEFAULT_FUSED_MIN_ELEMENTS`` elements where compiling is available, and falls back
+        to eager if compiling fails. ``fused=False`` takes the
         multi-tensor path. Otherwise, ``foreach=None`` takes the multi-tensor path on
         accelerators and the per-tensor one on the CPU, where
         ``torch._foreach_*`` is a loop in C++ that runs each op over every tensor before the
@@ -403,8 +405,16 @@ class Optimizer(torch.optim.Optimizer):
         # buffers kept in a lower precision than the parameters (state_dtype)
         narrow = tuple(name for name in buffer_names if buffers[name][0].dtype != params[0].dtype)
         seeds = self._rounding_seeds(len(params) * len(narrow), params[0].device) if narrow else None
-        if self._fuses(bucket, foreach, fused) and fused_path.run_fused(
-            rule, params, grads, buffers, coefficients, required=fused is True, narrow=narrow, seeds=seeds
+        if self._fuses(rule, params, grads, buffers, narrow, foreach, fused) and fused_path.run_fused(
+            rule,
+            params,
+            grads,
+            buffers,
+            coefficients,
+            required=fused is True,
+            narrow=narrow,
+            seeds=seeds,
+            steps=[state["step"] for state in bucket.states] if "step" in bucket.scalar_names else None,
         ):
             return None
         if narrow:  # eager: the rule runs per tensor on widened copies of the narrow buffers
@@ -442,15 +452,31 @@ class Optimizer(torch.optim.Optimizer):
         self._seed_offset += count
         return ((torch.arange(count, dtype=torch.int64) + first) % 2**31).to(torch.int32).to(device)
 
-    def _fuses(self, bucket: Bucket, foreach: bool | None, fused: bool | None) -> bool:
-        """Whether this bucket runs on the fused path (see :meth:`_apply`)."""
+    def _fuses(
+        self,
+        rule: Callable[..., Any],
+        params: list[Tensor],
+        grads: list[Tensor],
+        buffers: dict[str, list[Tensor]],
+        narrow: tuple[str, ...],
+        foreach: bool | None,
+        fused: bool | None,
+    ) -> bool:
+        """Whether this bucket runs on the fused path (see :meth:`_apply`).
+
+        By default: where a ready-made kernel exists (PyTorch's fused CPU kernels, the Triton
+        kernels), and otherwise for a bucket large enough to repay compiling the rule.
+        """
         if not self.supports_fused:
             return False
         if fused is not None or foreach is not None:
             return bool(fused)
-        device = bucket.params[0].device
-        numel = sum(p.numel() for p in bucket.params)
-        return numel >= fused_path.DEFAULT_FUSED_MIN_ELEMENTS and fused_path.compile_available(device)
+        if fused_path.native_kernel(rule, params, grads, buffers, narrow) is not None:
+            return True
+        numel = sum(p.numel() for p in params)
+        return numel >= fused_path.DEFAULT_FUSED_MIN_ELEMENTS and fused_path.compile_available(
+            params[0].device
+        )
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create whatever state ``param`` lacks; True when a buffer was created.

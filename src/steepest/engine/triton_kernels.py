@@ -25,6 +25,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from steepest.engine.fused import same_layout
 from steepest.rules.adam import adam_update
 from steepest.rules.sgd import sgd_update
 
@@ -187,10 +188,7 @@ def _blocks(sizes: tuple[int, ...], device: torch.device) -> tuple[Tensor, Tenso
 def covers(rule: Callable[..., Any], params: list[Tensor], grads: list[Tensor], buffers: dict) -> bool:
     """Whether a kernel here can update this bucket: a covered rule, contiguous tensors of one
     supported dtype (state in the parameters' dtype)."""
-    if rule not in KERNELS or params[0].dtype not in _TRITON_DTYPES:
-        return False
-    tensors = [*params, *grads, *(t for column in buffers.values() for t in column)]
-    return all(t.is_contiguous() and t.dtype == params[0].dtype for t in tensors)
+    return rule in KERNELS and params[0].dtype in _TRITON_DTYPES and same_layout(params, grads, buffers)
 
 
 def launch(

@@ -19,10 +19,9 @@ The shell does the rest for every rule alike:
    over :class:`~steepest.engine.tensorlist.TensorList` s (``foreach=True``: the
    multi-tensor path, ``torch._foreach_*``), or compiled into one single pass per tensor
    (``fused=True``: :mod:`steepest.engine.fused`). The same lines of math serve all three.
-   By default (``fused=None, foreach=None``) a bucket is fused where a ready-made kernel
-   exists (PyTorch's fused CPU kernels, the Triton kernels) or where it is large enough to
-   repay compiling (``DEFAULT_FUSED_MIN_ELEMENTS``); otherwise accelerators run multi-tensor
-   and the CPU per tensor.
+   By default (``fused=None, foreach=None``) a large bucket (``DEFAULT_FUSED_MIN_ELEMENTS``)
+   is fused, with a ready-made kernel (PyTorch's fused CPU kernels, the Triton kernels) or
+   the compiled rule; otherwise accelerators run multi-tensor and the CPU per tensor.
 
 Non-finite gradients: like torch.optim, the shell applies the rule as given, so a NaN or
 infinite gradient propagates into the parameters under IEEE arithmetic. It never does so
@@ -387,9 +386,8 @@ class Optimizer(torch.optim.Optimizer):
         """Run ``rule`` on one bucket: compiled, per tensor, or once over TensorLists.
 
         ``fused=True`` runs the rule in one pass (:mod:`steepest.engine.fused`); ``fused=None``
-        does so where a ready-made kernel exists, or for a bucket of at least
-        ``DEFAULT_FUSED_MIN_ELEMENTS`` elements where compiling is available, and falls back
-        to eager if compiling fails. ``fused=False`` takes the
+        does so for a bucket of at least ``DEFAULT_FUSED_MIN_ELEMENTS`` elements, and falls
+        back to eager if compiling fails. ``fused=False`` takes the
         multi-tensor path. Otherwise, ``foreach=None`` takes the multi-tensor path on
         accelerators and the per-tensor one on the CPU, where
         ``torch._foreach_*`` is a loop in C++ that runs each op over every tensor before the
@@ -464,19 +462,20 @@ class Optimizer(torch.optim.Optimizer):
     ) -> bool:
         """Whether this bucket runs on the fused path (see :meth:`_apply`).
 
-        By default: where a ready-made kernel exists (PyTorch's fused CPU kernels, the Triton
-        kernels), and otherwise for a bucket large enough to repay compiling the rule.
+        By default, for a bucket of at least ``DEFAULT_FUSED_MIN_ELEMENTS`` elements: with a
+        ready-made kernel (PyTorch's fused CPU kernels, the Triton kernels), or where the rule
+        can be compiled. Smaller buckets keep the eager path, whose results the rest of the
+        library (and its seeded tests) were measured with.
         """
         if not self.supports_fused:
             return False
         if fused is not None or foreach is not None:
             return bool(fused)
+        if sum(p.numel() for p in params) < fused_path.DEFAULT_FUSED_MIN_ELEMENTS:
+            return False
         if fused_path.native_kernel(rule, params, grads, buffers, narrow) is not None:
             return True
-        numel = sum(p.numel() for p in params)
-        return numel >= fused_path.DEFAULT_FUSED_MIN_ELEMENTS and fused_path.compile_available(
-            params[0].device
-        )
+        return fused_path.compile_available(params[0].device)
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create whatever state ``param`` lacks; True when a buffer was created.

@@ -6,29 +6,48 @@ diverges; one that is too small crawls; a good one moves steadily to the minimum
 update-to-parameter norm ratio ||delta theta|| / ||theta|| and the learning rate, and once per
 window of steps says which regime it sees, with the numbers it used and a sentence of advice.
 
-The evidence, checked in this order (the first that holds decides):
+The evidence, checked in this order (the first that holds decides). "This rate" is the rate
+since it last changed by 2x or more; "the reference" is the loss when it took over (the run's
+first loss at the start). A rise of the loss only counts once it gives back ``rise_tolerance``
+of the progress this rate made (reference minus the lowest level reached): a converged run's
+wobble, 1e-30 to 3e-30 or 0.02 to 0.04 in a fitted network's batch noise, is not an overshoot.
 
 * ``too_large``
   1. the loss (or the gradient norm) is not finite: diverged; reported at once, mid-window;
   2. the loss rose within the window: the median of its second half is at least 50% above the
      median of its first half, by more than ``significance`` noise standard errors;
-  3. the loss ends above where it stood when the current rate took over (the run's first loss,
-     or the loss at the last change of rate by 2x or more), clearly: by more than
-     ``rise_tolerance`` and beyond noise. A large rate does not always produce a NaN: on
+  3. the loss ends above the reference, clearly: by more than ``rise_tolerance``, and twice as
+     high, or beyond noise, or above it at every step, or after a peak (a median over a
+     quarter window) at twice the reference. A large rate does not always produce a NaN: on
      logistic regression or a small network it throws the iterate to worse places and the
      loss simply ends above where it started;
   4. the loss oscillates without net progress: at least half of the steps change direction,
      the robust (Theil-Sen) net decrease is under 10% of the distance the loss travelled, the
      swings exceed 5% of the loss, the loss is no better than half its first value, and the
-     parameters are not standing still.
-* ``too_small``: ``patience`` windows in a row in which the loss fell by less than
-  ``slow_rate`` (relative) per step without rising, while the run is not near a stationary
-  point (gradient norm above ``stationary_fraction`` of its first value) and either the
-  parameters barely move (update ratio below ``small_update``) or the loss is still above
-  ``progress_fraction`` of its first value; never while the update ratio is 10x
-  ``small_update`` or more (then the steps are large and slowness has another cause: a
-  plateau, a saddle). The stationarity guard is what separates a crawl from convergence: both
-  decrease slowly, only a converged run has a small gradient.
+     parameters are not standing still;
+  5. the loss climbed back: the window's level (median of log loss) is 2x or more the lowest
+     level this rate had reached, beyond noise. A constant rate too large for a network finds
+     a low and loses it again, with batch noise that drowns any single window's rise;
+  6. the loss is stuck: not clearly below the reference (within ``rise_tolerance``) after this
+     rate was found too large (the damage stays), or for ``patience`` windows while the
+     gradient norm fell below half its value when the rate took over: the steps moved the
+     weights, not the loss. That is a network killed by its rate (dead or saturated units),
+     sitting at chance where it started; a rate too small leaves the gradient where it was.
+* ``too_small``: ``patience`` windows in a row of a crawl: the loss fell by less than
+  ``slow_rate`` (relative) per step without rising, steadily (beyond noise), or without this
+  rate ever having made it fall fast (a stall after a fast fall is a noise floor, a plateau
+  or convergence, not a rate too small); not near a stationary point; and either the
+  parameters barely move or the loss is still above ``progress_fraction`` of its first value;
+  never while the update ratio is 10x ``small_update`` or more (then the steps are large and
+  slowness has another cause: a plateau, a saddle). The parameters barely move when the update
+  ratio is below ``small_update``, or when no step of the run changed the gradient norm by
+  10%: in the quadratic model a step changes the stiffest direction's gradient by
+  lr lambda_max, so that is lr lambda_max < 0.1 where a good rate has about 1. Near a
+  stationary point: the gradient norm is below ``stationary_fraction`` of its first value and
+  got there by real steps (one of them changed it by 10% or more). The stationarity guard
+  separates a crawl from convergence: both decrease slowly, only a converged run has a small
+  gradient; but in a valley the gradient falls 100x as the stiff direction settles, even at a
+  rate 100x too small, and only the size of its steps tells that crawl apart.
 * ``good``: none of the above.
 
 Noise: mini-batch losses jump from batch to batch and, once a large rate has damaged the
@@ -47,7 +66,10 @@ otherwise:
   lr x (10 small_update / u); the strongest cut wins, at most 100x;
 * too small: in the linear regime a step changes the gradient by about lr lambda of itself, so
   1 / (relative gradient change per step) brings lr lambda to about 1; the update ratio and the
-  rate of decrease give two more estimates; the largest wins, from 3x to 1000x.
+  rate of decrease give two more estimates; the largest wins, from 3x to 1000x. Past the stiff
+  phase (gradient below ``stationary_fraction`` of its first value) the window's own gradient
+  change only reflects the slowest directions; then 1 / (largest one-step change of the run),
+  about 1 / (lr lambda_max), caps the increase, so that it does not overshoot the stable limit.
 
 References: the three regimes and the lr < 2 / lambda_max bound: Goodfellow, Bengio and
 Courville, *Deep Learning*, 2016, sec. 4.3 and 8.3; update-to-parameter ratios of about 1e-3 as
@@ -87,6 +109,10 @@ _WINDOW_RISE = 0.5  # within one window a rise counts from +50%: SGD's own wande
 _NO_PROGRESS = 0.1  # net decrease below 10% of the distance travelled: no progress
 _OSCILLATION_AMPLITUDE = 0.05  # swings below 5% of the loss are not called an oscillation
 _NEW_RATE = 2.0  # a learning rate 2x away from the current one starts a new reference
+_PEAK = 2.0  # a window whose level peaked at 2x the reference clearly overshot
+_CLIMB_BACK = 2.0  # a window level 2x the lowest this rate had reached: its progress was undone
+_GRADIENT_COLLAPSE = 0.5  # the gradient norm fell below half its value when the rate took over
+_LINEAR_STEP = 0.1  # no step changed the gradient norm by 10%: lr * lambda_max <~ 0.1, a crawl
 _MEDIAN_EFFICIENCY = 1.2533  # standard error of a median / that of a mean (sqrt(pi/2), Gaussian)
 _FLOAT_COLUMNS = ("losses", "grad_norms", "update_ratios", "lrs")  # of a window, saved in state_dict
 
@@ -169,9 +195,11 @@ class _Window:
 class RegimeMonitor:
     """Classify each window of steps as ``too_large``, ``too_small`` or ``good``, live.
 
-    Rule: too_large if the loss diverges, rises, ends above its start or oscillates without
-    progress; too_small if it falls by < ``slow_rate`` per step for ``patience`` windows while
-    the gradient is not small; good otherwise (the module docstring has the details).
+    Rule: too_large if the loss diverges, rises, ends above its start, oscillates without
+    progress, climbs back to 2x its lowest, or stays stuck where the rate took over although
+    the weights moved; too_small if it crawls (falls by < ``slow_rate`` per step, steadily) for
+    ``patience`` windows with small steps and a gradient that is not small, or got small only
+    by crawling; good otherwise (the module docstring has the details).
 
     Feed it one observation per step (or every k-th step); it returns a :class:`Diagnosis`
     when a window is complete (or at once when the loss is not finite) and None otherwise.
@@ -182,7 +210,9 @@ class RegimeMonitor:
         window: observations per diagnosis (default 20, at least 4).
         patience: consecutive slow windows before ``too_small`` is reported (default 3): a
             crawl is only a crawl over a long stretch.
-        rise_tolerance: relative rise of the loss that counts as "went up" (default 0.1).
+        rise_tolerance: relative change of the loss that counts (default 0.1): a rise above
+            the reference that counts as "went up", a fall below it that counts as progress,
+            and the share of the progress made that a later rise must give back.
         slow_rate: relative decrease per step below which progress is slow (default 1e-2).
         small_update: update ratio ||delta theta|| / ||theta|| below which the parameters
             barely move (default 1e-3).
@@ -234,11 +264,23 @@ class RegimeMonitor:
         self._current = _Window()
         self._first_loss: float | None = None  # of the run
         self._first_grad_norm: float | None = None
-        self._reference_loss: float | None = None  # first loss at the current learning rate
+        self._last_grad_norm: float | None = None  # the latest finite, positive one
+        self._largest_gradient_step: float | None = None  # the largest |log(g_k / g_{k-1})| of the run
         self._reference_lr: float | None = None
-        self._slow_windows = 0
         self._recent: list[float] = []  # the last finite losses of completed windows
+        self._recent_grad_norms: list[float] = []  # and their finite, positive gradient norms
         self._history: list[Diagnosis] = []
+        self._start_rate(reference_loss=None, reference_grad_norm=None)
+
+    def _start_rate(self, reference_loss: float | None, reference_grad_norm: float | None) -> None:
+        """Forget what the previous learning rate did: a new rate is judged on its own steps."""
+        self._reference_loss = reference_loss  # where the run stood when the rate took over
+        self._reference_grad_norm = reference_grad_norm  # and its gradient norm then
+        self._slow_windows = 0  # consecutive windows of a crawl (too_small)
+        self._stuck_windows = 0  # consecutive windows not clearly below the reference (rule 6)
+        self._fast_seen = False  # a window fell fast, beyond noise, at this rate
+        self._too_large_at: tuple[int, int] | None = None  # the first window found too large
+        self._lowest_level: tuple[float, float] | None = None  # (log level, its standard error)
 
     # -- observing ----------------------------------------------------------------------------
     def observe(
@@ -279,8 +321,8 @@ class RegimeMonitor:
             self._first_loss = loss
         if self._reference_loss is None and math.isfinite(loss):
             self._reference_loss = loss
-        if self._first_grad_norm is None and math.isfinite(grad) and grad > 0:
-            self._first_grad_norm = grad
+        if math.isfinite(grad) and grad > 0:
+            self._note_gradient(grad)
         if not math.isfinite(loss):
             window.nonfinite = ("loss", len(window.losses) - 1)
         elif grad_norm is not None and not math.isfinite(grad):
@@ -290,6 +332,7 @@ class RegimeMonitor:
         diagnosis = self._classify(window)
         finite_losses = [value for value in window.losses if math.isfinite(value)]
         self._recent = (self._recent + finite_losses)[-self.window :]
+        self._recent_grad_norms = (self._recent_grad_norms + _positive(window.grad_norms))[-self.window :]
         self._current = _Window()
         self._history.append(diagnosis)
         return diagnosis
@@ -304,13 +347,33 @@ class RegimeMonitor:
         previous = self._reference_lr
         if previous is None or not (previous / _NEW_RATE <= lr <= previous * _NEW_RATE):
             if previous is not None:
-                # Where the run stood when the new rate took over: the median of the last
-                # losses, robust to the wild batches a too large rate leaves behind.
-                recent = [v for v in self._recent + self._current.losses if math.isfinite(v)]
-                recent = recent[-max(1, self.window // 4) :]
-                self._reference_loss = float(np.median(recent)) if recent else None
-                self._slow_windows = 0
+                # Where the run stood when the new rate took over: the medians of the last
+                # losses and gradient norms, robust to the wild batches a too large rate leaves.
+                last = max(1, self.window // 4)
+                recent = [v for v in self._recent + self._current.losses if math.isfinite(v)][-last:]
+                grads = (self._recent_grad_norms + _positive(self._current.grad_norms))[-last:]
+                self._start_rate(
+                    reference_loss=float(np.median(recent)) if recent else None,
+                    reference_grad_norm=float(np.median(grads)) if grads else None,
+                )
             self._reference_lr = lr
+
+    def _note_gradient(self, grad: float) -> None:
+        """Keep the first gradient norm (of the run, of this rate) and the largest one-step change.
+
+        In the quadratic model a step multiplies the stiffest direction's gradient by
+        (1 - lr lambda_max), so the largest one-step change |log(g_k / g_{k-1})| seen over a run
+        is about lr lambda_max: near 1 or above for a good rate, far below for one that crawls.
+        Mini-batch noise only makes it larger (never mistaken for a crawl).
+        """
+        if self._first_grad_norm is None:
+            self._first_grad_norm = grad
+        if self._reference_grad_norm is None:
+            self._reference_grad_norm = grad
+        if self._last_grad_norm is not None:
+            step = abs(math.log(grad / self._last_grad_norm))
+            self._largest_gradient_step = max(self._largest_gradient_step or 0.0, step)
+        self._last_grad_norm = grad
 
     @property
     def latest(self) -> Diagnosis | None:
@@ -337,10 +400,18 @@ class RegimeMonitor:
             "current": {name: list(getattr(self._current, name)) for name in ("steps", *_FLOAT_COLUMNS)},
             "first_loss": self._first_loss,
             "first_grad_norm": self._first_grad_norm,
+            "last_grad_norm": self._last_grad_norm,
+            "largest_gradient_step": self._largest_gradient_step,
             "reference_loss": self._reference_loss,
+            "reference_grad_norm": self._reference_grad_norm,
             "reference_lr": self._reference_lr,
             "slow_windows": self._slow_windows,
+            "stuck_windows": self._stuck_windows,
+            "fast_seen": self._fast_seen,
+            "too_large_at": None if self._too_large_at is None else list(self._too_large_at),
+            "lowest_level": None if self._lowest_level is None else list(self._lowest_level),
             "recent": list(self._recent),
+            "recent_grad_norms": list(self._recent_grad_norms),
             "history": [diagnosis.to_dict() for diagnosis in self._history],
         }
 
@@ -364,23 +435,63 @@ class RegimeMonitor:
         self._slow_windows = int(state["slow_windows"])
         self._recent = [float(v) for v in state["recent"]]
         self._history = [Diagnosis.from_dict(record) for record in state["history"]]
+        # Added later: a state saved before these existed resumes as if nothing was seen yet.
+        self._last_grad_norm = _optional_float(state.get("last_grad_norm"))
+        self._largest_gradient_step = _optional_float(state.get("largest_gradient_step"))
+        self._reference_grad_norm = _optional_float(state.get("reference_grad_norm"))
+        self._stuck_windows = int(state.get("stuck_windows", 0))
+        self._fast_seen = bool(state.get("fast_seen", False))
+        too_large_at = state.get("too_large_at")
+        self._too_large_at = None if too_large_at is None else (int(too_large_at[0]), int(too_large_at[1]))
+        lowest = state.get("lowest_level")
+        self._lowest_level = None if lowest is None else (float(lowest[0]), float(lowest[1]))
+        self._recent_grad_norms = [float(v) for v in state.get("recent_grad_norms", [])]
 
     # -- the decision -------------------------------------------------------------------------
     def _classify(self, window: _Window) -> Diagnosis:
         span = (window.steps[0], window.steps[-1])
         lr = window.lrs[-1] if math.isfinite(window.lrs[-1]) else None
         if window.nonfinite is not None:
-            return self._diverged(window, span, lr)
-        measured = _measure(window, self._first_grad_norm)
-        evidence = measured.evidence
+            diagnosis = self._diverged(window, span, lr)
+        else:
+            measured = _measure(window, self._first_grad_norm, self._reference_grad_norm)
+            self._count_stuck(measured)
+            diagnosis = self._decide(measured, span, lr)
+            self._remember(measured)
+        if diagnosis.regime == "too_large" and self._too_large_at is None:
+            self._too_large_at = span  # the first verdict: the evidence the later ones lean on
+        return diagnosis
+
+    def _decide(self, m: _Measured, span: tuple[int, int], lr: float | None) -> Diagnosis:
+        """The rules for too_large in order (the first that holds decides), then the crawl."""
+        evidence = m.evidence
         if self._first_loss is not None:
             evidence["first_loss"] = self._first_loss
-        for rule in (self._rose, self._above_reference, self._oscillates):
-            found = rule(measured)
+        if self._largest_gradient_step is not None:
+            evidence["largest_gradient_step"] = self._largest_gradient_step
+        for rule in (self._rose, self._above_reference, self._oscillates, self._climbed_back, self._stuck):
+            found = rule(m)
             if found is not None:
                 reason, growth = found
                 return self._too_large(span, evidence, reason, growth, lr)
-        return self._crawl_or_good(measured, span, lr)
+        return self._crawl_or_good(m, span, lr)
+
+    def _count_stuck(self, m: _Measured) -> None:
+        """Count the windows in a row that end not clearly below where this rate took over."""
+        reference = self._reference_loss
+        stuck = reference is not None and reference > 0 and m.end >= (1.0 - self.rise_tolerance) * reference
+        self._stuck_windows = self._stuck_windows + 1 if stuck else 0
+
+    def _fell(self, m: _Measured) -> bool:
+        """The loss fell over the window by more than ``significance`` standard errors."""
+        return m.start - m.end > self.significance * m.decrease_error
+
+    def _remember(self, m: _Measured) -> None:
+        """What this rate has shown so far: a fast fall, and the lowest level it reached."""
+        if m.decrease_per_step >= self.slow_rate and self._fell(m):
+            self._fast_seen = True
+        if m.level is not None and (self._lowest_level is None or m.level < self._lowest_level[0]):
+            self._lowest_level = (m.level, m.level_error)
 
     # -- the rules, in order --------------------------------------------------------------------
     def _diverged(self, window: _Window, span: tuple[int, int], lr: float | None) -> Diagnosis:
@@ -394,8 +505,21 @@ class RegimeMonitor:
         reason = f"the {what} became {value} at step {window.steps[index]}: diverged"
         return self._too_large(span, evidence, reason, growth, lr)
 
+    def _gives_back(self, rise: float, low: float) -> bool:
+        """A rise matters once it gives back ``rise_tolerance`` of the progress this rate made.
+
+        Progress: from the reference (the loss when the rate took over) down to ``low``. A
+        converged run's wobble (1e-30 to 3e-30, or 0.02 to 0.04 in the batch noise of a fitted
+        network) is not a rate too large; a rate that has made no progress has nothing to lose.
+        """
+        reference = self._reference_loss
+        if reference is None or reference - low <= 0:
+            return True
+        return rise >= self.rise_tolerance * (reference - low)
+
     def _rose(self, m: _Measured) -> tuple[str, float | None] | None:
-        """Rule 2: the second half's median is >= 50% above the first half's, beyond noise.
+        """Rule 2: the second half's median is >= 50% above the first half's, beyond noise, and
+        gives back a share of the progress.
 
         For a positive loss the test runs on log(loss), where mini-batch noise (multiplicative,
         heavy-tailed upwards) is closer to symmetric. Halves, not quarters: a rise must hold
@@ -414,6 +538,9 @@ class RegimeMonitor:
             rose = late - early > _WINDOW_RISE * abs(early) and late - early > self.significance * error
         if not rose:
             return None
+        low = early if self._lowest_level is None else min(early, math.exp(self._lowest_level[0]))
+        if not self._gives_back(late - early, low):
+            return None
         growth = _growth_per_step(losses)
         if growth is not None:
             m.evidence["growth_per_step"] = growth
@@ -423,7 +550,8 @@ class RegimeMonitor:
         """Rule 3: the loss ends clearly above where it was when the current rate took over.
 
         Clearly: by more than ``rise_tolerance``, and either twice as high, or beyond noise, or
-        with every step of the window above it (noise would make some step dip below).
+        with every step of the window above it (noise would make some step dip below), or after
+        peaking at twice the reference (however noisy the way back down).
         """
         reference = self._reference_loss
         if reference is None or reference <= 0:
@@ -434,9 +562,12 @@ class RegimeMonitor:
         error = m.noise * math.sqrt(1.0 + _MEDIAN_EFFICIENCY**2 / m.quarter)
         beyond_noise = excess > self.significance * error
         every_step_above = float(m.losses.min()) > reference * (1.0 + self.rise_tolerance)
+        # A robust peak (a median over `quarter` steps, not one wild batch) at twice the reference
+        # shows the rate throwing the loss up, however noisy the way back down.
+        overshot = m.peak > _PEAK * reference
         if excess <= self.rise_tolerance * reference:
             return None
-        if not (m.end > 2 * reference or beyond_noise or every_step_above):
+        if not (m.end > 2 * reference or beyond_noise or every_step_above or overshot):
             return None
         m.evidence["loss_vs_reference"] = m.end / reference
         since = "the run started" if reference == self._first_loss else "this learning rate took over"
@@ -462,29 +593,96 @@ class RegimeMonitor:
             return reason, None
         return None
 
+    def _climbed_back(self, m: _Measured) -> tuple[str, float | None] | None:
+        """Rule 5: the window's level is >= 2x the lowest this rate had reached, beyond noise,
+        giving back at least ``rise_tolerance`` of the progress made since the rate took over.
+
+        Levels are medians of log(loss) over whole windows; a constant rate that throws the
+        iterate about finds a low and loses it again. Noise: the standard errors of both
+        medians, from the step-to-step noise of log(loss).
+        """
+        lowest = self._lowest_level
+        if lowest is None or m.level is None:
+            return None
+        climb = m.level - lowest[0]
+        error = math.hypot(m.level_error, lowest[1])
+        if not (climb > math.log(_CLIMB_BACK) and climb > self.significance * error):
+            return None
+        if not self._gives_back(math.exp(m.level) - math.exp(lowest[0]), math.exp(lowest[0])):
+            return None
+        m.evidence["loss_vs_lowest"] = math.exp(climb)
+        return (
+            f"the loss climbed back to {math.exp(m.level):.4g}, {math.exp(climb):.1f}x the lowest "
+            f"level this learning rate had reached ({math.exp(lowest[0]):.4g})"
+        ), None
+
+    def _stuck(self, m: _Measured) -> tuple[str, float | None] | None:
+        """Rule 6: the loss is not clearly below where it was when this rate took over, and
+        either the rate was already found too large, or for ``patience`` windows the gradient
+        norm fell below half its value then (the weights moved, the loss did not: dead or
+        saturated units; a network stuck at chance).
+        """
+        reference = self._reference_loss
+        if self._stuck_windows == 0 or reference is None:
+            return None
+        since = "the run started" if reference == self._first_loss else "this learning rate took over"
+        m.evidence["stuck_windows"] = float(self._stuck_windows)
+        if self._too_large_at is not None:
+            first, last = self._too_large_at
+            m.evidence["loss_vs_reference"] = m.end / reference
+            m.evidence["too_large_since"] = float(first)
+            return (
+                f"the loss ({m.end:.4g}) is still not clearly below where it was when {since} "
+                f"({reference:.4g}), and this rate was found too large at steps {first}-{last}"
+            ), None
+        ratio = m.grad_vs_reference
+        if self._stuck_windows < self.patience or ratio is None or ratio >= _GRADIENT_COLLAPSE:
+            return None
+        m.evidence["loss_vs_reference"] = m.end / reference
+        return (
+            f"the loss has stayed at {m.end:.4g}, not clearly below where it was when {since} "
+            f"({reference:.4g}), for {self._stuck_windows} windows while the gradient norm fell to "
+            f"{ratio:.0%} of its value then: the steps moved the weights, not the loss"
+        ), None
+
     def _crawl_or_good(self, m: _Measured, span: tuple[int, int], lr: float | None) -> Diagnosis:
-        """Rule 5: ``patience`` slow windows in a row away from a stationary point; else good."""
+        """``patience`` windows in a row of a crawl away from a stationary point: too small; else good."""
         first = self._first_loss
         # Slow: falling slowly or flat within noise; a loss that rose is no sign of a rate too
         # small, however noisy the rise.
         slow = m.decrease_per_step < self.slow_rate and m.relative_change <= self.rise_tolerance
-        stationary = m.grad_fraction is not None and m.grad_fraction < self.stationary_fraction
-        barely_moving = m.update_ratio is not None and m.update_ratio < self.small_update
+        # A crawl makes slow but steady progress. A stall after this rate fell fast is something
+        # else (a noise floor, a plateau, convergence): the same rate was not too small then.
+        crawling = self._fell(m) or not self._fast_seen
+        # The linear regime seen in the gradient: no step ever changed it by _LINEAR_STEP.
+        largest = self._largest_gradient_step
+        linear = largest is not None and largest < _LINEAR_STEP
+        # Near a stationary point only if the gradient got small by real steps; one that
+        # crawled down (the stiff directions of a valley settling at lr * lambda_max ~ 0.04
+        # per step) says nothing of convergence.
+        small_gradient = m.grad_fraction is not None and m.grad_fraction < self.stationary_fraction
+        stationary = small_gradient and not linear
+        barely_moving = (m.update_ratio is not None and m.update_ratio < self.small_update) or linear
         far = first is not None and first > 0 and m.end > self.progress_fraction * first
         # Steps that move the parameters by 10x small_update or more are not too small, whatever
         # the loss does: the slowness has another cause (a plateau, a saddle).
         moving = m.update_ratio is not None and m.update_ratio >= self._healthy_update
-        if slow and not stationary and not moving and (barely_moving or far):
+        if slow and crawling and not stationary and not moving and (barely_moving or far):
             self._slow_windows += 1
         else:
             self._slow_windows = 0
         m.evidence["slow_windows"] = float(self._slow_windows)
         if self._slow_windows >= self.patience:
-            factor = self._too_small_factor(m.decrease_per_step, m.grad_change, m.update_ratio)
+            # Past the stiff phase, the window's own gradient change only reflects the slowest
+            # directions; the largest one-step change seen (~ lr * lambda_max) bounds the increase.
+            stiffest = largest if small_gradient and linear else None
+            factor = self._too_small_factor(m.decrease_per_step, m.grad_change, m.update_ratio, stiffest)
             decrease = max(m.decrease_per_step, 0.0)
             what = [f"the loss fell by {decrease:.1e} per step for {self._slow_windows} windows"]
             if m.grad_fraction is not None:
                 what.append(f"the gradient norm is still {m.grad_fraction:.0%} of its first value")
+            if linear:
+                what.append(f"no step changed it by more than {largest:.0%}")
             if m.update_ratio is not None:
                 what.append(f"each step moves the parameters by {m.update_ratio:.1e} of their norm")
             return Diagnosis("too_small", span, m.evidence, ", ".join(what), factor, lr)
@@ -518,7 +716,11 @@ class RegimeMonitor:
         return Diagnosis("too_large", span, evidence, reason, factor, lr)
 
     def _too_small_factor(
-        self, decrease_per_step: float, grad_change: float | None, update_ratio: float | None
+        self,
+        decrease_per_step: float,
+        grad_change: float | None,
+        update_ratio: float | None,
+        stiffest: float | None = None,
     ) -> float:
         estimates = [self.slow_rate / max(decrease_per_step, self.slow_rate / _MAX_FACTOR)]
         if grad_change is not None:
@@ -526,7 +728,11 @@ class RegimeMonitor:
             estimates.append(1.0 / max(grad_change, 1.0 / _MAX_FACTOR))
         if update_ratio is not None and update_ratio > 0:
             estimates.append(self._healthy_update / update_ratio)
-        return float(min(max(max(estimates), 3.0), _MAX_FACTOR))
+        factor = max(estimates)
+        if stiffest is not None and stiffest > 0:
+            # The stiffest direction moved by ~ lr * lambda_max per step: bring that to ~1, not past.
+            factor = min(factor, 1.0 / stiffest)
+        return float(min(max(factor, 3.0), _MAX_FACTOR))
 
 
 @dataclass
@@ -537,21 +743,26 @@ class _Measured:
     quarter: int
     start: float  # median of the first quarter
     end: float  # median of the last quarter
+    peak: float  # the highest median of `quarter` consecutive losses
     scale: float
     relative_change: float  # (end - start) / scale
     decrease_per_step: float
+    decrease_error: float  # standard error of start - end
     noise: float
+    level: float | None  # median of log(loss) over the window (a positive loss only)
+    level_error: float  # its standard error
     net_decrease: float  # Theil-Sen line: robust to two noisy end points
     efficiency: float  # net decrease / distance the loss travelled
     sign_changes: float
     swing: float  # mean |step-to-step change| / mean loss
     grad_fraction: float | None
     grad_change: float | None  # |d log(grad norm)| per step
+    grad_vs_reference: float | None  # median gradient norm / its value when the rate took over
     update_ratio: float | None
     evidence: dict[str, float]
 
 
-def _measure(window: _Window, first_grad_norm: float | None) -> _Measured:
+def _measure(window: _Window, first_grad_norm: float | None, reference_grad_norm: float | None) -> _Measured:
     losses = np.asarray(window.losses, dtype=float)
     grads = np.asarray(window.grad_norms, dtype=float)
     count = len(losses)
@@ -560,27 +771,41 @@ def _measure(window: _Window, first_grad_norm: float | None) -> _Measured:
     # Medians: a single wild batch (common once a large rate has damaged the weights) must not
     # move a level; on a smooth curve they equal the means up to curvature.
     start, end = float(np.median(losses[:quarter])), float(np.median(losses[-quarter:]))
+    peak = float(np.median(np.lib.stride_tricks.sliding_window_view(losses, quarter), axis=1).max())
     differences = np.diff(losses)
+    noise = _noise(differences)
     scale = max(abs(start), abs(end), np.finfo(float).tiny)
     relative_change = (end - start) / scale
     moved = float(np.abs(differences).sum())
     net_decrease = -_theil_sen_slope(losses) * (count - 1)
     signs = np.sign(differences[differences != 0])
+    # The difference of two medians of `quarter` values each, noise s per value.
+    decrease_error = _MEDIAN_EFFICIENCY * noise * math.sqrt(2.0 / quarter)
+    level, level_error = None, 0.0
+    if (losses > 0).all():
+        logs = np.log(losses)
+        level = float(np.median(logs))
+        level_error = _MEDIAN_EFFICIENCY * _noise(np.diff(logs)) / math.sqrt(count)
     measured = _Measured(
         losses=losses,
         quarter=quarter,
         start=start,
         end=end,
+        peak=peak,
         scale=scale,
         relative_change=relative_change,
         decrease_per_step=-relative_change / steps_between,
-        noise=_noise(differences),
+        decrease_error=decrease_error,
+        noise=noise,
+        level=level,
+        level_error=level_error,
         net_decrease=net_decrease,
         efficiency=net_decrease / moved if moved > 0 else 0.0,
         sign_changes=float(np.mean(signs[1:] != signs[:-1])) if len(signs) > 1 else 0.0,
         swing=float(np.abs(differences).mean()) / max(abs(float(losses.mean())), np.finfo(float).tiny),
         grad_fraction=None,
         grad_change=None,
+        grad_vs_reference=None,
         update_ratio=_finite_median(np.asarray(window.update_ratios, dtype=float)),
         evidence={},
     )
@@ -590,9 +815,13 @@ def _measure(window: _Window, first_grad_norm: float | None) -> _Measured:
             measured.grad_fraction = grad_end / first_grad_norm
         if grad_start is not None and grad_start > 0 and grad_end > 0:
             measured.grad_change = abs(math.log(grad_end / grad_start)) / steps_between
+    grad_median = _finite_median(grads)
+    if grad_median is not None and reference_grad_norm is not None and reference_grad_norm > 0:
+        measured.grad_vs_reference = grad_median / reference_grad_norm
     evidence = {
         "loss_start": start,
         "loss_end": end,
+        "loss_peak": peak,
         "relative_change": relative_change,
         "decrease_per_step": measured.decrease_per_step,
         "noise": measured.noise,
@@ -601,6 +830,7 @@ def _measure(window: _Window, first_grad_norm: float | None) -> _Measured:
         "swing": measured.swing,
         "grad_norm": grad_end,
         "grad_norm_vs_first": measured.grad_fraction,
+        "grad_norm_vs_reference": measured.grad_vs_reference,
         "grad_change_per_step": measured.grad_change,
         "update_ratio": measured.update_ratio,
     }
@@ -735,6 +965,11 @@ def _growth_per_step(losses: np.ndarray) -> float | None:
 
 def _optional_float(value: Any) -> float | None:
     return None if value is None else float(value)
+
+
+def _positive(values: Iterable[float]) -> list[float]:
+    """The finite, positive values (gradient norms a log can be taken of)."""
+    return [float(v) for v in values if math.isfinite(v) and v > 0]
 
 
 def _finite_mean(values: np.ndarray) -> float | None:

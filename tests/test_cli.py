@@ -126,6 +126,22 @@ BAD_INPUTS = {
     "unknown flag": (["train", "--momentum", "0.9"], "unrecognized arguments: --momentum"),
     "abbreviated flag": (["train", "--opt", "sgd"], "unrecognized arguments: --opt"),
     "unknown command": (["fly"], "invalid choice: 'fly'"),
+    "lr-find: no such data file": (["lr-find", "--dataset", "no/such.csv"], "no such file"),
+    "lr-find: a CNN on tabular data": (["lr-find", "--dataset", "wine", "--model", "cnn"], "use 'mlp'"),
+    "lr-find: unknown optimizer": (["lr-find", "--optimizer", "foo"], "foo"),
+    "lr-find: a train-only flag": (["lr-find", "--epochs", "3"], "unrecognized arguments: --epochs"),
+    "compare: unknown problem": (["compare", "banana"], "invalid choice: 'banana'"),
+    "compare: unknown optimizer": (["compare", "rosenbrock", "--optimizer", "sgd", "foo"], "'foo'"),
+    "compare: zero lr": (["compare", "rosenbrock", "--lr", "0.1", "0"], "--lr"),
+    "compare: zero steps": (["compare", "rosenbrock", "--steps", "0"], "--steps"),
+    "compare: regimes of two optimizers": (
+        ["compare", "rosenbrock", "--regimes", "--optimizer", "sgd", "adam"],
+        "--regimes takes one --optimizer",
+    ),
+    "compare: no folder for the picture": (
+        ["compare", "rosenbrock", "-o", "no/such/dir/c.png"],
+        "no/such/dir",
+    ),
     "no command": ([], "required: COMMAND"),
 }
 
@@ -295,6 +311,73 @@ def test_lr_find_prints_suggestions_and_plots(tmp_path, capsys: pytest.CaptureFi
     suggested = float(re.search(r"consensus\s+([0-9.e+-]+)", out).group(1))
     assert 1e-4 < suggested < 10  # a softmax regression on standardized digits trains in this band
     assert output.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lr_find_takes_trains_data_and_model_flags_and_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seen: dict = {}
+    real_range_test = cli.lr.range_test
+
+    def spy(model, data, optimizer, **options):
+        seen.update(model=model, data=data, optimizer=optimizer, **options)
+        return real_range_test(model, data, optimizer, **options)
+
+    monkeypatch.setattr(cli.lr, "range_test", spy)
+    config = tmp_path / "run.toml"
+    config.write_text('dataset = "diabetes"\nmodel = "softmax"\nbatch_size = 32\nepochs = 7\n')
+    argv = ["lr-find", "--config", str(config), "--model", "mlp", "--optimizer", "SGD", "--seed", "3"]
+    assert cli.main([*argv, "--steps", "20", "--repeats", "1"]) == 0
+    assert "consensus" in capsys.readouterr().out
+    inputs, targets = seen["data"]
+    assert inputs.shape[1] == 10 and targets.dtype == torch.float32  # diabetes: a regression
+    assert seen["model"](inputs[:4]).shape == (4,)  # the flag's MLP, sized for it by build_model
+    assert seen["loss_fn"] is torch.nn.functional.mse_loss
+    assert (seen["optimizer"], seen["batch_size"], seen["seed"]) == ("sgd", 32, 3)
+
+
+def test_lr_find_on_a_csv_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(120, 3, generator=generator)
+    labels = (features[:, 0] + features[:, 1] > 0).long()
+    rows = ["x1,x2,x3,label"] + [
+        f"{a:.4f},{b:.4f},{c:.4f},{'yes' if y else 'no'}" for (a, b, c), y in zip(features.tolist(), labels)
+    ]
+    (tmp_path / "points.csv").write_text("\n".join(rows) + "\n")
+    argv = ["lr-find", "--dataset", str(tmp_path / "points.csv"), "--model", "softmax", "--optimizer", "sgd"]
+    assert cli.main([*argv, "--steps", "30", "--repeats", "1", "--batch-size", "16"]) == 0
+    suggested = float(re.search(r"consensus\s+([0-9.e+-]+)", capsys.readouterr().out).group(1))
+    assert 1e-4 < suggested < 10
+
+
+def test_compare_prints_one_line_per_run_and_writes_a_png(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output = tmp_path / "compare.png"
+    argv = ["compare", "rosenbrock", "--optimizer", "sgd", "adam", "--lr", "1e-3", "0.1", "--steps", "40"]
+    assert cli.main([*argv, "-o", str(output)]) == 0
+    header, *rows, wrote = capsys.readouterr().out.splitlines()
+    assert header.split() == ["optimizer", "lr", "final", "loss", "steps", "regime"]
+    assert [row.split()[:2] for row in rows] == [
+        ["sgd", "0.001"],
+        ["sgd", "0.1"],
+        ["adam", "0.001"],
+        ["adam", "0.1"],
+    ]
+    assert rows[1].split()[2:] == ["inf", rows[1].split()[3], "too_large"]  # SGD at 0.1 blows up
+    assert wrote == f"wrote {output}"
+    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_regimes_around_a_given_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "regimes.png"
+    argv = ["compare", "rosenbrock", "--regimes", "--lr", "2e-3", "--steps", "40", "-o", str(output)]
+    assert cli.main(argv) == 0
+    rows = capsys.readouterr().out.splitlines()[1:4]
+    assert [float(row.split()[1]) for row in rows] == pytest.approx([2e-3 / 30, 2e-3, 2e-3 * 30], rel=1e-2)
+    assert [row.split()[-2:] for row in rows][1:] == [["good", "good"], ["too", "large"]]
+    assert "too_large" in rows[2] and " inf " in rows[2]
+    assert output.exists()
 
 
 def test_users_own_model_as_module_attr(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -35,13 +35,7 @@ STEPS = 200
 WINDOW = 20
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny problems run faster on one thread than two contending ones; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 # -- the problems ----------------------------------------------------------------------------------

@@ -18,14 +18,7 @@ from torch.nn import functional as F
 import steepest
 from steepest.lr import RULES, RangeTestResult, lr_find_summary, range_test
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny problems run faster on one thread than two contending ones; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 @functools.cache

@@ -16,22 +16,18 @@ import math
 import sys
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import torch
 
-from steepest import lr, schedules
+from steepest import lr, problems, rules, schedules
 from steepest.init import initialize
-from steepest.train import (
-    MODELS,
-    OPTIMIZER_CLASS_NAMES,
-    TrainConfig,
-    TrainConfigError,
-    command,
-    load_digits_splits,
-)
-from steepest.train.config import add_train_arguments
-from steepest.train.loop import MAX_SEED
+from steepest.train import TrainConfigError, command
+from steepest.train.config import add_train_arguments, configure
+from steepest.train.data import DataSplits, load_dataset
+from steepest.train.fit import LOSSES
+from steepest.train.models import build_model
 from steepest.train.report import report_main
 
 #: Exit code of a run that could not finish (the loss diverged).
@@ -90,15 +86,28 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
-def seed_int(text: str) -> int:
-    """Parse a seed: a whole number from 0 to 2**64 - 1, the range torch accepts."""
+def optimizer_name(text: str) -> str:
+    """Parse an optimizer name, any letter case, "-" and "_" ignored (``sgd``, ``L-BFGS``)."""
     try:
-        value = int(text)
+        rules.by_name(text)
     except ValueError:
-        value = -1
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 2**64 - 1, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"unknown optimizer {text!r}; choose from {', '.join(sorted(rules.OPTIMIZERS))}"
+        ) from None
+    return text
+
+
+#: The ``steepest train`` options ``lr-find`` takes too: the same data, model and optimizer
+#: flags, made from the same schema rows, so both commands share names, defaults and checks.
+LR_FIND_OPTIONS: tuple[str, ...] = (
+    "optimizer",
+    "model",
+    "dataset",
+    "label_column",
+    "batch_size",
+    "seed",
+    "init",
+)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -179,31 +188,69 @@ def run_schedule_plot(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return 0
 
 
+def data_and_model(config: dict[str, typing.Any]) -> tuple[DataSplits, torch.nn.Module]:
+    """The data and the initialized model ``steepest train`` would build from ``config``.
+
+    Bad input (no such data file, a CNN for tabular data, a model that does not import) is a
+    UsageError: one line, exit code 2.
+    """
+    try:
+        data = load_dataset(config["dataset"], label=config["label_column"], split_seed=0)
+        torch.manual_seed(config["seed"])
+        model = build_model(config["model"], data)
+    except (ValueError, TypeError) as error:
+        raise UsageError(str(error)) from None
+    initialize(model, config["init"])
+    return data, model
+
+
 def run_lr_find(args: argparse.Namespace) -> int:
-    """``steepest lr-find``: a learning-rate range test on the digits model; print and plot it."""
-    # the range test picks its own rates: give the config a placeholder lr it will not use
-    config = TrainConfig(
-        optimizer=args.optimizer, model=args.model, batch_size=args.batch_size, seed=args.seed
-    )
-    torch.manual_seed(config.seed)
-    model = MODELS[config.model]()
-    initialize(model, "xavier")
-    splits = load_digits_splits()
+    """``steepest lr-find``: a range test on the data and model of ``train``; print and plot it."""
+    flags = {name: value for name, value in vars(args).items() if name in LR_FIND_OPTIONS}
+    config = configure(flags, args.config)
+    data, model = data_and_model(config)
     result = lr.range_test(
         model,
-        (splits.train.images, splits.train.labels),
-        OPTIMIZER_CLASS_NAMES[config.optimizer],
+        data.train,
+        config["optimizer"],
+        loss_fn=LOSSES["cross_entropy" if data.task == "classification" else "mse"],
         min_lr=args.min_lr,
         max_lr=args.max_lr,
         steps=args.steps,
         repeats=args.repeats,
-        batch_size=config.batch_size,
-        seed=config.seed,
+        batch_size=config["batch_size"],
+        seed=config["seed"],
     )
     print(lr.lr_find_summary(result))
     if args.output:
         result.plot(args.output)
         print(f"wrote {args.output}")
+    return 0
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """``steepest compare PROBLEM --optimizer ... --lr ...``: runs side by side, a table and a PNG."""
+    folder = Path(args.output).resolve().parent
+    if not folder.is_dir():  # found now, not after every run has been spent
+        raise UsageError(f"-o {args.output}: folder {folder} does not exist")
+    if args.regimes:
+        if len(args.optimizer) != 1 or (args.lr is not None and len(args.lr) != 1):
+            raise UsageError(
+                "--regimes takes one --optimizer and at most one --lr (the good rate), "
+                f"got --optimizer {' '.join(args.optimizer)}"
+                + ("" if args.lr is None else f" --lr {' '.join(f'{rate:g}' for rate in args.lr)}")
+            )
+        good = None if args.lr is None else args.lr[0]
+        comparison = lr.three_regimes(args.problem, args.optimizer[0], good, steps=args.steps)
+    else:
+        # every optimizer at every rate; without --lr, each at its own default rate
+        runs = [lr.RunSpec(name, rate) for name in args.optimizer for rate in args.lr or [None]]
+        comparison = lr.compare(args.problem, runs, steps=args.steps)
+    for note in comparison.notes:
+        print(note)
+    print(comparison.summary())
+    comparison.plot(args.output)
+    print(f"wrote {args.output}")
     return 0
 
 
@@ -218,7 +265,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    defaults = TrainConfig()
     train_parser = commands.add_parser(
         "train",
         help="train a model (default: a CNN on the handwritten digits) into a run folder",
@@ -268,23 +314,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     find_parser = commands.add_parser(
         "lr-find",
-        help="learning-rate range test on the digits model",
+        help="learning-rate range test on the data and model train would use",
         description="Sweep the learning rate upward over short runs (several repeats), print "
-        "the suggested rates and their spread, and optionally plot the curve.",
+        "the suggested rates and their spread, and optionally plot the curve. Data, model, "
+        "optimizer, batch size, seed and init take the same flags (and --config file) as train.",
         allow_abbrev=False,
     )
     find_parser.add_argument(
-        "--optimizer", type=str.lower, choices=list(OPTIMIZER_CLASS_NAMES), default=defaults.optimizer
+        "--config", default=None, help="TOML file of train options (the ones lr-find takes are read)"
     )
-    find_parser.add_argument("--model", choices=list(MODELS), default=defaults.model)
-    find_parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
-    find_parser.add_argument("--seed", type=seed_int, default=defaults.seed)
+    add_train_arguments(find_parser, LR_FIND_OPTIONS)
     find_parser.add_argument("--min-lr", type=positive_float, default=1e-6)
     find_parser.add_argument("--max-lr", type=positive_float, default=10.0)
     find_parser.add_argument("--steps", type=positive_int, default=100, help="steps per sweep")
     find_parser.add_argument("--repeats", type=positive_int, default=3, help="sweeps (batch orders)")
     find_parser.add_argument("-o", "--output", default=None, help="PNG of the curve to write")
     find_parser.set_defaults(run=run_lr_find)
+
+    compare_parser = commands.add_parser(
+        "compare",
+        help="one problem, several optimizers or learning rates: curves side by side",
+        description="Run a built-in problem once per optimizer and learning rate (every "
+        "combination) from the same start; print one line per run (final loss, learning-rate "
+        "regime) and draw the loss curves, with the paths over contours for a 2-D problem. "
+        "--regimes draws one optimizer at a rate too small, a good one (given by --lr, or "
+        "found by a range test) and one too large. E.g. `steepest compare rosenbrock "
+        "--optimizer sgd adam --lr 1e-3 1e-2 -o compare.png`.",
+        allow_abbrev=False,
+    )
+    compare_parser.add_argument(
+        "problem",
+        choices=sorted(problems.PROBLEMS),
+        metavar="PROBLEM",
+        help=f"a built-in problem: {', '.join(sorted(problems.PROBLEMS))}",
+    )
+    compare_parser.add_argument(
+        "--optimizer", nargs="+", type=optimizer_name, default=["sgd"], help="optimizers (default: sgd)"
+    )
+    compare_parser.add_argument(
+        "--lr",
+        nargs="+",
+        type=positive_float,
+        default=None,
+        help="learning rates (default: each optimizer's own)",
+    )
+    compare_parser.add_argument(
+        "--regimes", action="store_true", help="the three regimes: too small, good, too large"
+    )
+    compare_parser.add_argument("--steps", type=positive_int, default=500, help="iterations per run")
+    compare_parser.add_argument("-o", "--output", default="compare.png", help="PNG to write")
+    compare_parser.set_defaults(run=run_compare)
     return parser
 
 

@@ -9,6 +9,9 @@
 * :class:`RegimeMonitor` watches a running optimization (loss, gradient norm, update size)
   and classifies each window of steps as ``too_large``, ``too_small`` or ``good``, with the
   evidence and a concrete piece of advice.
+* :func:`compare` runs one problem with several optimizers or rates from one start and draws
+  the curves side by side (and the paths over contours in 2-D); :func:`three_regimes` is the
+  picture of a rate too small, a good one and one too large.
 
 Example:
     >>> result = steepest.lr.range_test(model, (X, y), steepest.SGD)
@@ -17,6 +20,7 @@ Example:
 """
 
 from steepest.lr.auto import POLICIES, LRChoice, choose_lr, is_adam_family
+from steepest.lr.compare import Comparison, RunCurve, RunSpec, compare, three_regimes
 from steepest.lr.diagnosis import (
     REGIMES,
     Diagnosis,
@@ -35,6 +39,11 @@ __all__ = [
     "Verdict",
     "choose_lr",
     "is_adam_family",
+    "Comparison",
+    "RunCurve",
+    "RunSpec",
+    "compare",
+    "three_regimes",
     "REGIMES",
     "RULES",
     "Diagnosis",

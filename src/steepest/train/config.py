@@ -27,7 +27,7 @@ import difflib
 import importlib.util
 import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -298,8 +298,9 @@ def default_config() -> dict[str, Any]:
 # --------------------------------------------------------------------------- command line
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per ``TRAIN_OPTIONS`` row to ``parser``; flags not given stay out of ``args``.
+def add_train_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | None = None) -> None:
+    """Add one flag per ``TRAIN_OPTIONS`` row (or per row in ``names``) to ``parser``; flags not
+    given stay out of ``args``. ``steepest lr-find`` takes the data, model and optimizer rows.
 
     Flags have no argparse default (``argparse.SUPPRESS``): ``vars(args)`` then holds only the
     flags the user typed, which is what ``resolve_config`` needs to let them override a file
@@ -312,7 +313,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         >>> vars(parser.parse_args(["--epochs", "3", "--no-compile"]))
         {'epochs': 3, 'compile': False}
     """
-    for option in TRAIN_OPTIONS:
+    options = TRAIN_OPTIONS if names is None else [OPTIONS_BY_NAME[name] for name in names]
+    for option in options:
         shown_default = "not set" if option.default is None else option.default
         help_text = f"{option.help} (default: {shown_default})"
         if option.type is bool:

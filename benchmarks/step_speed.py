@@ -5,8 +5,10 @@ memory-bandwidth floor (bytes a step must move / measured bandwidth) and the rat
 torch's fused path, all measured in one run on the same tensors:
 
 * torch.optim for-loop, foreach and fused (``fused=True``);
-* steepest per-tensor, multi-tensor and fused (``fused=True``: the rule compiled into one
-  pass per tensor by ``torch.compile``; its one-off compile time is printed apart);
+* steepest per-tensor, multi-tensor and fused (``fused=True``: on the CPU PyTorch's own fused
+  kernel where the rule has one (SGD, Adam, AdamW), on CUDA the multi-tensor Triton kernel,
+  else the rule compiled into one pass per tensor by ``torch.compile``; the first step's time,
+  compilation included, is printed apart);
 * with ``--bf16-state``, steepest fused with bfloat16 moments (``state_dtype=torch.bfloat16``).
 
 The floor counts the bytes an elementwise rule cannot avoid (float32: AdamW reads params,
@@ -215,17 +217,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads (default: torch's); 1 is steadier on a shared machine"
+    )
     parser.add_argument("--bf16-state", action="store_true", help="also time bfloat16 moments")
     parser.add_argument("--end-to-end", action="store_true", help="also time a GPT-2-small training step")
     parser.add_argument("--batch", type=int, default=None, help="end-to-end batch (8 on GPU, 1 on CPU)")
     parser.add_argument("--length", type=int, default=None, help="end-to-end sequence length (1024 / 128)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    print(f"threads {torch.get_num_threads()}")
     step_table(device, args.repeats, args.bf16_state)
     if args.end_to_end:
         on_gpu = device.type == "cuda"
         end_to_end(
-            device, max(args.repeats // 2, 2), args.batch or (8 if on_gpu else 1), args.length or (1024 if on_gpu else 128)
+            device,
+            max(args.repeats // 2, 2),
+            args.batch or (8 if on_gpu else 1),
+            args.length or (1024 if on_gpu else 128),
         )
 
 

@@ -194,3 +194,10 @@ def test_three_regimes_refuses_a_factor_that_does_not_separate_the_rates() -> No
         three_regimes("rosenbrock", "sgd", lr=1e-3, factor=1.0)
     with pytest.raises(ValueError, match="lr"):
         three_regimes("rosenbrock", "sgd", lr=-1e-3)
+
+
+def test_three_regimes_of_a_closure_optimizer_choose_their_own_rate():
+    """L-BFGS steps with a closure: the range test behind the good rate must give it one."""
+    comparison = three_regimes("rosenbrock", "lbfgs", steps=15)
+    assert len(comparison.runs) == 3
+    assert all(math.isfinite(run.final_loss) for run in comparison.runs[:2])

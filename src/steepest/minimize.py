@@ -54,10 +54,6 @@ __all__ = ["METHODS", "EmpiricalRisk", "Result", "minimize"]
 #: Method names (any letter case; "-" and "_" ignored) -> optimizer class: every optimizer.
 METHODS = rules.OPTIMIZERS
 
-# Optimizers that must re-evaluate the objective inside ``step`` when they do not declare
-# ``requires_closure = True`` themselves (torch.optim.LBFGS does not).
-_CLOSURE_CLASS_NAMES = frozenset({"LBFGS", "Newton", "NewtonCG"})
-
 # Closure calls allowed in one L-BFGS iteration when minimize runs one per step: above the
 # line searches' own caps (20 trials in steepest.rules.lbfgs, 25 in torch.optim.LBFGS), with
 # room for the restart from steepest descent after a failed search.
@@ -274,15 +270,6 @@ def _one_iteration_per_step(cls: type, options: Mapping[str, Any]) -> dict[str, 
     if issubclass(cls, torch.optim.LBFGS) and "line_search_fn" not in options:
         defaults["line_search_fn"] = "strong_wolfe"  # torch's default is fixed steps
     return defaults
-
-
-def _requires_closure(optimizer: torch.optim.Optimizer) -> bool:
-    declared = getattr(optimizer, "requires_closure", None)
-    if declared is not None:
-        return bool(declared)
-    return isinstance(optimizer, torch.optim.LBFGS) or (
-        type(optimizer).__name__ in _CLOSURE_CLASS_NAMES
-    )
 
 
 # --------------------------------------------------------------------------- evaluations
@@ -505,7 +492,7 @@ def minimize(
         lr_choice, method, options = _auto_lr(fun, x0, leaves, method, options)
         lr = lr_choice.lr
     optimizer = _build_optimizer(method, leaves, lr, options)
-    driven_by_closure = _requires_closure(optimizer)
+    driven_by_closure = rules.requires_closure(optimizer)
     criterion = _stopping_test(max_iter, gtol, ftol, xtol, stopping, driven_by_closure)
     criterion.reset()
     objective = _Objective(

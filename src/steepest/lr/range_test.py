@@ -39,7 +39,6 @@ Reference: L. N. Smith, "Cyclical Learning Rates for Training Neural Networks", 
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import math
 import random
@@ -397,7 +396,7 @@ def _sweep(
     params = task.start()
     optimizer = task.make_optimizer(params)
     ratios = _group_ratios(optimizer)
-    needs_closure = _step_requires_closure(optimizer)
+    needs_closure = rules.requires_closure(optimizer)
     batches = task.batches(seed)
     losses = np.full(len(lrs), np.nan)
     average, best = 0.0, math.inf
@@ -830,15 +829,6 @@ def _set_lr(group: dict[str, Any], value: float) -> None:
         group["lr"].fill_(value)
     else:
         group["lr"] = value
-
-
-def _step_requires_closure(optimizer: torch.optim.Optimizer) -> bool:
-    """True for optimizers whose ``step`` has a required ``closure`` (L-BFGS)."""
-    try:
-        parameter = inspect.signature(optimizer.step).parameters.get("closure")
-    except (TypeError, ValueError):
-        return False
-    return parameter is not None and parameter.default is inspect.Parameter.empty
 
 
 # -- small helpers ------------------------------------------------------------------------------

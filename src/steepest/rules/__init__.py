@@ -6,6 +6,8 @@ construct. To add a rule: write its update function, a class declaring its state
 coefficients, export it here, and add one row to the spec table in tests/specs.py.
 """
 
+import inspect as _inspect
+
 import torch as _torch
 
 from steepest.rules.adagrad import Adagrad, adagrad_update
@@ -32,6 +34,34 @@ def _optimizer_classes() -> dict[str, type[_torch.optim.Optimizer]]:
         if isinstance(value, type) and issubclass(value, _torch.optim.Optimizer):
             found[_name.lower()] = value
     return found
+
+
+# Optimizers that must re-evaluate the objective inside ``step`` when they do not declare
+# ``requires_closure = True`` themselves (torch.optim.LBFGS does not).
+_CLOSURE_CLASS_NAMES = frozenset({"LBFGS", "Newton", "NewtonCG"})
+
+
+def requires_closure(optimizer: _torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` needs a closure that re-evaluates the objective (L-BFGS, Newton).
+
+    Declared by the class (``requires_closure = True``, as steepest's closure optimizers do),
+    or known by name (torch.optim.LBFGS), or read off a ``step`` whose ``closure`` has no
+    default. The one test behind minimize and the range test.
+
+    Example:
+        >>> requires_closure(steepest.LBFGS([torch.zeros(2, requires_grad=True)]))
+        True
+    """
+    declared = getattr(optimizer, "requires_closure", None)
+    if declared is not None:
+        return bool(declared)
+    if isinstance(optimizer, _torch.optim.LBFGS) or type(optimizer).__name__ in _CLOSURE_CLASS_NAMES:
+        return True
+    try:
+        parameter = _inspect.signature(optimizer.step).parameters.get("closure")
+    except (TypeError, ValueError):
+        return False
+    return parameter is not None and parameter.default is _inspect.Parameter.empty
 
 
 def by_name(name: str, argument: str = "optimizer") -> type[_torch.optim.Optimizer]:

@@ -11,7 +11,16 @@ from torch import nn
 
 import steepest
 from steepest import stopping
-from steepest.train import EvalRecord, FitResult, StepRecord, Trainer, build_model, fit, load_dataset
+from steepest.train import (
+    EvalRecord,
+    FitResult,
+    StepRecord,
+    Trainer,
+    build_model,
+    fit,
+    load_checkpoint,
+    load_dataset,
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +99,104 @@ def test_bfloat16_autocast_on_cpu_runs_and_learns() -> None:
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
-def test_float16_on_cpu_is_a_clear_error() -> None:
-    with pytest.raises(ValueError, match="float16"):
-        fit(small_model(), small_problem(), "cross_entropy", precision="float16")
+class ScaleLog:
+    """Callback: the GradScaler's scale after every step (the scale before the first is 2**16)."""
+
+    def __init__(self) -> None:
+        self.scales: list[float] = []
+
+    def on_step_end(self, trainer: Trainer, record: StepRecord) -> None:
+        assert isinstance(trainer.scaler, torch.amp.GradScaler)
+        self.scales.append(trainer.scaler.get_scale())
+
+
+def test_float16_with_a_grad_scaler_trains_on_cpu() -> None:
+    X, y = small_problem(n=512)
+    options = dict(loss="cross_entropy", optimizer="adamw", lr=1e-2, epochs=6, val_data=(X, y))
+    full = fit(small_model(), (X, y), **options)
+    model, log = small_model(), ScaleLog()
+    half = fit(model, (X, y), precision="float16", callbacks=[log], **options)
+    assert half.evaluations[-1].metrics["val_loss"] < 0.3 * half.evaluations[0].metrics["val_loss"]
+    assert half.metrics["val_accuracy"] > 0.95
+    # float16 arithmetic, not float32: the losses differ from the float32 run's, but little.
+    losses, half_losses = [r.loss for r in full.history], [r.loss for r in half.history]
+    assert half_losses != losses and half_losses == pytest.approx(losses, rel=1e-2)
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # the master weights
+    assert log.scales == [2.0**16] * half.steps  # the initial scale: no step overflowed
+
+
+MARK = 7.0  # the value of feature 5 that marks the example whose gradient overflows
+
+
+class OverflowsOnMark(nn.Module):
+    """small_model, except that the backward pass of a batch holding a marked example overflows.
+
+    The forward pass (the loss) stays finite; every gradient becomes inf or NaN, as when the
+    scaled float16 gradients of a real network overflow.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        self.net = small_model(seed)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        outputs = self.net(inputs)
+        if outputs.requires_grad and bool((inputs[:, 5] == MARK).any()):
+            outputs.register_hook(lambda grad: grad * math.inf)
+        return outputs
+
+
+def marked_problem(n: int = 128):
+    X, y = small_problem(n=n)
+    X = X.clone()
+    X[5, 5] = MARK
+    return X, y
+
+
+def test_float16_skips_the_step_whose_gradient_overflows(one_thread) -> None:
+    X, y = marked_problem()
+    model = OverflowsOnMark()
+    after = [[p.detach().clone() for p in model.parameters()]]  # parameters after each step
+    scales = [2.0**16]
+
+    class Watch:
+        def on_step_end(self, trainer: Trainer, record: StepRecord) -> None:
+            after.append([p.detach().clone() for p in trainer.model.parameters()])
+            scales.append(trainer.scaler.get_scale())
+
+    options = dict(loss="cross_entropy", optimizer="sgd", lr=0.1, batch_size=32, epochs=3)
+    result = fit(model, (X, y), precision="float16", callbacks=[Watch()], **options)
+    assert result.stopped_by == "completed epochs=3" and result.steps == 12
+    # One step per epoch holds the marked example: the scaler skips it and halves its scale.
+    skipped = [step for step in range(1, 13) if scales[step] < scales[step - 1]]
+    assert len(skipped) == 3 and scales[-1] == 2.0**13
+    for step in range(1, 13):
+        unchanged = all(torch.equal(a, b) for a, b in zip(after[step - 1], after[step], strict=True))
+        assert unchanged == (step in skipped)
+        record = result.history[step - 1]
+        assert math.isfinite(record.loss)
+        assert math.isfinite(record.grad_norm) != (step in skipped)  # the norm, unscaled
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_float16_resume_restores_the_scaler_and_continues_exactly(tmp_path: Path, one_thread) -> None:
+    X, y = marked_problem()
+    options = dict(loss="cross_entropy", optimizer="adamw", lr=1e-2, batch_size=32, precision="float16")
+    straight, straight_log = OverflowsOnMark(), ScaleLog()
+    fit(straight, (X, y), epochs=4, callbacks=[straight_log], **options)
+    assert straight_log.scales[-1] == 2.0**12  # four epochs, four overflows
+
+    fit(OverflowsOnMark(), (X, y), max_steps=6, checkpoint_dir=tmp_path, **options)
+    saved = load_checkpoint(tmp_path / "step-000006.pt")["scaler"]
+    assert saved["scale"] == straight_log.scales[5] < 2.0**16  # the scaler after step 6
+    resumed, resumed_log = OverflowsOnMark(seed=9), ScaleLog()
+    result = fit(
+        resumed, (X, y), epochs=4, checkpoint_dir=tmp_path, resume=True, callbacks=[resumed_log], **options
+    )
+    assert result.steps == 16
+    assert resumed_log.scales == straight_log.scales[6:]  # a fresh scaler would start at 2**16
+    for a, b in zip(straight.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 class Recorder:

@@ -1,14 +1,17 @@
-"""The worked example's library side: data splits, models, Xavier init, the training loop."""
+"""The worked example's library side: data splits, models, Xavier init, and ``train``, fit's front end."""
 
 from __future__ import annotations
 
+import math
 import re
 
 import pytest
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import steepest
+from steepest.init import initialize
 from steepest.train import (
     DEFAULT_LEARNING_RATES,
     MODELS,
@@ -20,6 +23,7 @@ from steepest.train import (
     evaluate,
     format_epoch,
     init_xavier,
+    learning_rate_schedule,
     load_digits_splits,
     make_optimizer,
     train,
@@ -33,6 +37,15 @@ TIME_SUFFIX = re.compile(r"\s+\d+\.\d+s$")
 def default_result() -> TrainResult:
     """One run of the default configuration, shared by the tests that inspect it."""
     return train()
+
+
+@pytest.fixture
+def one_thread():
+    """Runs that are compared for equality use one thread, restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- data
@@ -115,6 +128,50 @@ def test_reported_test_accuracy_is_the_models_accuracy_on_the_test_split(
     assert loss == default_result.test_loss
     # ... scored on held-out images, which the model has not fitted perfectly.
     assert accuracy < 1.0
+
+
+def test_train_reports_what_a_hand_written_loop_computes(one_thread) -> None:
+    """train is fit plus bookkeeping: its epochs equal those of the plain loop it stands for.
+
+    The reference below is the worked example's loop written out by hand, drawing the batch
+    order as fit does (a randperm per epoch from a generator seeded with the seed). The CNN has
+    dropout, so the global random state must match too: fit seeds it again before training.
+    """
+    config = TrainConfig(epochs=2, batch_size=128, seed=3, schedule="linear", clip_norm=1.0)
+    result = train(config)
+
+    torch.manual_seed(config.seed)
+    model = MODELS[config.model]()
+    initialize(model, config.init)
+    splits = load_digits_splits()
+    images, labels = splits.train.images, splits.train.labels
+    schedule = learning_rate_schedule(config, steps_per_epoch=10)  # ceil(1257 / 128)
+    optimizer = make_optimizer(config.optimizer, list(model.parameters()), schedule, config.clip_norm)
+    generator = torch.Generator().manual_seed(config.seed)
+    torch.manual_seed(config.seed)
+    expected = []
+    for epoch in range(1, config.epochs + 1):
+        loss_sum, correct = 0.0, 0
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(labels), config.batch_size):
+            index = order[start : start + config.batch_size]
+            logits = model(images[index])
+            loss = F.cross_entropy(logits, labels[index])
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.item() * len(index)
+            correct += (logits.argmax(dim=1) == labels[index]).sum().item()
+        val_loss, val_accuracy = evaluate(model, splits.val)
+        lr = optimizer.param_groups[0]["lr"]
+        expected.append(
+            EpochRecord(epoch, loss_sum / len(labels), correct / len(labels), val_loss, val_accuracy, lr, 0.0)
+        )
+
+    assert result.history == expected  # every number; seconds are left out of ==
+    for trained, reference in zip(result.model.parameters(), model.parameters(), strict=True):
+        assert torch.equal(trained, reference)
+    assert (result.test_loss, result.test_accuracy) == evaluate(model, splits.test)
 
 
 def test_same_seed_prints_and_returns_the_same_numbers() -> None:
@@ -233,6 +290,7 @@ def test_a_diverging_run_stops_and_says_why() -> None:
     result = train(TrainConfig(optimizer="sgd", lr=1e4, epochs=5, model="mlp"), log=lines.append)
     assert result.diverged
     assert len(result.history) < 5
+    assert not math.isfinite(result.history[-1].train_loss)
     assert "too large" in lines[-2]
 
 

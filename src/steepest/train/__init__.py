@@ -5,8 +5,9 @@ forward pass, cross-entropy, backward pass, optimizer step, per-epoch validation
 
 - ``data``: load, split and standardize the digits; mini-batch loaders.
 - ``models``: the CNN, an MLP and softmax regression; ``init_xavier``.
-- ``loop``: ``TrainConfig`` in, ``train(...)`` runs, ``TrainResult`` out.
-- ``fit``: the library's training loop for any model and data: accumulation, mixed
+- ``loop``: ``TrainConfig`` in, ``train(...)`` runs it through ``fit``, ``TrainResult`` (one
+  EpochRecord per epoch, the test scores) out.
+- ``fit``: the library's one training loop, for any model and data: accumulation, mixed
   precision, evaluation, stopping criteria, callbacks, checkpoints that resume exactly.
 - ``checkpoint``: atomic, verified, ``weights_only``-safe checkpoint files.
 """

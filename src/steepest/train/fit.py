@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -349,9 +350,12 @@ def _evaluate(
     loss_function: LossFunction,
     metrics: Sequence[str],
     device: torch.device,
-    autocast: Any,
+    autocast: Callable[[], Any] = nullcontext,
 ) -> dict[str, float]:
-    """Mean loss (weighted by batch size) and accuracy of ``model`` over all of ``batches``."""
+    """Mean loss (weighted by batch size) and accuracy of ``model`` over all of ``batches``.
+
+    ``fit`` scores its validation data with it, and ``steepest.train.evaluate`` a digits split.
+    """
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -462,7 +466,9 @@ def fit(
             loss is weighted by its share of the step's examples, so a step equals one
             large batch even when the epoch's last micro-batch is short.
         precision: ``"float32"`` (default), ``"bfloat16"`` (autocast) or ``"float16"``
-            (autocast and a GradScaler; CUDA only).
+            (autocast and a ``torch.amp.GradScaler``, on the CPU as on CUDA: steps whose
+            scaled gradients overflow are skipped and the scale lowered; the scaler's state
+            is checkpointed).
         compile: run the forward pass through ``torch.compile(model)``.
         callbacks: objects with any of ``on_fit_start``, ``on_step_end``, ``on_evaluate``,
             ``on_checkpoint``, ``on_fit_end`` (and optionally ``state_dict``/``load_state_dict``,
@@ -504,11 +510,6 @@ def fit(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got precision={precision!r}")
     device = torch.device(device)
-    if precision == "float16" and device.type != "cuda":
-        raise ValueError(
-            f"precision='float16' needs a CUDA device (it relies on a GradScaler); on {device.type} "
-            "use precision='bfloat16'"
-        )
     if resume and checkpoint_dir is None and not isinstance(resume, (str, Path)):
         raise ValueError("resume=True needs checkpoint_dir, the folder to resume from")
     if stopping is not None and not callable(stopping):
@@ -553,6 +554,8 @@ def fit(
     # torch.optim optimizers have no clip_norm of their own: fit clips for them.
     clip_in_loop = clip_norm is not None and not hasattr(optimizer, "clip_norm")
     autocast_dtype = PRECISIONS[precision]
+    # float16's narrow range needs loss scaling; GradScaler works for any device type with
+    # float16 autocast, the CPU included.
     scaler = torch.amp.GradScaler(device.type) if precision == "float16" else None
     # The safe-step policy (steepest.lr.SafeStep) for NaN losses and loss spikes, when asked.
     guard = None
@@ -567,10 +570,10 @@ def fit(
             **dict(safety or {}),
         )
 
-    def autocast() -> Any:
-        if autocast_dtype is None:
-            return nullcontext()
-        return torch.autocast(device.type, dtype=autocast_dtype)
+    # A fresh context per forward pass; float32 needs none at all.
+    autocast: Callable[[], Any] = (
+        nullcontext if autocast_dtype is None else partial(torch.autocast, device.type, dtype=autocast_dtype)
+    )
 
     try:
         micro_batches_per_epoch: int | None = len(train_batches)
@@ -780,7 +783,7 @@ def fit(
                 # Forward and backward over the step's micro-batches; each mean loss is weighted by
                 # its share of the step's examples, so the gradient is that of the whole step's mean.
                 examples = sum(len(targets) for _, targets in micro_batches)
-                step_loss = torch.zeros((), device=device)
+                step_loss: Tensor | None = None
                 for inputs, targets in micro_batches:
                     inputs, targets = (
                         inputs.to(device, non_blocking=True),
@@ -791,7 +794,11 @@ def fit(
                     if len(micro_batches) > 1:
                         micro_loss = micro_loss * (len(targets) / examples)
                     (micro_loss if scaler is None else scaler.scale(micro_loss)).backward()
-                    step_loss += micro_loss.detach().float()
+                    # The step's loss is summed as a tensor and read once, below. It starts from
+                    # the first micro-batch's loss, not from a zeros tensor: on a small model each
+                    # tensor made per step shows in the steps per second.
+                    micro_loss = micro_loss.detach().float()
+                    step_loss = micro_loss if step_loss is None else step_loss + micro_loss
 
                 # The update: clipping happens inside the optimizer's step (its clip_norm), after
                 # the GradScaler unscaled the gradients.

@@ -1,8 +1,10 @@
-"""The worked example's training loop, readable top to bottom.
+"""The worked example: its configuration, and ``train``, a small front end to ``fit``.
 
-Initialize (Xavier weights, zero biases), then for every mini-batch: forward pass, cross-entropy
-loss, backward pass, optimizer step. After each epoch, score the validation split; after the
-last, score the held-out test split once.
+Initialize (Xavier weights, zero biases), then train with the library's one training loop,
+:func:`steepest.train.fit`: for every mini-batch a forward pass, the cross-entropy loss, a
+backward pass and an optimizer step; after each epoch, score the validation split. After the
+last, score the held-out test split once. ``train`` adds what the worked example reports: one
+EpochRecord per epoch, with the running training loss and accuracy.
 
 Example:
     >>> from steepest.train import TrainConfig, train
@@ -23,7 +25,16 @@ from torch.nn import functional as F
 
 from steepest import rules, schedules
 from steepest.init import initialize
-from steepest.train.data import Split, load_digits_splits, make_loader
+from steepest.train.data import Split, load_digits_splits
+from steepest.train.fit import (
+    EVALUATION_BATCH_SIZE,
+    EvalRecord,
+    StepRecord,
+    Trainer,
+    _as_batches,
+    _evaluate,
+    fit,
+)
 from steepest.train.models import MODELS
 
 #: Optimizer names accepted by ``TrainConfig.optimizer`` (any letter case), mapped to the name
@@ -151,13 +162,10 @@ class TrainConfig:
         object.__setattr__(self, "optimizer", str(self.optimizer).lower())
         if self.optimizer not in OPTIMIZER_CLASS_NAMES:
             raise TrainConfigError(
-                f"unknown optimizer {self.optimizer!r}; "
-                f"choose from {', '.join(OPTIMIZER_CLASS_NAMES)}"
+                f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZER_CLASS_NAMES)}"
             )
         if self.model not in MODELS:
-            raise TrainConfigError(
-                f"unknown model {self.model!r}; choose from {', '.join(MODELS)}"
-            )
+            raise TrainConfigError(f"unknown model {self.model!r}; choose from {', '.join(MODELS)}")
         if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
             raise TrainConfigError(f"lr must be a positive number, got {self.lr}")
         for name in ("epochs", "batch_size"):
@@ -235,9 +243,7 @@ def make_optimizer(
     """
     key = name.lower()
     if key not in OPTIMIZER_CLASS_NAMES:
-        raise TrainConfigError(
-            f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZER_CLASS_NAMES)}"
-        )
+        raise TrainConfigError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZER_CLASS_NAMES)}")
     optimizer_class = rules.by_name(OPTIMIZER_CLASS_NAMES[key])
     class_name = OPTIMIZER_CLASS_NAMES[key]  # the name the user gave, as the class spells it
     try:
@@ -249,17 +255,13 @@ def make_optimizer(
 def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
     """Mean cross-entropy and accuracy (a fraction) of ``model`` on a whole split.
 
-    One forward pass over the split in evaluation mode and without gradients: the digits splits
-    are a few hundred 8x8 images, small enough to need no batching.
+    Scored as ``fit`` scores its validation data, by the same function: evaluation mode, no
+    gradients, the loss weighted by batch size.
     """
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        logits = model(split.images)
-        loss = F.cross_entropy(logits, split.labels).item()
-        accuracy = (logits.argmax(dim=1) == split.labels).float().mean().item()
-    model.train(was_training)
-    return loss, accuracy
+    batches = _as_batches((split.images, split.labels), "split", EVALUATION_BATCH_SIZE, False, None)
+    device = next(model.parameters()).device
+    scores = _evaluate(model, batches, F.cross_entropy, ("accuracy",), device)
+    return scores["val_loss"], scores["val_accuracy"]
 
 
 def format_epoch(record: EpochRecord, epochs: int) -> str:
@@ -273,10 +275,54 @@ def format_epoch(record: EpochRecord, epochs: int) -> str:
     )
 
 
-def train(
-    config: TrainConfig | None = None, log: Callable[[str], None] | None = None
-) -> TrainResult:
-    """Train a model on the digits and score it on the held-out test split.
+class _EpochMeter:
+    """The worked example's per-epoch numbers, gathered inside ``fit``'s loop.
+
+    As ``fit``'s loss function it computes the cross-entropy and, on training steps (gradients
+    on; ``fit`` evaluates without), counts the mini-batch's correct predictions: the logits are
+    seen there and nowhere else. As a callback it adds up each step's loss, weighted by its
+    examples, and at each of ``fit``'s per-epoch evaluations turns the sums and the validation
+    scores into an EpochRecord, logs it, and starts the next epoch's sums.
+    """
+
+    name = "epoch_meter"
+
+    def __init__(self, epochs: int, say: Callable[[str], None]) -> None:
+        self.epochs, self.say = epochs, say
+        self.records: list[EpochRecord] = []
+        self._start_epoch()
+
+    def _start_epoch(self) -> None:
+        self.loss_sum, self.seen = 0.0, 0
+        self.correct: torch.Tensor | int = 0  # a tensor once counted: read once per epoch
+        self.started = time.perf_counter()
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            self.correct = self.correct + (logits.detach().argmax(dim=1) == labels).sum()
+        return F.cross_entropy(logits, labels)
+
+    def on_step_end(self, trainer: Trainer, record: StepRecord) -> None:
+        self.loss_sum += record.loss * record.examples
+        self.seen += record.examples
+
+    def on_evaluate(self, trainer: Trainer, evaluation: EvalRecord) -> None:
+        record = EpochRecord(
+            epoch=evaluation.epoch,
+            train_loss=self.loss_sum / self.seen,
+            train_accuracy=int(self.correct) / self.seen,
+            val_loss=evaluation.metrics["val_loss"],
+            val_accuracy=evaluation.metrics["val_accuracy"],
+            lr=float(trainer.optimizer.param_groups[0]["lr"]),  # the rate the next step uses
+            seconds=time.perf_counter() - self.started,
+        )
+        self.records.append(record)
+        self.say(format_epoch(record, self.epochs))
+        self._start_epoch()
+
+
+def train(config: TrainConfig | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train a model on the digits with ``fit`` and score it on the held-out test split.
 
     Args:
         config: the run's settings (default ``TrainConfig()``: AdamW on the CNN).
@@ -294,18 +340,14 @@ def train(
     say = log if log is not None else (lambda line: None)
     run_start = time.perf_counter()
 
-    # One seed fixes the initial weights (global generator) and the batch order (its own
-    # generator, so that nothing else drawing random numbers can change the order).
+    # The seed fixes the initial weights here; fit seeds again from it and draws the batch
+    # order from a generator of its own, so that nothing else drawing random numbers changes it.
     torch.manual_seed(config.seed)
-    shuffle_generator = torch.Generator().manual_seed(config.seed)
-
     model = MODELS[config.model]()
     initialize(model, config.init)
     splits = load_digits_splits()
-    train_loader = make_loader(
-        splits.train, config.batch_size, shuffle=True, generator=shuffle_generator
-    )
-    lr = learning_rate_schedule(config, steps_per_epoch=len(train_loader))
+    steps_per_epoch = schedules.steps_per_epoch(len(splits.train), config.batch_size)
+    lr = learning_rate_schedule(config, steps_per_epoch)
     optimizer = make_optimizer(config.optimizer, list(model.parameters()), lr, config.clip_norm)
     num_parameters = sum(parameter.numel() for parameter in model.parameters())
     extras = [f"{config.init} init"]
@@ -320,49 +362,35 @@ def train(
         f"{len(splits.val)} val / {len(splits.test)} test images"
     )
 
-    history: list[EpochRecord] = []
-    diverged = False
-    model.train()
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        loss_sum, correct, seen = 0.0, 0, 0
-        for images, labels in train_loader:
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-            loss_sum += loss.item() * len(labels)
-            correct += (logits.argmax(dim=1) == labels).sum().item()
-            seen += len(labels)
-
-        val_loss, val_accuracy = evaluate(model, splits.val)
-        record = EpochRecord(
-            epoch=epoch,
-            train_loss=loss_sum / seen,
-            train_accuracy=correct / seen,
-            val_loss=val_loss,
-            val_accuracy=val_accuracy,
-            lr=float(optimizer.param_groups[0]["lr"]),
-            seconds=time.perf_counter() - epoch_start,
+    meter = _EpochMeter(config.epochs, say)
+    result = fit(
+        model,
+        (splits.train.images, splits.train.labels),
+        meter,
+        optimizer,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        val_data=(splits.val.images, splits.val.labels),
+        clip_norm=config.clip_norm,
+        seed=config.seed,
+        callbacks=[meter],
+        track_grad_norm=False,  # the worked example reports no gradient norms
+    )
+    # fit stops at the first step whose loss is not finite (every later step would add NaN to
+    # the weights) and scores the model once more: the epoch it stopped in is the last record.
+    diverged = result.stopped_by.startswith("diverged")
+    if diverged:
+        last = meter.records[-1]
+        say(
+            f"stopped: the training loss is {last.train_loss} at epoch {last.epoch}; the "
+            f"learning rate {config.learning_rate:g} is too large for this problem"
         )
-        history.append(record)
-        say(format_epoch(record, config.epochs))
-        if not math.isfinite(record.train_loss):
-            # Past this point every step adds NaN to the weights: stop and say why.
-            diverged = True
-            say(
-                f"stopped: the training loss is {record.train_loss} at epoch {epoch}; the "
-                f"learning rate {config.learning_rate:g} is too large for this problem"
-            )
-            break
 
     test_loss, test_accuracy = evaluate(model, splits.test)
     say(f"test accuracy {test_accuracy:.2%}")
     return TrainResult(
         config=config,
-        history=history,
+        history=meter.records,
         test_loss=test_loss,
         test_accuracy=test_accuracy,
         diverged=diverged,

@@ -24,16 +24,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from tuning_free import FAMILIES, QUICK, TASKS, Method, oracle, ratio  # noqa: E402
+from tuning_free import FAMILIES, QUICK, TASKS, Method, add_task_arguments, oracle, ratio  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--problems", nargs="+", choices=sorted(TASKS), help="default: all")
-    parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
-    parser.add_argument("--budget", type=int, help="steps per run (default as tuning_free.py)")
-    parser.add_argument("--eval-every", type=int, default=5, help="steps between digits test scores")
-    parser.add_argument("--seeds", type=int, default=3, help="digits: median steps over this many seeds")
+    add_task_arguments(parser, seeds=3)
     args = parser.parse_args()
     names = args.problems or (QUICK if args.quick else list(TASKS))
     torch.set_num_threads(1)

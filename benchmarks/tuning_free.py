@@ -313,13 +313,18 @@ def ratio(steps: int | None, reference: int | None) -> str:
     return "-" if reference is None else f"{steps / reference:.2f}x"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_task_arguments(parser: argparse.ArgumentParser, seeds: int) -> None:
+    """The flags that choose the problems and their budgets (shared with state_precision.py)."""
     parser.add_argument("--problems", nargs="+", choices=sorted(TASKS), help="default: all")
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
     parser.add_argument("--budget", type=int, help="steps per run (default 20000 objectives, 3000 digits)")
     parser.add_argument("--eval-every", type=int, default=5, help="steps between digits test scores")
-    parser.add_argument("--seeds", type=int, default=5, help="digits: median steps over this many seeds")
+    parser.add_argument("--seeds", type=int, default=seeds, help="digits: median steps over this many seeds")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_task_arguments(parser, seeds=5)
     parser.add_argument(
         "--methods",
         nargs="+",

@@ -21,13 +21,6 @@ MOMENTUM = {"momentum": 0.9}
 GRID = np.geomspace(1e-4, 1e2, 13)
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def steps_to_target(problem, x0, method, lr, options=None, max_iter=3000):
     """Iterations of minimize to f* + 1e-4 (f(x0) - f*), or None when it did not get there."""
@@ -56,7 +49,7 @@ def test_adam_family_gets_prodigy_at_no_cost():
     assert "Adam-family" in choice.reason
 
 
-def test_adam_family_on_mini_batches_gets_prodigy_at_half_rate(one_thread):
+def test_adam_family_on_mini_batches_gets_prodigy_at_half_rate(single_thread):
     model = torch.nn.Linear(4, 3)
     data = (torch.randn(64, 4), torch.randint(0, 3, (64,)))
     choice = choose_lr(model, data, "adam")
@@ -71,7 +64,7 @@ def test_adam_family_on_mini_batches_gets_prodigy_at_half_rate(one_thread):
         ("logistic", lambda: problems.logistic_regression("breast_cancer"), None),
     ],
 )
-def test_sgd_momentum_auto_is_within_1_2x_of_the_grid_oracle(name, make, x0, one_thread):
+def test_sgd_momentum_auto_is_within_1_2x_of_the_grid_oracle(name, make, x0, single_thread):
     """Measured 0.95x (quadratic, oracle 85 steps at 3.2e-3) and 0.98x (logistic, 113 at 3.2).
     The sweep's consensus that lr='auto' used before took 21x and 111x: this fails for it."""
     problem = make()
@@ -85,7 +78,7 @@ def test_sgd_momentum_auto_is_within_1_2x_of_the_grid_oracle(name, make, x0, one
     assert 0 < choice.evaluations <= 200, choice.reason
 
 
-def test_the_choice_follows_its_trials(one_thread):
+def test_the_choice_follows_its_trials(single_thread):
     """The rate is the largest trial rate within ``tolerance`` of the best trial, every trial is a
     halving of the one before, and the cost adds the sweep's and the trials' evaluations."""
     problem = problems.quadratic(20, 100.0)
@@ -105,7 +98,7 @@ def test_the_choice_follows_its_trials(one_thread):
     assert rates[0] <= blow_up / 2 * (1 + 1e-9)
 
 
-def test_a_diverging_trial_fails_cheaply_and_is_never_chosen(one_thread):
+def test_a_diverging_trial_fails_cheaply_and_is_never_chosen(single_thread):
     """On the quadratic the sweep's ceiling lies above the stability limit 2 (1 + 0.9) / 1000:
     trials there blow up within a few steps (a full trial is 40)."""
     problem = problems.quadratic(100, 1e3)
@@ -116,7 +109,7 @@ def test_a_diverging_trial_fails_cheaply_and_is_never_chosen(one_thread):
     assert choice.lr < limit
 
 
-def test_mini_batches_run_longer_trials_and_restore_everything(one_thread):
+def test_mini_batches_run_longer_trials_and_restore_everything(single_thread):
     torch.manual_seed(0)
     X = torch.randn(256, 8)
     y = (X[:, 0] + 0.5 * X[:, 1] > 0).long()
@@ -141,14 +134,14 @@ def test_mini_batches_run_longer_trials_and_restore_everything(one_thread):
         assert float(torch.nn.functional.cross_entropy(model(X), y)) < 0.5 * start
 
 
-def test_when_every_trial_fails_it_falls_back_to_the_sweep_and_says_so(one_thread):
+def test_when_every_trial_fails_it_falls_back_to_the_sweep_and_says_so(single_thread):
     flat = lambda x: 1.0 + 0.0 * x.sum()  # noqa: E731 - the loss can never fall below its start
     choice = choose_lr(flat, optimizer="sgd", x0=torch.zeros(2), trial_steps=5)
     assert all(math.isinf(score) for _, score in choice.trials)
     assert "every trial failed" in choice.reason and choice.lr == choice.range_test.consensus
 
 
-def test_policy_range_test_forces_a_sweep_for_adam(one_thread):
+def test_policy_range_test_forces_a_sweep_for_adam(single_thread):
     choice = choose_lr(problems.quadratic(20, 10.0), optimizer="adam", policy="range_test")
     assert choice.method is Adam and choice.evaluations > 0 and choice.trials
 
@@ -185,7 +178,7 @@ ANCHORS = [
 
 
 @pytest.mark.parametrize(("name", "make", "x0"), ANCHORS, ids=[a[0] for a in ANCHORS])
-def test_adam_auto_is_within_1_2x_of_the_adam_grid_oracle(name, make, x0, one_thread):
+def test_adam_auto_is_within_1_2x_of_the_adam_grid_oracle(name, make, x0, single_thread):
     """Target: f* + 1e-4 (f(x0) - f*). Oracle: best of Adam over 13 rates 1e-4 .. 1e2 (measured
     107, 404, 111 steps at lr=1; Prodigy 1.02x, 0.97x, 0.84x); only the grid's neighbourhood of
     the optimum is re-run here."""
@@ -197,7 +190,7 @@ def test_adam_auto_is_within_1_2x_of_the_adam_grid_oracle(name, make, x0, one_th
     assert steps + run.lr_choice.evaluations <= 1.2 * oracle
 
 
-def test_a_one_shot_iterator_of_batches_serves_the_sweep_and_every_trial(one_thread):
+def test_a_one_shot_iterator_of_batches_serves_the_sweep_and_every_trial(single_thread):
     torch.manual_seed(0)
     batches = [(torch.randn(16, 4), torch.randint(0, 2, (16,))) for _ in range(8)]
     model = torch.nn.Linear(4, 2)

@@ -28,14 +28,6 @@ def digits():
     return load_dataset("digits")
 
 
-@pytest.fixture
-def one_thread():
-    """Runs that are compared for equality use one thread, restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def small_problem(n: int = 200, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
@@ -60,7 +52,7 @@ def test_digits_mlp_reaches_95_percent(digits) -> None:
     assert [e.epoch for e in result.evaluations] == [1, 2, 3, 4, 5]
 
 
-def test_accumulate_two_batches_of_32_equals_one_batch_of_64(one_thread) -> None:
+def test_accumulate_two_batches_of_32_equals_one_batch_of_64(single_thread) -> None:
     X, y = small_problem(n=200)  # 200 = 3 * 64 + 8: the epoch's last step is short
     runs = {}
     for batch_size, accumulate in ((64, 1), (32, 2)):
@@ -153,7 +145,7 @@ def marked_problem(n: int = 128):
     return X, y
 
 
-def test_float16_skips_the_step_whose_gradient_overflows(one_thread) -> None:
+def test_float16_skips_the_step_whose_gradient_overflows(single_thread) -> None:
     X, y = marked_problem()
     model = OverflowsOnMark()
     after = [[p.detach().clone() for p in model.parameters()]]  # parameters after each step
@@ -179,7 +171,7 @@ def test_float16_skips_the_step_whose_gradient_overflows(one_thread) -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_float16_resume_restores_the_scaler_and_continues_exactly(tmp_path: Path, one_thread) -> None:
+def test_float16_resume_restores_the_scaler_and_continues_exactly(tmp_path: Path, single_thread) -> None:
     X, y = marked_problem()
     options = dict(loss="cross_entropy", optimizer="adamw", lr=1e-2, batch_size=32, precision="float16")
     straight, straight_log = OverflowsOnMark(), ScaleLog()
@@ -266,7 +258,7 @@ def test_callbacks_receive_records_in_order_with_correct_fields() -> None:
     assert recorder.events[-1][1] is result
 
 
-def test_step_loss_and_grad_norm_match_a_hand_computation(one_thread) -> None:
+def test_step_loss_and_grad_norm_match_a_hand_computation(single_thread) -> None:
     X, y = small_problem(n=64)
     model, twin = small_model(), small_model()
     result = fit(model, (X, y), "cross_entropy", "sgd", lr=0.1, max_steps=1, batch_size=64)
@@ -409,7 +401,7 @@ def test_dataset_and_dataloader_inputs() -> None:
         assert result.steps == 6
 
 
-def test_resume_in_process_continues_exactly(tmp_path: Path, one_thread) -> None:
+def test_resume_in_process_continues_exactly(tmp_path: Path, single_thread) -> None:
     X, y = small_problem(n=120)
     options = dict(
         loss="cross_entropy",
@@ -473,7 +465,7 @@ def test_bad_arguments_raise_naming_the_value(arguments, error, match) -> None:
         fit(small_model(), **options)
 
 
-def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path: Path, one_thread) -> None:
+def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path: Path, single_thread) -> None:
     import signal
 
     X, y = small_problem(n=120)
@@ -498,7 +490,7 @@ def test_ctrl_c_finishes_the_step_saves_and_resumes_exactly(tmp_path: Path, one_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
 
 
-def test_lr_auto_chooses_says_why_and_trains(digits, one_thread) -> None:
+def test_lr_auto_chooses_says_why_and_trains(digits, single_thread) -> None:
     torch.manual_seed(0)
     model = build_model("mlp", digits)
     result = fit(model, digits.train, "cross_entropy", "adam", lr="auto", epochs=3, val_data=digits.val)
@@ -510,7 +502,7 @@ def test_lr_auto_chooses_says_why_and_trains(digits, one_thread) -> None:
         fit(small_model(), small_problem(), "cross_entropy", "adam", lr="fast", epochs=1)
 
 
-def test_safe_step_skips_a_poisoned_batch_and_the_run_completes(one_thread) -> None:
+def test_safe_step_skips_a_poisoned_batch_and_the_run_completes(single_thread) -> None:
     X, y = small_problem(n=128)
     X = X.clone()
     X[5, 0] = float("nan")  # one example poisons the loss of its batch in every epoch
@@ -528,7 +520,7 @@ def test_safe_step_skips_a_poisoned_batch_and_the_run_completes(one_thread) -> N
         fit(small_model(), (X, y), on_nonfinite="raise", **options)
 
 
-def test_compile_trains_like_eager(one_thread) -> None:
+def test_compile_trains_like_eager(single_thread) -> None:
     """torch.compile of the model (about 20 s of compilation on 2 cores) follows eager closely."""
     X, y = small_problem(n=128)
     options = dict(loss="cross_entropy", optimizer="adam", lr=1e-2, batch_size=32, epochs=2)

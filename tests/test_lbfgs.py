@@ -22,13 +22,7 @@ GRADIENT_TOLERANCE = 1e-10
 EVALUATION_RATIO_GOAL = 1.2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Small problems run fastest on one thread, and the counts do not depend on it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 
 # -- helpers -------------------------------------------------------------------------------

@@ -39,14 +39,6 @@ def default_result() -> TrainResult:
     return train()
 
 
-@pytest.fixture
-def one_thread():
-    """Runs that are compared for equality use one thread, restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # --------------------------------------------------------------------------- data
 
@@ -130,7 +122,7 @@ def test_reported_test_accuracy_is_the_models_accuracy_on_the_test_split(
     assert accuracy < 1.0
 
 
-def test_train_reports_what_a_hand_written_loop_computes(one_thread) -> None:
+def test_train_reports_what_a_hand_written_loop_computes(single_thread) -> None:
     """train is fit plus bookkeeping: its epochs equal those of the plain loop it stands for.
 
     The reference below is the worked example's loop written out by hand, drawing the batch

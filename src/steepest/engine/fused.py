@@ -252,6 +252,8 @@ def run_fused(
     if kernel is not None:
         kernel(params, grads, buffers, coefficients, steps)
         return True
+    if not required and not compile_available(device):
+        return False  # compiling failed here before: stay eager without trying again
     static, names, values = runtime_coefficients(coefficients, device)
     runner = _compiled_runner(rule, {**static, "names": names, "narrow": narrow})
     try:

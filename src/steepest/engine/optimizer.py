@@ -403,7 +403,7 @@ class Optimizer(torch.optim.Optimizer):
         # buffers kept in a lower precision than the parameters (state_dtype)
         narrow = tuple(name for name in buffer_names if buffers[name][0].dtype != params[0].dtype)
         seeds = self._rounding_seeds(len(params) * len(narrow), params[0].device) if narrow else None
-        if self._fuses(rule, params, grads, buffers, narrow, foreach, fused) and fused_path.run_fused(
+        if self._fuses(params, foreach, fused) and fused_path.run_fused(
             rule,
             params,
             grads,
@@ -450,32 +450,19 @@ class Optimizer(torch.optim.Optimizer):
         self._seed_offset += count
         return ((torch.arange(count, dtype=torch.int64) + first) % 2**31).to(torch.int32).to(device)
 
-    def _fuses(
-        self,
-        rule: Callable[..., Any],
-        params: list[Tensor],
-        grads: list[Tensor],
-        buffers: dict[str, list[Tensor]],
-        narrow: tuple[str, ...],
-        foreach: bool | None,
-        fused: bool | None,
-    ) -> bool:
+    def _fuses(self, params: list[Tensor], foreach: bool | None, fused: bool | None) -> bool:
         """Whether this bucket runs on the fused path (see :meth:`_apply`).
 
-        By default, for a bucket of at least ``DEFAULT_FUSED_MIN_ELEMENTS`` elements: with a
-        ready-made kernel (PyTorch's fused CPU kernels, the Triton kernels), or where the rule
-        can be compiled. Smaller buckets keep the eager path, whose results the rest of the
-        library (and its seeded tests) were measured with.
+        By default, for a bucket of at least ``DEFAULT_FUSED_MIN_ELEMENTS`` elements on a
+        device the fused path knows; smaller buckets keep the eager path, whose results the
+        rest of the library (and its seeded tests) were measured with.
         """
         if not self.supports_fused:
             return False
         if fused is not None or foreach is not None:
             return bool(fused)
-        if sum(p.numel() for p in params) < fused_path.DEFAULT_FUSED_MIN_ELEMENTS:
-            return False
-        if fused_path.native_kernel(rule, params, grads, buffers, narrow) is not None:
-            return True
-        return fused_path.compile_available(params[0].device)
+        large = sum(p.numel() for p in params) >= fused_path.DEFAULT_FUSED_MIN_ELEMENTS
+        return large and params[0].device.type in ("cpu", "cuda")
 
     def _init_state(self, param: Tensor, group: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create whatever state ``param`` lacks; True when a buffer was created.

@@ -130,8 +130,15 @@ def tensor_norms(
         [tensor(5.), tensor(2.)]
     """
     norm_type = float(norm_type)
+    groups = _group_indices(tensors)
+    if len(groups) == 1:
+        # One device and dtype, the usual case: no regrouping (this runs every training step).
+        ((device, _),) = groups
+        if _use_foreach(foreach, tensors, device):
+            return list(torch._foreach_norm(tensors, norm_type))
+        return [torch.linalg.vector_norm(t, norm_type) for t in tensors]
     norms: list[Tensor | None] = [None] * len(tensors)
-    for (device, _), indices in _group_indices(tensors).items():
+    for (device, _), indices in groups.items():
         group = [tensors[i] for i in indices]
         if _use_foreach(foreach, group, device):
             group_norms = list(torch._foreach_norm(group, norm_type))
@@ -161,9 +168,9 @@ def global_norm(
     norm_type = float(norm_type)
     first_device = tensors[0].device
     norms = tensor_norms(tensors, norm_type, foreach=foreach)
-    return torch.linalg.vector_norm(
-        torch.stack([norm.to(first_device) for norm in norms]), norm_type
-    )
+    if any(norm.device != first_device for norm in norms):
+        norms = [norm.to(first_device) for norm in norms]
+    return torch.linalg.vector_norm(torch.stack(norms), norm_type)
 
 
 @torch.no_grad()

@@ -549,6 +549,12 @@ def fit(
     )
 
     model.to(device)
+    # Batches of tensors that already live on the device need no transfer; a DataLoader's may.
+    transfer = not (
+        isinstance(train_batches, _TensorBatches)
+        and train_batches.inputs.device == device
+        and train_batches.targets.device == device
+    )
     forward = torch.compile(model) if compile else model
     optimizer = _build_optimizer(optimizer, list(model.parameters()), lr, clip_norm)
     # torch.optim optimizers have no clip_norm of their own: fit clips for them.
@@ -782,22 +788,31 @@ def fit(
             for micro_batches in _groups(epoch_batches, accumulate):
                 # Forward and backward over the step's micro-batches; each mean loss is weighted by
                 # its share of the step's examples, so the gradient is that of the whole step's mean.
-                examples = sum(len(targets) for _, targets in micro_batches)
+                # (On a small model every call made per step shows in the steps per second, so
+                # the common case, one micro-batch already on the device, makes as few as it can.)
+                accumulating = len(micro_batches) > 1
+                examples = (
+                    sum(len(targets) for _, targets in micro_batches)
+                    if accumulating
+                    else len(micro_batches[0][1])
+                )
                 step_loss: Tensor | None = None
                 for inputs, targets in micro_batches:
-                    inputs, targets = (
-                        inputs.to(device, non_blocking=True),
-                        targets.to(device, non_blocking=True),
-                    )
+                    if transfer:
+                        inputs, targets = (
+                            inputs.to(device, non_blocking=True),
+                            targets.to(device, non_blocking=True),
+                        )
                     with autocast():
                         micro_loss = loss_function(forward(inputs), targets)
-                    if len(micro_batches) > 1:
+                    if accumulating:
                         micro_loss = micro_loss * (len(targets) / examples)
                     (micro_loss if scaler is None else scaler.scale(micro_loss)).backward()
                     # The step's loss is summed as a tensor and read once, below. It starts from
-                    # the first micro-batch's loss, not from a zeros tensor: on a small model each
-                    # tensor made per step shows in the steps per second.
-                    micro_loss = micro_loss.detach().float()
+                    # the first micro-batch's loss, not from a zeros tensor.
+                    micro_loss = micro_loss.detach()
+                    if autocast_dtype is not None:
+                        micro_loss = micro_loss.float()
                     step_loss = micro_loss if step_loss is None else step_loss + micro_loss
 
                 # The update: clipping happens inside the optimizer's step (its clip_norm), after

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -26,7 +27,6 @@ from steepest.train import (
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
-
 
 
 def small_problem(n: int = 200, seed: int = 0):
@@ -500,6 +500,49 @@ def test_lr_auto_chooses_says_why_and_trains(digits, single_thread) -> None:
     assert result.metrics["val_accuracy"] >= 0.9
     with pytest.raises(ValueError, match="lr"):
         fit(small_model(), small_problem(), "cross_entropy", "adam", lr="fast", epochs=1)
+
+
+class _KeepOptimizer:
+    """Callback: keeps the optimizer fit built."""
+
+    def on_fit_start(self, trainer) -> None:
+        self.optimizer = trainer.optimizer
+
+
+def test_a_partial_of_an_optimizer_class_is_a_class_with_options(single_thread) -> None:
+    kept = _KeepOptimizer()
+    sgd = functools.partial(steepest.SGD, momentum=0.9, nesterov=True)
+    fit(small_model(), small_problem(), "cross_entropy", sgd, lr=0.05, max_steps=2, callbacks=[kept])
+    group = kept.optimizer.param_groups[0]
+    assert type(kept.optimizer) is steepest.SGD
+    assert (group["lr"], group["momentum"], group["nesterov"]) == (0.05, 0.9, True)
+    with pytest.raises(ValueError, match="lr is given twice"):
+        fit(small_model(), small_problem(), "cross_entropy", functools.partial(steepest.SGD, lr=0.1), lr=0.2)
+
+
+def test_lr_auto_keeps_the_optimizer_class_and_its_options(single_thread) -> None:
+    # torch's SGD stays torch's SGD (not steepest's namesake), and the momentum shapes both the
+    # choice (the range test and trials run with it) and the run.
+    kept = _KeepOptimizer()
+    sgd = functools.partial(torch.optim.SGD, momentum=0.9)
+    result = fit(
+        small_model(), small_problem(), "cross_entropy", sgd, lr="auto", max_steps=3, callbacks=[kept]
+    )
+    choice = result.lr_choice
+    assert choice.method is torch.optim.SGD and choice.policy == "range_test"
+    assert type(kept.optimizer) is torch.optim.SGD
+    group = kept.optimizer.param_groups[0]
+    assert group["momentum"] == 0.9 and group["lr"] == choice.lr
+    with pytest.raises(ValueError, match="chooses lr"):
+        fit(
+            small_model(),
+            small_problem(),
+            "cross_entropy",
+            functools.partial(torch.optim.SGD, lr=0.1),
+            lr="auto",
+        )
+    with pytest.raises(ValueError, match="partial"):
+        fit(small_model(), small_problem(), "cross_entropy", lambda p: torch.optim.SGD(p, lr=0.1), lr="auto")
 
 
 def test_safe_step_skips_a_poisoned_batch_and_the_run_completes(single_thread) -> None:

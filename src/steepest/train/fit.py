@@ -274,12 +274,37 @@ def _groups(batches: Iterator[Any], size: int) -> Iterator[list[Any]]:
 # ------------------------------------------------------------------------------ building blocks
 
 
+def _class_and_options(optimizer: Any) -> tuple[type[torch.optim.Optimizer], dict[str, Any]] | None:
+    """A name, a class or ``functools.partial(cls, **options)`` -> (cls, options); else None.
+
+    A partial of an optimizer class is a class with options (``partial(SGD, momentum=0.9)``):
+    fit still sets its ``lr``, and ``lr="auto"`` chooses a rate for it with those options.
+    """
+    if isinstance(optimizer, str):
+        return rules.by_name(optimizer), {}
+    if isinstance(optimizer, type):
+        return optimizer, {}
+    if (
+        isinstance(optimizer, partial)
+        and isinstance(optimizer.func, type)
+        and issubclass(optimizer.func, torch.optim.Optimizer)
+        and not optimizer.args
+    ):
+        return optimizer.func, dict(optimizer.keywords)
+    return None
+
+
 def _build_optimizer(
     optimizer: Any, params: list[Tensor], lr: Any, clip_norm: float | None
 ) -> torch.optim.Optimizer:
-    """A name, a class, a factory ``params -> optimizer`` or an instance -> an optimizer."""
+    """A name, a class (or a partial of one), a factory ``params -> optimizer`` or an instance."""
     from steepest.engine import Optimizer as SteepestOptimizer
 
+    preset: dict[str, Any] = {}
+    if (class_and_options := _class_and_options(optimizer)) is not None:
+        optimizer, preset = class_and_options
+        if lr is not None and "lr" in preset:
+            raise ValueError(f"lr is given twice: lr={lr!r} and the partial's lr={preset['lr']!r}")
     if isinstance(optimizer, torch.optim.Optimizer):
         if lr is not None:
             raise ValueError(
@@ -287,12 +312,10 @@ def _build_optimizer(
                 f"instance has its own, got lr={lr!r}"
             )
         built = optimizer
-    elif isinstance(optimizer, str):
-        optimizer = rules.by_name(optimizer)
     if isinstance(optimizer, type):
         if not issubclass(optimizer, torch.optim.Optimizer):
             raise TypeError(f"optimizer must be a torch.optim.Optimizer subclass, got {optimizer.__name__}")
-        options: dict[str, Any] = {} if lr is None else {"lr": lr}
+        options: dict[str, Any] = dict(preset) if lr is None else {**preset, "lr": lr}
         if clip_norm is not None and issubclass(optimizer, SteepestOptimizer):
             options["clip_norm"] = clip_norm
         built = optimizer(params, **options)
@@ -449,9 +472,11 @@ def fit(
         loss: a name of ``LOSSES`` (``"cross_entropy"``, ``"mse"``, ...) or a function
             ``(outputs, targets) -> mean loss``.
         optimizer: a steepest optimizer name (any case, e.g. ``"adamw"``), an optimizer class,
-            a factory ``params -> optimizer``, or an instance (default ``"adamw"``).
+            a class with options (``functools.partial(steepest.SGD, momentum=0.9)``), a
+            factory ``params -> optimizer``, or an instance (default ``"adamw"``).
         lr: learning rate, a float or a schedule ``step -> rate``; None keeps the optimizer's
-            default; ``"auto"`` chooses one (``steepest.lr.choose_lr``). Only for a name or a class.
+            default; ``"auto"`` chooses one (``steepest.lr.choose_lr``). Only for a name, a
+            class or a partial of a class.
         epochs: passes over ``data``; max_steps: optimizer steps. With neither, 10 epochs.
         batch_size: examples per micro-batch (default 64); a step sees
             ``batch_size * accumulate`` examples.
@@ -525,15 +550,24 @@ def fit(
     if isinstance(lr, str):
         if lr != "auto":
             raise ValueError(f"lr must be a number, a schedule or 'auto', got lr={lr!r}")
-        if not isinstance(optimizer, (str, type)):
-            raise ValueError("lr='auto' needs an optimizer given by name or class, to build its own")
+        class_and_options = _class_and_options(optimizer)
+        if class_and_options is None:
+            raise ValueError(
+                "lr='auto' needs an optimizer given by name, class or functools.partial(class, "
+                f"**options), to build its own; got {optimizer!r}"
+            )
+        cls, options = class_and_options
+        if "lr" in options:
+            raise ValueError(f"lr='auto' chooses lr, but the partial sets lr={options['lr']!r}")
         # A short range test (it restores the model and every random state afterwards) or a
-        # learning-rate-free method; see steepest.lr.choose_lr for the policy.
+        # learning-rate-free method; see steepest.lr.choose_lr for the policy. The options
+        # (momentum, ...) shape the choice, and the run uses them, unless the choice is a
+        # learning-rate-free method of its own.
         from steepest.lr import choose_lr
 
-        name = optimizer if isinstance(optimizer, str) else optimizer.__name__
-        lr_choice = choose_lr(model, data, name, batch_size=batch_size, seed=seed)
-        optimizer, lr = lr_choice.method, lr_choice.lr
+        lr_choice = choose_lr(model, data, cls, options=options, batch_size=batch_size, seed=seed)
+        lr = lr_choice.lr
+        optimizer = partial(cls, **options) if lr_choice.method is cls else lr_choice.method
 
     # -- set up: seeds, data, optimizer, mixed precision -------------------------------------
     # One seed fixes the initial random state of everything (dropout, numpy, Python) and,

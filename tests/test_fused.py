@@ -154,24 +154,42 @@ def test_fused_and_foreach_together_are_refused() -> None:
         steepest.SGD(make_params()[:2], fused="yes")
 
 
-def test_default_fuses_large_buckets_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[int] = []
-    real = fused_path.run_fused
+def test_default_runs_ready_made_kernels_at_any_size_and_compiles_large_buckets_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    compiled: list[object] = []
+    real_runner = fused_path._compiled_runner
+    monkeypatch.setattr(
+        fused_path,
+        "_compiled_runner",
+        lambda rule, static: compiled.append(rule) or real_runner(rule, static),
+    )
+    found: list[bool] = []  # per fused call: whether a ready-made kernel covered the bucket
+    real_native = fused_path.native_kernel
 
-    def spy(rule, params, *args, **kwargs):
-        calls.append(len(params))
-        return real(rule, params, *args, **kwargs)
+    def spy_native(*args, **kwargs):
+        kernel = real_native(*args, **kwargs)
+        found.append(kernel is not None)
+        return kernel
 
-    monkeypatch.setattr(fused_path, "run_fused", spy)
+    monkeypatch.setattr(fused_path, "native_kernel", spy_native)
     params = make_params(torch.float32)
+    contiguous = params[:3]
+    run(steepest.SGD(contiguous, lr=0.01, momentum=0.9), params, 2)
+    assert found == [True, True] and compiled == []  # PyTorch's fused CPU SGD, even this small
+    found.clear()
     run(steepest.SGD(params[:4], lr=0.01, momentum=0.9), params, 2)
-    assert calls == []  # a small bucket stays eager
+    assert found == [False, False] and compiled == []  # a strided tensor: eager, not compiled
+    found.clear()
+    run(steepest.RMSprop(contiguous, lr=0.01), params, 2)
+    assert found == [False, False] and compiled == []  # no ready-made RMSprop: eager
     monkeypatch.setattr(fused_path, "DEFAULT_FUSED_MIN_ELEMENTS", 1)
-    run(steepest.SGD(params[:4], lr=0.01, momentum=0.9), params, 2)
-    assert calls  # fused=None took the fused path
-    calls.clear()
-    run(steepest.SGD(params[:4], lr=0.01, momentum=0.9, foreach=False), params, 2)
-    assert calls == []  # an explicit eager choice is kept
+    run(steepest.RMSprop(contiguous, lr=0.01), params, 2)
+    assert compiled  # a large bucket is worth compiling
+    found.clear()
+    compiled.clear()
+    run(steepest.SGD(contiguous, lr=0.01, momentum=0.9, foreach=False), params, 2)
+    assert found == [] and compiled == []  # an explicit eager choice is kept
 
 
 def test_compile_failure_falls_back_or_raises(monkeypatch: pytest.MonkeyPatch) -> None:

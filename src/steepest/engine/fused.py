@@ -44,10 +44,11 @@ from torch import Tensor
 
 from steepest.engine.precision import stochastic_round_
 
-# Below this many elements per bucket the default path stays eager: compiling costs seconds
-# once, a small model's step is dominated by Python rather than memory traffic, and small
-# models keep the numbers the library was measured with. 2**22 elements (16 MB of float32
-# params) is where the fused CPU step saves milliseconds per step (benchmarks/step_speed.py).
+# Below this many elements per bucket the default path compiles nothing: compiling costs
+# seconds once, and a small model's step is dominated by Python rather than memory traffic.
+# 2**22 elements (16 MB of float32 params) is where the compiled CPU step saves milliseconds
+# per step (benchmarks/step_speed.py). PyTorch's ready-made CPU kernels cost no compilation
+# and run by default at any size.
 DEFAULT_FUSED_MIN_ELEMENTS = 2**22
 
 _compiled: dict[tuple, Callable[..., None]] = {}
@@ -235,6 +236,7 @@ def run_fused(
     coefficients: dict[str, Any],
     *,
     required: bool,
+    compile: bool = True,
     narrow: tuple[str, ...] = (),
     seeds: Tensor | None = None,
     steps: list[Tensor] | None = None,
@@ -242,7 +244,8 @@ def run_fused(
     """Run ``rule`` on one bucket as a single pass; False if it could not be compiled.
 
     ``steps`` are the bucket's per-tensor ``step`` tensors, already advanced (PyTorch's own
-    kernels read them).
+    kernels read them). ``compile=False`` runs a ready-made kernel (:func:`native_kernel`)
+    or nothing: False when there is none.
 
     With ``required`` (``fused=True``) a compilation failure raises; otherwise (``fused=None``)
     it warns once per device type and the caller falls back to the eager path.
@@ -252,6 +255,8 @@ def run_fused(
     if kernel is not None:
         kernel(params, grads, buffers, coefficients, steps)
         return True
+    if not compile:
+        return False
     if not required and not compile_available(device):
         return False  # compiling failed here before: stay eager without trying again
     static, names, values = runtime_coefficients(coefficients, device)

@@ -56,7 +56,8 @@ class SGD(Optimizer):
         foreach: True for the multi-tensor path, False for the per-tensor reference, None (default)
             for multi-tensor on accelerators and per tensor on the CPU.
         fused: True compiles the rule into one single pass per tensor (``steepest.engine.fused``);
-            None (default) does so for large parameter sets where compiling is available;
+            None (default) does so with PyTorch's ready-made CPU kernel (Adam, AdamW, SGD,
+            Adagrad) at any size, and for large parameter sets where compiling is available;
             False forces the multi-tensor path.
         state_dtype: store the state buffers in this dtype (``torch.bfloat16``: half the
             memory, updated with stochastic rounding; ``steepest.engine.precision``).

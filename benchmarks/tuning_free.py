@@ -8,12 +8,13 @@ reaches the problem's target or spends the budget ("miss"). Methods:
 * **auto**: ``lr="auto"`` for the same two optimizers (an Adam-family optimizer runs as Prodigy,
   see ``steepest.lr.auto``). The rate is chosen inside ``minimize`` / ``fit`` as a user gets it;
   the objective evaluations (mini-batch steps) the choice spent are reported in ``choose``.
-* **peers**: Prodigy (lr=1), ScheduleFreeAdamW at its default lr, torch.optim.Adam at 1e-3.
+* **peers**: Prodigy (lr=1), ScheduleFreeAdamW at its default lr, torch.optim.Adam at 1e-3;
+  DAdaptSGD with momentum 0.9 at lr=1 and lr=0.5 (learning-rate-free SGD-momentum).
 
 Ratio = steps / steps of the oracle of the same family (Adam for Adam, Prodigy, ScheduleFree
-and torch Adam; SGD-momentum for SGD-momentum). ``ratio+choose`` adds the choice's own
-evaluations to the method's steps: the honest cost of ``lr="auto"``. The goal (ANCHORS.md):
-``auto`` within 1.2x of the oracle on every problem, with no misses.
+and torch Adam; SGD-momentum for SGD-momentum and DAdaptSGD). ``ratio+choose`` adds the
+choice's own evaluations to the method's steps: the honest cost of ``lr="auto"``. The goal
+(ANCHORS.md): ``auto`` within 1.2x of the oracle on every problem, with no misses.
 
 Problems and targets:
 
@@ -36,6 +37,11 @@ Measured (CPU, one thread; ``python benchmarks/tuning_free.py``, 12 minutes): ``
 0.47-1.16x the oracle's steps on all six problems, no misses (Adam family: Prodigy, 0.84-1.16x,
 at no cost; SGD-momentum: 0.47-1.04x, plus 101-130 evaluations to choose on the objectives and
 361-469 mini-batch steps on the digits networks, 0.63-4.2x with that cost counted).
+DAdaptSGD (momentum 0.9; ``--seeds 3``) is no such replacement: at lr=1 it took 2.82x, 1.06x,
+4.25x, 2.07x the SGD-momentum oracle's steps on the quadratic, Rosenbrock, logistic and softmax
+regression (its d settles 7-13x below the oracle's rate) and missed both digits targets (its
+rate overshoots on mini-batches: 0.56 against the oracle's 0.1 on the MLP); at lr=0.5 2.2-8.4x
+and the same two misses.
 
 Run: ``python benchmarks/tuning_free.py`` (all problems, several minutes on one core),
 ``--quick`` (the three objectives only), ``--problems quadratic mlp``.
@@ -100,6 +106,8 @@ UNTUNED = [
     Method("Prodigy lr=1", "Adam", steepest.Prodigy, 1.0),
     Method("ScheduleFreeAdamW", "Adam", steepest.ScheduleFreeAdamW, None),
     Method("torch Adam lr=1e-3", "Adam", torch.optim.Adam, 1e-3),
+    Method("DAdaptSGD lr=1", "SGD-momentum", steepest.DAdaptSGD, 1.0, {"momentum": MOMENTUM}),
+    Method("DAdaptSGD lr=0.5", "SGD-momentum", steepest.DAdaptSGD, 0.5, {"momentum": MOMENTUM}),
 ]
 
 

@@ -16,11 +16,12 @@ from typing import Any
 import torch
 
 import steepest
-from steepest.rules.dadapt import DAdaptAdam
+from steepest.rules.dadapt import DAdaptAdam, DAdaptSGD
 from steepest.rules.prodigy import Prodigy
 from steepest.rules.schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
 from test_lr_free import (
     dadapt_adam_reference,
+    dadapt_sgd_reference,
     prodigy_reference,
     schedulefree_adamw_reference,
     schedulefree_sgd_reference,
@@ -227,6 +228,22 @@ SPECS: tuple[Spec, ...] = (
         descent_lr=1.0,
         reference=dadapt_adam_reference,
         bad_inputs=_LR_ERRORS + _BETA_ERRORS + _EPS_ERRORS + (({"d0": 0.0}, ValueError, "d0"),),
+    ),
+    Spec(
+        "DAdaptSGD",
+        DAdaptSGD,
+        None,
+        configs=(
+            {"lr": 1.0, "momentum": 0.9},
+            {"lr": 0.5},
+            {"lr": 1.0, "momentum": 0.8, "weight_decay": 0.1, "growth_rate": 1.5},
+            {"lr": 0.3, "momentum": 0.5, "d0": 1e-3, "maximize": True},
+        ),
+        group_override={"lr": 0.5, "momentum": 0.5, "d0": 1e-4},
+        descent_lr=1.0,
+        reference=dadapt_sgd_reference,
+        bad_inputs=_LR_ERRORS
+        + (({"momentum": 1.0}, ValueError, "momentum"), ({"d0": 0.0}, ValueError, "d0")),
     ),
     Spec(
         "ScheduleFreeSGD",

@@ -1,7 +1,7 @@
-"""Learning-rate-free (Prodigy, D-Adapt Adam) and schedule-free (SGD, AdamW) optimizers.
+"""Learning-rate-free (Prodigy, D-Adapt Adam and SGD) and schedule-free (SGD, AdamW) optimizers.
 
 The anchor is a readable per-tensor reference of each official algorithm, written here from
-the official code (``prodigyopt``'s Prodigy, ``dadaptation``'s DAdaptAdam version 3,
+the official code (``prodigyopt``'s Prodigy, ``dadaptation``'s DAdaptAdam and DAdaptSGD version 3,
 ``schedulefree``'s ``*_reference.py``): loops over tensors, Python-float accumulation with
 ``.item()``, the x, y and z sequences kept explicitly. The steepest versions must follow them
 in float64 to 1e-10 relative, per tensor and multi-tensor. Then: checkpoints, train/eval
@@ -39,7 +39,7 @@ from problem import (  # the shared test problem
     run,
     set_gradients,
 )
-from steepest.rules.dadapt import DAdaptAdam
+from steepest.rules.dadapt import DAdaptAdam, DAdaptSGD
 from steepest.rules.prodigy import Prodigy
 from steepest.rules.schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
 
@@ -197,6 +197,62 @@ def dadapt_adam_reference(
     group["k"] = k + 1
 
 
+def dadapt_sgd_reference(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor | None],
+    states: list[dict[str, torch.Tensor]],
+    *,
+    lr: float = 1.0,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    d0: float = 1e-6,
+    growth_rate: float = math.inf,
+    maximize: bool = False,
+) -> None:
+    """One step of dadaptation's DAdaptSGD (version 3) on one param group.
+
+    The package also stores z; it is x0 - s whenever it is used, so here it is a temporary.
+    """
+    group = _memory(_GROUP_MEMORY, params[0], d=d0, numerator_weighted=0.0, g0_norm=0.0, k=0)
+    ck = 1 - momentum
+    k, d = group["k"], group["d"]
+    if lr == 0:
+        return
+    if k == 0:  # ||g_0||, without the L2 term (the package's grad.add, not grad.add_)
+        g_sq = 0.0
+        for grad in grads:
+            if grad is not None:
+                g_sq += (grad * grad).sum().item()
+        group["g0_norm"] = math.sqrt(g_sq)
+    dlr = d * lr / group["g0_norm"]
+    numerator_weighted = group["numerator_weighted"]
+    sk_sq = 0.0
+    active = []
+    for p, grad, state in zip(params, grads, states):
+        if grad is None:
+            continue
+        grad = -grad if maximize else grad
+        if "step" not in state:
+            state["step"] = torch.tensor(0.0)
+            state["s"] = torch.zeros_like(p)
+            state["x0"] = p.detach().clone()
+        if weight_decay != 0:
+            grad = grad + weight_decay * p
+        s = state["s"]
+        numerator_weighted += dlr * torch.dot(grad.flatten(), s.flatten()).item()
+        s.add_(grad, alpha=dlr)
+        sk_sq += (s * s).sum().item()
+        active.append((p, state))
+    d_hat = 2 * numerator_weighted / math.sqrt(sk_sq)
+    d = max(d, min(d_hat, d * growth_rate))
+    group.update(numerator_weighted=numerator_weighted, d=d)
+    for p, state in active:
+        state["step"] += 1
+        z = state["x0"] - state["s"]
+        p.mul_(1 - ck).add_(z, alpha=ck)
+    group["k"] = k + 1
+
+
 def _schedule_free_weights(
     group: dict[str, Any], lr: float, warmup_steps: int, r: float, weight_lr_power: float, correction: float
 ) -> tuple[float, float]:
@@ -325,6 +381,18 @@ CASES: dict[str, dict[str, Any]] = {
         ),
         group_override={"lr": 0.5, "betas": (0.5, 0.9), "d0": 1e-4},
         group_keys=("d", "numerator_weighted", "k"),
+    ),
+    "DAdaptSGD": dict(
+        cls=DAdaptSGD,
+        reference=dadapt_sgd_reference,
+        configs=(
+            {"lr": 1.0, "momentum": 0.9},
+            {"lr": 0.5},
+            {"lr": 1.0, "momentum": 0.8, "weight_decay": 0.1, "growth_rate": 1.5},
+            {"lr": 0.3, "momentum": 0.5, "d0": 1e-3, "maximize": True},
+        ),
+        group_override={"lr": 0.5, "momentum": 0.5, "d0": 1e-4},
+        group_keys=("d", "numerator_weighted", "g0_norm", "k"),
     ),
     "ScheduleFreeSGD": dict(
         cls=ScheduleFreeSGD,
@@ -624,6 +692,61 @@ def test_effective_lr_includes_bias_correction() -> None:
     assert optimizer.effective_lr == [pytest.approx(expected, rel=1e-15)]
 
 
+def test_dadapt_sgd_effective_lr_is_d_lr_over_the_first_gradient_norm() -> None:
+    """Unknown (nan) until ||g_0|| is, then d * lr / ||g_0||, never decreasing."""
+    x = torch.ones(10, dtype=torch.float64, requires_grad=True)
+    optimizer = DAdaptSGD([x], lr=0.5, momentum=0.9)
+    assert math.isnan(optimizer.effective_lr[0])
+    g0_norm = float(torch.linspace(1.0, 10.0, 10, dtype=torch.float64).norm())  # grad of quadratic at 1
+    history = minimize(optimizer, x, quadratic, 100, lambda: optimizer.effective_lr[0])
+    group = optimizer.param_groups[0]
+    assert group["g0_norm"] == pytest.approx(g0_norm, rel=1e-15)
+    assert history[0] == 1e-6 * 0.5 / group["g0_norm"]  # d0 * lr / ||g_0|| after one step
+    assert all(b >= a for a, b in zip(history, history[1:]))
+    assert history[-1] == group["d"] * 0.5 / group["g0_norm"]
+    # heavy ball at (1 - momentum) * effective_lr: stable on curvature <= 10 below 2 (1 + 0.9) / 10
+    assert 0.01 < 0.1 * history[-1] < 0.38
+
+
+def test_dadapt_sgd_at_a_fixed_d_is_heavy_ball_sgd() -> None:
+    """growth_rate=1 freezes d at d0: then the iterates are torch's SGD with momentum, at the
+    rate (1 - momentum) d0 lr / ||g_0||, as primal averaging and heavy ball coincide."""
+    start = torch.linspace(-1.0, 2.0, 10, dtype=torch.float64)
+    ours_x, torch_x = start.clone().requires_grad_(), start.clone().requires_grad_()
+    ours = DAdaptSGD([ours_x], lr=0.5, momentum=0.9, d0=0.3, growth_rate=1.0)
+    quadratic(torch_x).backward()
+    rate = 0.1 * 0.3 * 0.5 / float(torch_x.grad.norm())
+    theirs = torch.optim.SGD([torch_x], lr=rate, momentum=0.9)
+    minimize(ours, ours_x, quadratic, 60)
+    minimize(theirs, torch_x, quadratic, 60)
+    assert ours.param_groups[0]["d"] == 0.3
+    assert max_relative_difference(ours_x, torch_x) <= 1e-10
+    assert float(quadratic(ours_x.detach())) < 0.5 * float(quadratic(start))  # it moved
+
+
+def test_dadapt_sgd_waits_for_a_first_gradient_and_its_l2_term_can_set_the_norm() -> None:
+    """An all-zero first gradient is skipped (no ||g_0|| to divide by); one that is zero but
+    for the L2 term (the package divides by zero there) takes ||g_0|| from that term."""
+    x = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    optimizer = DAdaptSGD([x], momentum=0.9)
+    x.grad = torch.zeros(4, dtype=torch.float64)
+    optimizer.step()
+    group = optimizer.param_groups[0]
+    assert torch.equal(x, torch.ones(4, dtype=torch.float64))
+    assert group["k"] == 0 and group["g0_norm"] == 0 and math.isnan(optimizer.effective_lr[0])
+    x.grad = torch.full((4,), 3.0, dtype=torch.float64)
+    optimizer.step()
+    assert group["k"] == 1 and group["g0_norm"] == 6.0
+    assert torch.allclose(optimizer.state[x]["s"], torch.full((4,), 1e-6 * 3.0 / 6.0, dtype=torch.float64))
+
+    y = torch.ones(4, dtype=torch.float64, requires_grad=True)
+    decayed = DAdaptSGD([y], momentum=0.9, weight_decay=0.5)
+    y.grad = torch.zeros(4, dtype=torch.float64)
+    decayed.step()
+    assert decayed.param_groups[0]["g0_norm"] == pytest.approx(0.5 * 2.0, rel=1e-15)  # ||0.5 y||
+    assert torch.isfinite(y).all() and not torch.equal(y, torch.ones(4, dtype=torch.float64))
+
+
 @pytest.mark.parametrize("name", SCHEDULE_FREE)
 def test_schedule_free_effective_lr_is_the_warmed_up_rate(name: str) -> None:
     x = torch.ones(3, dtype=torch.float64, requires_grad=True)
@@ -646,6 +769,8 @@ def test_schedule_free_effective_lr_is_the_warmed_up_rate(name: str) -> None:
         ("Prodigy", {}, rosenbrock, [-1.5, 2.0], 2000, 1e-4),
         ("DAdaptAdam", {}, quadratic, [1.0] * 10, 300, 1e-8),
         ("DAdaptAdam", {}, rosenbrock, [-1.5, 2.0], 2000, 1e-4),
+        ("DAdaptSGD", {"momentum": 0.9}, quadratic, [1.0] * 10, 300, 1e-8),
+        ("DAdaptSGD", {"momentum": 0.9}, rosenbrock, [-1.5, 2.0], 2000, 1e-4),
         # schedule-free removes the schedule, not the learning rate: AdamW at its default
         # lr progresses slowly but steadily (ANCHORS: 20-30x the tuned step count) ...
         ("ScheduleFreeAdamW", {}, quadratic, [1.0] * 10, 1000, 1e-1),
@@ -684,6 +809,13 @@ def test_descends(name: str, options: dict, objective, start, steps: int, factor
         ("DAdaptAdam", {"eps": 0.0}, ValueError, "eps"),
         ("DAdaptAdam", {"d0": -1e-6}, ValueError, "d0"),
         ("DAdaptAdam", {"use_bias_correction": "yes"}, TypeError, "use_bias_correction"),
+        ("DAdaptSGD", {"lr": -1.0}, ValueError, "lr"),
+        ("DAdaptSGD", {"momentum": 1.0}, ValueError, "momentum"),
+        ("DAdaptSGD", {"momentum": -0.1}, ValueError, "momentum"),
+        ("DAdaptSGD", {"weight_decay": -1e-4}, ValueError, "weight_decay"),
+        ("DAdaptSGD", {"d0": 0.0}, ValueError, "d0"),
+        ("DAdaptSGD", {"growth_rate": 0.5}, ValueError, "growth_rate"),
+        ("DAdaptSGD", {"maximize": 1}, TypeError, "maximize"),
         ("ScheduleFreeSGD", {"momentum": 0.0}, ValueError, "momentum"),
         ("ScheduleFreeSGD", {"momentum": 1.0}, ValueError, "momentum"),
         ("ScheduleFreeSGD", {"warmup_steps": 1.5}, TypeError, "warmup_steps"),

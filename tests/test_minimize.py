@@ -122,7 +122,7 @@ def test_package_exports_the_function_and_its_types() -> None:
 def test_method_names_cover_every_optimizer() -> None:
     assert set(METHODS) == {
         "sgd", "adagrad", "rmsprop", "adam", "adamw", "nadam", "lion", "lbfgs", "newton",
-        "newtoncg", "prodigy", "dadaptadam", "schedulefreesgd", "schedulefreeadamw",
+        "newtoncg", "prodigy", "dadaptadam", "dadaptsgd", "schedulefreesgd", "schedulefreeadamw",
     }
 
 

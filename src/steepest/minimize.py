@@ -461,7 +461,10 @@ def minimize(
 
     Returns:
         A :class:`Result`. When a :func:`~steepest.stopping.patience` criterion stops the
-        run, ``x``, ``fun`` and ``grad_norm`` are those of its best iteration.
+        run, ``x``, ``fun`` and ``grad_norm`` are those of its best iteration. For a
+        schedule-free method (``optimizer.train()``/``eval()``), ``x`` is the averaged point
+        (eval mode), and ``fun`` and ``grad_norm`` are evaluated there: one more call of
+        ``fun``, counted in ``nfev`` and ``ngev``.
 
     Example:
         >>> result = minimize(lambda p: (p["w"] ** 2).sum(), {"w": torch.ones(3)}, lr=0.1)
@@ -493,6 +496,12 @@ def minimize(
         lr = lr_choice.lr
     optimizer = _build_optimizer(method, leaves, lr, options)
     driven_by_closure = rules.requires_closure(optimizer)
+    # A schedule-free method takes its gradients at the interpolated point y (train mode)
+    # and produces the average x (eval mode). The iterations, and the stopping test, look
+    # at y: its gradient is the one the step needs anyway, and x, y and z share their
+    # limit. What the run returns is x, so a criterion that keeps parameters (patience's
+    # restore_best) is handed x (``averaged_point``), and the result is evaluated at x.
+    averaged = rules.has_modes(optimizer)
     criterion = _stopping_test(max_iter, gtol, ftol, xtol, stopping, driven_by_closure)
     criterion.reset()
     objective = _Objective(
@@ -551,7 +560,13 @@ def minimize(
                 value = objective()
                 continue
         observation = _observation(
-            iteration, fun_value, grad_norm, step_norm, time.perf_counter() - start, objective
+            iteration,
+            fun_value,
+            grad_norm,
+            step_norm,
+            time.perf_counter() - start,
+            objective,
+            (lambda: _averaged_point(optimizer, leaves)) if averaged else None,
         )
         stop = criterion(observation)
         if stop is not None:
@@ -576,15 +591,24 @@ def minimize(
         value = objective()
 
     final = iteration
+    if averaged:
+        optimizer.eval()  # the leaves hold x; a best snapshot (an x too) is restored as one
     if stop.best_params is not None and stop.best_iteration is not None:
         stop.restore_best(leaves)
         final = stop.best_iteration
+    final_fun, final_grad_norm = history["fun"][final], history["grad_norm"][final]
+    if averaged:
+        # The history's values are y's; those of the returned point are taken at x, on
+        # the current batch for a stochastic objective (as fun is for other methods).
+        objective.forget()
+        value = objective()
+        final_fun, final_grad_norm = float(value), float(global_norm(objective.gradients()))
     solution = [leaf.detach().clone() for leaf in leaves]
     latest = monitor.latest if monitor is not None else None
     return Result(
         x=_rebuild(x0, iter(solution)),
-        fun=history["fun"][final],
-        grad_norm=history["grad_norm"][final],
+        fun=final_fun,
+        grad_norm=final_grad_norm,
         nit=iteration,
         nfev=objective.nfev,
         ngev=objective.ngev,
@@ -654,6 +678,7 @@ def _observation(
     step_norm: float | None,
     elapsed: float,
     objective: _Objective,
+    params: Callable[[], list[Tensor]] | None = None,
 ) -> stopping.Observation:
     return stopping.Observation(
         iteration=iteration,
@@ -661,9 +686,15 @@ def _observation(
         grad_norm=grad_norm,
         step_norm=step_norm,
         elapsed=elapsed,
-        params=lambda: objective.leaves,
+        params=params if params is not None else (lambda: objective.leaves),
         gradients=objective.gradients,
     )
+
+
+def _averaged_point(optimizer: Any, leaves: list[Tensor]) -> list[Tensor]:
+    """Copies of a schedule-free method's x, its eval-mode point; ``leaves`` keep y exactly."""
+    with rules.evaluation_mode(optimizer):
+        return [leaf.detach().clone() for leaf in leaves]
 
 
 def _stopping_test(

@@ -12,7 +12,7 @@ import torch as _torch
 
 from steepest.rules.adagrad import Adagrad, adagrad_update
 from steepest.rules.adam import Adam, AdamW, NAdam, adam_update, nadam_update
-from steepest.rules.dadapt import DAdaptAdam, dadapt_adam_update
+from steepest.rules.dadapt import DAdaptAdam, DAdaptSGD, dadapt_adam_update, dadapt_sgd_update
 from steepest.rules.lbfgs import LBFGS
 from steepest.rules.lion import Lion, lion_update
 from steepest.rules.newton import Newton, NewtonCG
@@ -21,6 +21,8 @@ from steepest.rules.rmsprop import RMSprop, rmsprop_update
 from steepest.rules.schedulefree import (
     ScheduleFreeAdamW,
     ScheduleFreeSGD,
+    evaluation_mode,
+    has_modes,
     schedulefree_adamw_update,
     schedulefree_sgd_update,
 )
@@ -91,6 +93,7 @@ __all__ = [
     "Lion",
     "Prodigy",
     "DAdaptAdam",
+    "DAdaptSGD",
     "ScheduleFreeSGD",
     "ScheduleFreeAdamW",
     "LBFGS",
@@ -104,8 +107,11 @@ __all__ = [
     "lion_update",
     "prodigy_update",
     "dadapt_adam_update",
+    "dadapt_sgd_update",
     "schedulefree_sgd_update",
     "schedulefree_adamw_update",
+    "has_modes",
+    "evaluation_mode",
 ]
 
 #: Every optimizer of the library by lower-case class name.

@@ -312,3 +312,170 @@ class DAdaptAdam(DistanceEstimator):
     def _update_coefficients(self, group: dict[str, Any], step_size: float) -> dict[str, Any]:
         decoupled = group["weight_decay"] if group["decouple"] else 0.0
         return dict(eps=group["eps"], decay=decoupled * step_size)
+
+
+# -- D-Adapt SGD ---------------------------------------------------------------------------------
+def dadapt_sgd_statistics(
+    param: Tensor,
+    grad: Tensor,
+    *,
+    s: Tensor,
+    step_size: float,
+    weight_decay: float,
+    first: bool,
+) -> Tensor:
+    """D-Adapt SGD's sum update; returns [<g, s>, ||s_new||^2, ||g||^2 (first step, else 0)].
+
+    s <- s + step_size g, with g carrying the L2 term. As in the official code, the inner
+    product uses s from before this step, and ||g||^2 (which sets ||g_0||) leaves the L2 term out.
+    """
+    square = total(grad.mul(grad)) if first else None
+    if weight_decay != 0:
+        grad = grad.add(param, alpha=weight_decay)  # coupled (L2) decay
+    weighted = inner_product(grad, s)
+    s.add_(grad, alpha=step_size)
+    return torch.stack([weighted, total(s.mul(s)), weighted.new_zeros(()) if square is None else square])
+
+
+def dadapt_sgd_update(
+    param: Tensor,
+    grad: Tensor,
+    *,
+    s: Tensor,
+    x0: Tensor,
+    momentum: float,
+    s_scale: float,
+) -> None:
+    """theta <- momentum theta + (1 - momentum) (x0 - s)   (s already carries d lr / ||g_0||).
+
+    ``s_scale`` is 1 / ||g_0|| at the first step, whose statistics pass ran before ||g_0|| was
+    known, and 1 afterwards.
+    """
+    if s_scale != 1:
+        s.mul_(s_scale)
+    ck = 1 - momentum  # the official code's weight of z, kept so the rounding matches it
+    param.mul_(1 - ck).add_(x0.add(s, alpha=-1), alpha=ck)
+
+
+class DAdaptSGD(DistanceEstimator):
+    """SGD whose step size d * lr / ||g_0|| is set by D-Adaptation; leave lr at 1.
+
+    z = x0 - sum_t d_t lr g_t / ||g_0||;  theta <- momentum theta + (1-momentum) z;
+    d <- max(d, 2 sum_t (d_t lr / ||g_0||) <g_t, s_t> / ||s||_2)
+
+    Momentum is primal averaging, as in the ``dadaptation`` package: the iterates are exactly
+    those of heavy-ball SGD (``torch.optim.SGD(momentum=momentum)``) at the rate
+    ``(1 - momentum) * effective_lr``.
+
+    Args:
+        params: tensors or param-group dicts to optimize.
+        lr: multiplies the estimated step size d (default 1.0; change only if unstable).
+        momentum: averaging weight in [0, 1) (default 0, as in the ``dadaptation`` package;
+            0.9 for SGD with momentum).
+        weight_decay: L2 penalty added to the gradient (default 0). ||g_0|| is the norm of the
+            first gradient without it, as in the package.
+        d0: initial estimate of D (default 1e-6; rarely needs changing).
+        growth_rate: largest factor by which d may grow in one step (default inf).
+        maximize, foreach, clip_norm: as in :class:`~steepest.SGD`.
+
+    Example:
+        >>> opt = steepest.DAdaptSGD(model.parameters(), momentum=0.9)  # no rate to choose
+        >>> opt.effective_lr  # [d * lr / ||g_0||] per param group, for logging
+
+    State: ``step``, ``s`` (the weighted gradient sum), ``x0`` (the starting point); per group
+    ``d``, ``numerator_weighted``, ``g0_norm`` (0 until the first step), ``k`` (in
+    ``param_groups``, as in the ``dadaptation`` package, whose ``z`` = x0 - s is not stored).
+    Every param group estimates its own d and ||g_0|| (the package shares them across groups).
+    A first gradient that is zero but for the L2 term, where the package divides by zero,
+    sets ||g_0|| from the L2 term.
+    Reference: Defazio and Mishchenko 2023, "Learning-Rate-Free Learning by D-Adaptation";
+    the ``dadaptation`` package's DAdaptSGD (version 3).
+    """
+
+    statistics = staticmethod(dadapt_sgd_statistics)
+    update = staticmethod(dadapt_sgd_update)
+    _statistics_buffers = ("s",)
+    _update_buffers = ("s", "x0")
+    _checks = {
+        "lr": validation.nonnegative,
+        "momentum": validation.unit_interval,
+        "weight_decay": validation.nonnegative,
+        "d0": validation.positive,
+        "growth_rate": check_growth_rate,
+        "maximize": validation.boolean,
+        "foreach": validation.optional_boolean,
+    }
+
+    def __init__(
+        self,
+        params: ParamsT,
+        lr: float = 1.0,
+        momentum: float = 0.0,
+        weight_decay: float = 0,
+        d0: float = 1e-6,
+        growth_rate: float = math.inf,
+        *,
+        maximize: bool = False,
+        foreach: bool | None = None,
+        clip_norm: float | None = None,
+    ) -> None:
+        defaults = dict(
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            d0=d0,
+            growth_rate=growth_rate,
+            maximize=maximize,
+            foreach=foreach,
+        )
+        super().__init__(params, defaults, clip_norm=clip_norm)
+
+    def _buffer_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        return ("s", "x0")
+
+    def _new_buffer(self, name: str, param: Tensor, group: dict[str, Any]) -> Tensor:
+        if name == "x0":  # the starting point z is measured from
+            return param.detach().clone(memory_format=torch.preserve_format)
+        return super()._new_buffer(name, param, group)
+
+    def _group_state(self, group: dict[str, Any]) -> dict[str, Any]:
+        return {"d": group["d0"], "numerator_weighted": 0.0, "g0_norm": 0.0, "k": 0}
+
+    def _step_size(self, group: dict[str, Any]) -> float:
+        """d * lr / ||g_0||; before the first step, d * lr (the statistics are rescaled after)."""
+        scale = group["d"] * group["lr"]
+        g0_norm = group["g0_norm"]
+        return scale / g0_norm if g0_norm else scale
+
+    @property
+    def effective_lr(self) -> list[float]:
+        """Per param group, the rate of the next step on z: d * lr / ||g_0|| (nan before the
+        first step, while ||g_0|| is unknown). Times (1 - momentum): the heavy-ball rate."""
+        return [self._step_size(group) if group["g0_norm"] else math.nan for group in self.param_groups]
+
+    def _statistics_coefficients(self, group: dict[str, Any], step_size: float) -> dict[str, Any]:
+        first = not group["g0_norm"]
+        return dict(step_size=step_size, weight_decay=group["weight_decay"], first=first)
+
+    def _estimate(self, group: dict[str, Any], totals: list[float], step_size: float) -> bool:
+        weighted, s_square, g_square = totals
+        if s_square == 0:
+            return False  # no gradient yet: nothing to estimate from, and nothing to step
+        s_norm = math.sqrt(s_square)
+        if not group["g0_norm"]:
+            # The first step ran at d lr per unit of ||g_0||: s = d lr g, since s was 0 before.
+            # A first gradient that is 0 but for the L2 term gets ||g_0|| from the L2 term.
+            g0_norm = math.sqrt(g_square) or s_norm / step_size
+            group["g0_norm"] = g0_norm
+            step_size /= g0_norm
+            s_norm /= g0_norm
+        numerator = group["numerator_weighted"] + step_size * weighted
+        d = group["d"]
+        d_hat = 2 * numerator / s_norm
+        group["numerator_weighted"] = numerator
+        group["d"] = max(d, min(d_hat, d * group["growth_rate"]))
+        return True
+
+    def _update_coefficients(self, group: dict[str, Any], step_size: float) -> dict[str, Any]:
+        s_scale = 1 / group["g0_norm"] if group["k"] == 0 else 1.0
+        return dict(momentum=group["momentum"], s_scale=s_scale)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -29,6 +31,53 @@ from torch import Tensor
 
 from steepest.engine import Optimizer, TensorList, validation
 from steepest.engine.optimizer import ParamsT
+
+
+def has_modes(optimizer: Any) -> bool:
+    """Whether ``optimizer`` has train/eval modes (``train()``, ``eval()``, ``training``).
+
+    Duck-typed, so the ``schedulefree`` package's optimizers count too.
+
+    Example:
+        >>> has_modes(ScheduleFreeAdamW([torch.zeros(2, requires_grad=True)])), has_modes(object())
+        (True, False)
+    """
+    return (
+        callable(getattr(optimizer, "train", None))
+        and callable(getattr(optimizer, "eval", None))
+        and hasattr(optimizer, "training")
+    )
+
+
+@contextmanager
+def evaluation_mode(optimizer: Any) -> Iterator[None]:
+    """Inside, the parameters hold the point to evaluate: a schedule-free method's average x.
+
+    An optimizer with modes (:func:`has_modes`) that is training is put in eval mode, and
+    back in train mode on leaving, with its train-mode parameters y written back bit for
+    bit: ``train()`` alone recomputes y from x and z only up to rounding, and looking at x
+    must not change the run (an evaluation an interrupted run makes and the uninterrupted
+    one does not must not break a bit-exact resume). Changes made to the parameters inside
+    the block are undone. Other optimizers, and one already in eval mode: nothing happens.
+
+    Example:
+        >>> with evaluation_mode(optimizer):
+        ...     val_loss = loss(model(X_val), y_val)  # at x; training continues at y
+    """
+    if not has_modes(optimizer) or not optimizer.training:
+        yield
+        return
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    with torch.no_grad():
+        train_point = [param.detach().clone() for param in params]
+    optimizer.eval()
+    try:
+        yield
+    finally:
+        optimizer.train()
+        with torch.no_grad():
+            for param, kept in zip(params, train_point, strict=True):
+                param.copy_(kept)
 
 
 def _step_interpolated(

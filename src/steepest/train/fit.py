@@ -745,43 +745,65 @@ def fit(
         return elapsed_before + time.perf_counter() - started
 
     def evaluate_now() -> EvalRecord:
-        """Score the model, record and announce the evaluation."""
+        """Score the model, record and announce the evaluation.
+
+        A schedule-free optimizer is in eval mode meanwhile: the validation data and the
+        ``on_evaluate`` callbacks see the average x, the point it returns.
+        """
         nonlocal train_loss_sum, train_steps
-        if val_batches is not None:
-            scores = _evaluate(model, val_batches, loss_function, metrics, device, autocast)
-        else:
-            last = trainer.history[-1].loss if trainer.history else math.nan
-            scores = {"train_loss": train_loss_sum / train_steps if train_steps else last}
-        train_loss_sum, train_steps = 0.0, 0
-        record = EvalRecord(step=trainer.step, epoch=trainer.epoch, metrics=scores, elapsed=clock())
-        trainer.evaluations.append(record)
-        trainer.notify("on_evaluate", record)
+        with rules.evaluation_mode(optimizer):
+            if val_batches is not None:
+                scores = _evaluate(model, val_batches, loss_function, metrics, device, autocast)
+            else:
+                last = trainer.history[-1].loss if trainer.history else math.nan
+                scores = {"train_loss": train_loss_sum / train_steps if train_steps else last}
+            train_loss_sum, train_steps = 0.0, 0
+            record = EvalRecord(step=trainer.step, epoch=trainer.epoch, metrics=scores, elapsed=clock())
+            trainer.evaluations.append(record)
+            trainer.notify("on_evaluate", record)
         return record
 
     def evaluate_and_check_stopping() -> None:
-        """Evaluate; ask the stopping criteria; restore the best parameters if they say so."""
+        """Evaluate; ask the stopping criteria; restore the best parameters if they say so.
+
+        With a schedule-free optimizer the criteria are asked in eval mode too, so that a
+        best-parameter snapshot (patience's restore_best) is of the average x that was
+        evaluated, not of the training point y.
+        """
         nonlocal stopped_by, success
-        record = evaluate_now()
-        if stopping is None:
-            return
-        fun = record.metrics.get("val_loss", record.metrics.get("train_loss", math.nan))
-        last_norm = trainer.history[-1].grad_norm if trainer.history else None
-        observation = stopping_criteria.Observation(
-            iteration=trainer.step,
-            fun=fun,
-            grad_norm=last_norm,
-            elapsed=record.elapsed,
-            params=lambda: list(model.parameters()),
-            metrics=record.metrics,
-        )
-        decision = stopping(observation)
+        with rules.evaluation_mode(optimizer):
+            record = evaluate_now()
+            if stopping is None:
+                return
+            fun = record.metrics.get("val_loss", record.metrics.get("train_loss", math.nan))
+            last_norm = trainer.history[-1].grad_norm if trainer.history else None
+            observation = stopping_criteria.Observation(
+                iteration=trainer.step,
+                fun=fun,
+                grad_norm=last_norm,
+                elapsed=record.elapsed,
+                params=lambda: list(model.parameters()),
+                metrics=record.metrics,
+            )
+            decision = stopping(observation)
         if decision is not None:
             stopped_by, success = decision.reason, bool(decision.success)
+            if getattr(decision, "best_params", None) is not None and rules.has_modes(optimizer):
+                # The snapshot is an x: it goes back in eval mode, where the parameters mean x
+                # (copied in train mode it would be read as a y, and eval() would turn it into
+                # (x_best - (1-b) z) / b). The optimizer stays in eval mode, its z as it is:
+                # (x_best, z) is a valid state whose average is x_best, and the run ends here.
+                optimizer.eval()
             if decision.restore_best(list(model.parameters())):
                 evaluate_now()  # the final metrics are those of the restored parameters
 
     trainer.notify("on_fit_start")
     model.train()
+    if stopped_by is None and rules.has_modes(optimizer):
+        # Gradients are taken in train mode: an optimizer an earlier fit left in eval mode
+        # trains again. (A resumed run that a criterion ended, saved in eval mode after
+        # restoring its best parameters, takes no step and keeps them bit for bit.)
+        optimizer.train()
 
     # -- the loop: epochs of steps of micro-batches ---------------------------------------------
     tick = time.perf_counter()
@@ -937,7 +959,15 @@ def fit(
     # -- the end: final metrics, a last checkpoint, the result -----------------------------------
     if not trainer.evaluations or trainer.evaluations[-1].step != trainer.step:
         evaluate_now()
+    # The checkpoint comes before eval(): like every checkpoint of the run it holds a
+    # schedule-free optimizer in train mode (y exactly, where a resumed run continues; a
+    # train() after eval() would give y only up to rounding). Only a run whose best
+    # parameters were restored is saved in eval mode, and it stays ended when resumed.
     save()  # a resumed finished run returns at once instead of training further
+    if rules.has_modes(optimizer):
+        # The schedulefree convention: eval() before evaluating or saving the model. The
+        # returned model holds the average x, that the final metrics are of.
+        optimizer.eval()
     result = FitResult(
         history=trainer.history,
         evaluations=trainer.evaluations,

@@ -27,8 +27,8 @@ def captured_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dict, object, o
     """Replace the training job by a recorder, for tests about parsing alone."""
     runs: list[tuple[dict, object, object]] = []
 
-    def record(flags: dict, config_path: object, resume: object, say: object) -> int:
-        runs.append((flags, config_path, resume))
+    def record(flags: dict, config_path: object, resume: object, say: object, overwrite: bool = False) -> int:
+        runs.append((flags, config_path, resume) + (("overwrite",) if overwrite else ()))
         return 0
 
     monkeypatch.setattr(cli.command, "run", record)
@@ -58,6 +58,8 @@ def test_flags_reach_the_job_and_only_the_given_ones(captured_runs: list) -> Non
     assert config_path == "run.toml" and resume is None
     assert cli.main(["train", "--resume", "runs/x", "--epochs", "9"]) == 0
     assert captured_runs[-1] == ({"epochs": 9}, None, "runs/x")
+    assert cli.main(["train", "--overwrite", "--epochs", "2"]) == 0
+    assert captured_runs[-1] == ({"epochs": 2}, None, None, "overwrite")  # not a config option
 
 
 def run_args(tmp_path: Path, name: str, *more: str) -> list[str]:
@@ -90,6 +92,31 @@ def test_an_existing_run_folder_is_never_overwritten(
     assert err.count("\n") == 1 and "exists" in err and "--resume" in err
     after = {path: path.read_bytes() for path in (tmp_path / "keep").rglob("*") if path.is_file()}
     assert after == before
+
+
+def test_overwrite_starts_afresh_in_an_existing_run_folder_only(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(run_args(tmp_path, "again", "--epochs", "2", "--model", "softmax")) == 0
+    (tmp_path / "again" / "notes.txt").write_text("from the first run")
+    assert cli.main(run_args(tmp_path, "again", "--epochs", "1", "--model", "softmax", "--overwrite")) == 0
+    folder = tmp_path / "again"
+    assert not (folder / "notes.txt").exists()  # the old run is gone, not mixed with the new
+    steps, evals = read_metrics(folder / "metrics.jsonl")
+    assert len(evals) == 1 and tomllib.loads((folder / "config.toml").read_text())["epochs"] == 1
+    capsys.readouterr()
+    # a folder that is not a run folder is never deleted
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.tex").write_text("years of work")
+    assert cli.main(run_args(tmp_path, "precious", "--epochs", "1", "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a run folder" in err
+    assert (tmp_path / "precious" / "thesis.tex").read_text() == "years of work"
+    # --overwrite and --resume contradict each other: refused, nothing touched
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    assert cli.main(["train", "--resume", str(folder), "--overwrite"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
 
 
 def test_config_file_then_flags(tmp_path: Path) -> None:

@@ -120,7 +120,8 @@ def test_existing_name_is_an_error_and_nothing_is_touched(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as caught:
         create_run_folder(tmp_path, "x", {"optimizer": "adam"})
     assert str(caught.value) == (
-        f"run folder {tmp_path / 'x'} exists: choose another --name or pass --resume {tmp_path / 'x'}"
+        f"run folder {tmp_path / 'x'} exists: choose another --name, pass --resume {tmp_path / 'x'} "
+        "to continue it or --overwrite to start afresh in it"
     )
     after = {path: path.read_bytes() for path in folder.path.rglob("*") if path.is_file()}
     assert after == before

@@ -115,10 +115,12 @@ def run_train(args: argparse.Namespace) -> int:
     flags = {
         key: value
         for key, value in vars(args).items()
-        if key not in ("command", "run", "config", "resume", "takes_extra")
+        if key not in ("command", "run", "config", "resume", "overwrite", "takes_extra")
     }
     # Flush every line: piped into tee or a log file, progress still shows as it happens.
-    return command.run(flags, args.config, args.resume, say=functools.partial(print, flush=True))
+    return command.run(
+        flags, args.config, args.resume, overwrite=args.overwrite, say=functools.partial(print, flush=True)
+    )
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -278,6 +280,11 @@ def build_parser() -> argparse.ArgumentParser:
     train_parser.add_argument("--config", default=None, help="TOML file of train options")
     train_parser.add_argument(
         "--resume", default=None, metavar="RUN_FOLDER", help="continue the run in this folder exactly"
+    )
+    train_parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in the existing run folder of this --name, deleting what it holds",
     )
     add_train_arguments(train_parser)
     train_parser.set_defaults(run=run_train)

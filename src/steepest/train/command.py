@@ -84,12 +84,13 @@ def resolve(flags: Mapping[str, Any], config_path: str | None, resume: str | Non
     return configure(dict(flags), config_path)
 
 
-def run_folder(config: Mapping[str, Any], resume: str | None) -> RunFolder:
-    """The run folder: a new one (never over an existing one), or the one being resumed."""
+def run_folder(config: Mapping[str, Any], resume: str | None, overwrite: bool = False) -> RunFolder:
+    """The run folder: a new one (over an existing one only with ``overwrite``), or the one
+    being resumed."""
     if resume is not None:
         folder = open_run_folder(resume)
         return create_run_folder(folder.path.parent, folder.path.name, config, resume=True)
-    return create_run_folder(config["runs_dir"], config["name"], config)
+    return create_run_folder(config["runs_dir"], config["name"], config, overwrite=overwrite)
 
 
 def choose_learning_rate(
@@ -152,9 +153,15 @@ def run(
     flags: Mapping[str, Any],
     config_path: str | None = None,
     resume: str | None = None,
+    overwrite: bool = False,
     say: Callable[[str], None] = print,
 ) -> int:
-    """Run ``steepest train`` with the given flags; return the exit code."""
+    """Run ``steepest train`` with the given flags; return the exit code.
+
+    ``overwrite`` replaces an existing run folder of the configured name (a new run only).
+    """
+    if overwrite and resume is not None:
+        raise ConfigError("--overwrite starts afresh and --resume continues: pass one of them")
     config = resolve(flags, config_path, resume)
     try:  # data and model come before the run folder: a mistake here leaves nothing behind
         data = load_dataset(config["dataset"], label=config["label_column"], split_seed=0)
@@ -168,7 +175,7 @@ def run(
     total_steps = config["epochs"] * steps_per_epoch
     # the schedule's settings checked now (its peak, maybe lr="auto"'s, comes after the folder)
     build_schedule(config["schedule"], 1.0, config["warmup"], total_steps)
-    folder = run_folder(config, resume)
+    folder = run_folder(config, resume, overwrite)
     initialize(model, config["init"])
     optimizer, lr = choose_learning_rate(config, model, data, folder, total_steps, say)
 

@@ -23,6 +23,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ def create_run_folder(
     name: str | None,
     config: Mapping[str, Any],
     resume: bool = False,
+    overwrite: bool = False,
 ) -> RunFolder:
     """Create ``runs_dir/name`` (or reopen it when resuming) and save ``config`` as config.toml.
 
@@ -97,9 +99,13 @@ def create_run_folder(
         config: the resolved configuration, saved as ``config.toml``.
         resume: reopen an existing folder: its config.toml is replaced by ``config`` (the
             settings the resumed run now uses) and nothing else is touched.
+        overwrite: a new run whose named folder exists deletes it and starts afresh there;
+            only a run folder (one holding config.toml, metrics.jsonl or checkpoints/) is
+            deleted, never another folder that happens to have the name.
 
     Raises:
-        ConfigError: a new run whose folder exists, or a resumed run whose folder does not.
+        ConfigError: a new run whose folder exists (without ``overwrite``, or not a run
+            folder), or a resumed run whose folder does not.
 
     Example:
         >>> folder = create_run_folder("runs", "sgd-0.1", {"optimizer": "sgd"})  # doctest: +SKIP
@@ -120,11 +126,22 @@ def create_run_folder(
     runs_dir.mkdir(parents=True, exist_ok=True)
     if name is not None:
         path = runs_dir / name
+        if overwrite and path.exists():
+            existing = RunFolder(path)
+            is_run = path.is_dir() and (
+                existing.config_path.is_file()
+                or existing.metrics_path.is_file()
+                or existing.checkpoints_dir.is_dir()
+            )
+            if not is_run:
+                raise ConfigError(f"--overwrite: {path} exists but is not a run folder; not deleting it")
+            shutil.rmtree(path)
         try:
             path.mkdir()  # atomic: of two runs racing for one name, exactly one wins
         except FileExistsError:
             raise ConfigError(
-                f"run folder {path} exists: choose another --name or pass --resume {path}"
+                f"run folder {path} exists: choose another --name, pass --resume {path} to "
+                "continue it or --overwrite to start afresh in it"
             ) from None
     else:
         base = timestamped_name(config.get("optimizer"))

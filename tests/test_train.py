@@ -102,10 +102,10 @@ def test_init_xavier_gives_glorot_variance_and_zero_biases(distribution: str) ->
 # --------------------------------------------------------------------------- the loop
 
 
-def test_default_run_reaches_97_percent_test_accuracy(default_result: TrainResult) -> None:
+def test_default_run_reaches_98_percent_test_accuracy(default_result: TrainResult) -> None:
     assert default_result.config == TrainConfig()
     assert len(default_result.history) == TrainConfig().epochs
-    assert default_result.test_accuracy >= 0.97
+    assert default_result.test_accuracy >= 0.98  # what `make demo` promises
     # The optimizer, not luck, got it there: the loss fell by an order of magnitude.
     history = default_result.history
     assert history[-1].train_loss < history[0].train_loss / 10
@@ -192,7 +192,7 @@ def test_log_receives_header_one_line_per_epoch_and_test_accuracy() -> None:
     lines: list[str] = []
     result = train(TrainConfig(epochs=2, batch_size=128), log=lines.append)
     assert len(lines) == 1 + 2 + 1
-    assert lines[0].startswith("AdamW lr 3.00e-03 (xavier init) on DigitsCNN")
+    assert lines[0].startswith("AdamW lr 5.00e-03 (xavier init; cosine schedule) on DigitsCNN")
     assert lines[1].startswith("epoch 1/2  loss ")
     assert lines[2].startswith("epoch 2/2  loss ")
     assert lines[-1] == f"test accuracy {result.test_accuracy:.2%}"
@@ -227,7 +227,7 @@ def test_each_optimizer_learns_with_its_default_learning_rate(name: str) -> None
     # one that stalls or diverges. Measured after two epochs: the defaults reach 83-91%
     # validation accuracy; 10x too small (SGD 0.01, Lion 1e-4, AdamW 1e-4) 29-42%; 100x too
     # large (AdamW 0.3, SGD 3.0) diverges to chance, 10%.
-    result = train(TrainConfig(optimizer=name, epochs=2))
+    result = train(TrainConfig(optimizer=name, epochs=2, schedule="constant"))
     assert result.history[-1].lr == DEFAULT_LEARNING_RATES[name]
     assert result.history[-1].val_accuracy >= 0.75
 

@@ -240,7 +240,7 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         positive_finite,
         keywords=("auto",),
     ),
-    Option("epochs", int, 20, "passes over the training data", at_least(1)),
+    Option("epochs", int, 40, "passes over the training data", at_least(1)),
     Option("batch_size", int, 64, "examples per mini-batch", at_least(1)),
     Option("seed", int, 0, "seeds initialization and batch order: the same seed, the same numbers",
            _seed_in_range),
@@ -250,7 +250,7 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
            _dataset),
     Option("label_column", str, None, "CSV column holding the target (default: the last column)"),
     Option("label", str, None, "free text naming the run in reports and legends"),
-    Option("schedule", str, "constant", "learning-rate schedule peaking at lr",
+    Option("schedule", str, "cosine", "learning-rate schedule peaking at lr",
            one_of(tuple(LEARNING_RATE_SCHEDULES)), lowercase=True),
     Option("warmup", int, 0, "optimizer steps of linear warm-up, for schedules that have one",
            at_least(0)),
@@ -291,7 +291,7 @@ OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in TRAIN_OP
 
 
 def default_config() -> dict[str, Any]:
-    """Every option at its default, e.g. ``default_config()["epochs"] == 20``."""
+    """Every option at its default, e.g. ``default_config()["epochs"] == 40``."""
     return {option.name: option.default for option in TRAIN_OPTIONS}
 
 

@@ -50,6 +50,7 @@ Run: ``python benchmarks/tuning_free.py`` (all problems, several minutes on one 
 from __future__ import annotations
 
 import argparse
+import functools
 import inspect
 import math
 import sys
@@ -64,7 +65,6 @@ import torch
 import steepest
 from steepest import problems
 from steepest import stopping as st
-from steepest.lr import choose_lr
 from steepest.train import build_model, fit, load_dataset
 
 GRID = np.geomspace(1e-4, 1e2, 13)
@@ -197,33 +197,16 @@ class DigitsTask:
         torch.manual_seed(seed)
         model = build_model(self.model, self.data)
         begin = time.perf_counter()
-        optimizer: Any = method.optimizer
-        lr, choice = method.lr, None
-        if method.lr == "auto" and method.options:
-            # fit(lr="auto") builds the optimizer from a name or class alone, so options such as
-            # momentum cannot reach it: call what fit calls (choose_lr, same arguments) with them.
-            choice = choose_lr(
-                model,
-                self.data.train,
-                method.optimizer,
-                options=method.options,
-                batch_size=BATCH_SIZE,
-                seed=seed,
-            )
-            optimizer, lr = choice.method, choice.lr
-        if method.options:
-            cls, options, rate = optimizer, method.options, lr
-
-            def optimizer(params: list[torch.Tensor]) -> torch.optim.Optimizer:
-                return cls(params, lr=rate, **options)
-
-            lr = None
+        # a class with options (momentum) is a partial of it; fit(lr="auto") chooses for it
+        optimizer: Any = (
+            functools.partial(method.optimizer, **method.options) if method.options else method.optimizer
+        )
         result = fit(
             model,
             self.data.train,
             "cross_entropy",
             optimizer,
-            lr=lr,
+            lr=method.lr,
             max_steps=budget,
             batch_size=BATCH_SIZE,
             val_data=self.data.test,
@@ -234,7 +217,7 @@ class DigitsTask:
         seconds = time.perf_counter() - begin
         # fit counts reaching max_steps as success too: the target is what was asked.
         reached = [e.step for e in result.evaluations if e.metrics["val_accuracy"] >= self.accuracy]
-        choice = choice or result.lr_choice
+        choice = result.lr_choice
         ran = choice.method.__name__ if choice is not None else _name(method.optimizer)
         return Outcome(
             reached[0] if reached else None,

@@ -54,6 +54,8 @@ def gpt_like_shapes(
 
 PARAMETER_SETS = {
     "cpu": {
+        # the digits MLP of fit_overhead.py (64-256-256-10): a step of Python, not of memory
+        "digits MLP": [(256, 64), (256,), (256, 256), (256,), (10, 256), (10,)],
         "MLP-like": [(1024, 1024)] * 5 + [(1024,)] * 21,
         "GPT-like": gpt_like_shapes(512, 8, vocab=8_000),
     },
@@ -118,7 +120,7 @@ def step_table(device: torch.device, repeats: int, bf16_state: bool) -> None:
     for set_name, shapes in PARAMETER_SETS["cuda" if device.type == "cuda" else "cpu"].items():
         params = make_params(shapes, device)
         count = sum(p.numel() for p in params)
-        label = f"{set_name} {count / 1e6:.1f}M/{len(shapes)}t"
+        label = f"{set_name} {count / 1e6:.2g}M/{len(shapes)}t"
         for rule, (torch_class, steepest_class, kwargs) in rules.items():
             floors = {"": BYTES_PER_PARAMETER[rule] * count / bandwidth}
             paths = {
@@ -128,6 +130,7 @@ def step_table(device: torch.device, repeats: int, bf16_state: bool) -> None:
                 "steepest per-tensor": steepest_class(params, foreach=False, **kwargs),
                 "steepest multi-tensor": steepest_class(params, foreach=True, **kwargs),
                 "steepest fused": steepest_class(params, fused=True, **kwargs),
+                "steepest default": steepest_class(params, **kwargs),  # what fused=None picks
             }
             if bf16_state:
                 paths["steepest fused, bf16 state"] = steepest_class(

@@ -425,6 +425,19 @@ def test_a_model_that_cannot_be_built_leaves_no_run_folder(tmp_path: Path, capsy
     assert not (tmp_path / "broken").exists()
 
 
+def test_a_late_too_large_verdict_keeps_the_progress_made(tmp_path: Path) -> None:
+    # Under the default cosine decay the diagnosis confirms "too large" only at the last step,
+    # after the decaying rate has brought the loss from 2.6 to 1.4: rolling back to where the
+    # rate began (step 0) would end the run at its initial weights (8% test accuracy, as it
+    # once did). The backoff keeps the parameters and cuts the rate instead.
+    argv = run_args(tmp_path, "late", "--optimizer", "adam", "--lr", "1.0", "--model", "mlp", "--epochs", "6")
+    assert cli.main([*argv, "--on-too-large", "backoff"]) == 0
+    steps, evals = read_metrics(tmp_path / "late" / "metrics.jsonl")
+    backoffs = [str(row["safety"]) for row in steps if str(row.get("safety", "")).startswith("backoff")]
+    assert backoffs and all("kept the parameters" in text for text in backoffs)
+    assert evals[-1]["val_accuracy"] > 0.25  # the progress is kept (at the initial weights: ~0.1)
+
+
 def test_on_too_large_backs_off_a_far_too_large_rate(tmp_path: Path) -> None:
     # at a constant rate: under the default cosine decay the rate falls out of the too-large
     # range by itself before the diagnosis has a long enough window

@@ -29,7 +29,11 @@ at the global gradient norm), so a bad update is never applied:
 A rate far too large does not always give NaN or spikes: on classification networks the loss
 can sit at chance level, finite and flat. ``on_too_large="backoff"`` watches the live regime
 diagnosis for that and backs off too (tested: Adam at 100x the tuned rate on the digits MLP
-reaches the tuned run's loss within 4x its steps; unguarded it never does).
+reaches the tuned run's loss within 4x its steps; unguarded it never does). It rolls back to
+where the too-large rate began, unless the loss has since fallen well below the loss there
+(under ``KEEP_PROGRESS_BELOW`` times it): then the steps at that rate did not only harm, and
+the rate is cut in place. A decaying schedule can bring the diagnosis to "too large" only late
+in a run, after the rate has already made progress; rolling back then would throw it away.
 
 Spike: a finite loss ``L`` with ``L > ref + (spike_factor - 1) * max(|ref|, floor)``, where
 ``ref`` is the median of the last ``window`` accepted losses (at least ``warmup`` of them) and
@@ -70,6 +74,10 @@ __all__ = ["ACTIONS", "SafeStep", "Verdict"]
 
 #: What a policy can do about a bad step.
 ACTIONS: tuple[str, ...] = ("raise", "skip", "backoff", "stop")
+#: A "too large" backoff keeps the parameters, and only cuts the rate, when the recent loss is
+#: below this fraction of the loss where the rate began. Well below 1: a network a too-large
+#: rate killed sits at chance, its loss where it started (within noise), and must roll back.
+KEEP_PROGRESS_BELOW = 0.75
 
 
 @dataclass(frozen=True)
@@ -437,8 +445,24 @@ class SafeStep:
                 self._lr(),
             )
         self.backoffs += 1
-        # Every step at the too-large rate did harm: go back to where that rate began.
-        self._snapshot = self._start_snapshot
+        begun = self._start_snapshot
+        level = self.reference
+        if level is not None and level < KEEP_PROGRESS_BELOW * begun["loss"]:
+            # The loss fell well below where this rate began: keep the progress, cut the rate.
+            self._scale_lr(factor)
+            self._start_snapshot, self._snapshot_due = None, True  # the cut rate begins here
+            self._monitor.reset()
+            return Verdict(
+                "backoff",
+                f"{reason}; kept the parameters (recent loss {level:.3g}, below the {begun['loss']:.3g} "
+                f"where this rate began) and cut the learning rate x{factor:.3g} (now {self._lr():.3g})",
+                "too_large",
+                step,
+                value,
+                self._lr(),
+            )
+        # The steps at the too-large rate did harm: go back to where that rate began.
+        self._snapshot = begun
         self._restore(factor)
         self._monitor.reset()
         return Verdict(
@@ -456,7 +480,7 @@ class SafeStep:
             self.first_loss = value
         self.consecutive_skips = 0
         if self._snapshot_due or self.good_steps % self.snapshot_every == 0:
-            self._take_snapshot()
+            self._take_snapshot(value)
         self.good_steps += 1
         self._recent = (self._recent + [value])[-self.window :]
 
@@ -468,8 +492,9 @@ class SafeStep:
         return float(clipping.global_norm(grads)) if grads else None
 
     @torch.no_grad()
-    def _take_snapshot(self) -> None:
+    def _take_snapshot(self, loss: float) -> None:
         self._snapshot = {
+            "loss": loss,  # the loss at these parameters
             "params": [p.detach().clone() for p in self._params()],
             "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "lr_cut": self.lr_cut,
@@ -489,16 +514,22 @@ class SafeStep:
         self.optimizer.load_state_dict(copy.deepcopy(snapshot["optimizer"]))
         self.lr_cut *= self.backoff_factor if factor is None else factor
         self._start_snapshot = None  # the next snapshot starts the new learning rate
-        factor = self.lr_cut / snapshot["lr_cut"]  # the snapshot predates the cuts made since
+        # the restored optimizer predates the cuts made since the snapshot: apply them all
+        self._scale_lr(self.lr_cut / snapshot["lr_cut"], count=False)
+        self.optimizer.zero_grad(set_to_none=True)
+        self._recent = list(snapshot["recent"])
+        self._snapshot_due = True  # the next good step snapshots the state with the cut rate
+
+    def _scale_lr(self, factor: float, count: bool = True) -> None:
+        """Multiply the optimizer's learning rates by ``factor`` (``count``: and ``lr_cut``)."""
+        if count:
+            self.lr_cut *= factor
         scale_lr = getattr(self.optimizer, "scale_lr", None)
         if callable(scale_lr):
             scale_lr(factor)
         else:
             for group in self.optimizer.param_groups:
                 group["lr"] = group["lr"] * factor
-        self.optimizer.zero_grad(set_to_none=True)
-        self._recent = list(snapshot["recent"])
-        self._snapshot_due = True  # the next good step snapshots the state with the cut rate
 
     def _lr(self) -> float:
         try:

@@ -362,7 +362,9 @@ class Optimizer(torch.optim.Optimizer):
         for p, grad in zip(params, grads):
             state, fresh = self._ensure_state(p, group, buffer_names, initial_scalars)
             key = (p.device, p.dtype, fresh, tuple(float(state[name]) for name in scalar_names))
-            bucket = buckets.setdefault(key, Bucket(fresh=fresh, scalar_names=scalar_names))
+            bucket = buckets.get(key)
+            if bucket is None:  # (not setdefault: that would build a Bucket per tensor)
+                bucket = buckets[key] = Bucket(fresh=fresh, scalar_names=scalar_names)
             bucket.params.append(p)
             bucket.grads.append(grad)
             bucket.states.append(state)

@@ -16,16 +16,16 @@ from typing import Any
 import torch
 
 import steepest
-from steepest.rules.dadapt import DAdaptAdam, DAdaptSGD
-from steepest.rules.prodigy import Prodigy
-from steepest.rules.schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
-from test_lr_free import (
+from lr_free_references import (
     dadapt_adam_reference,
     dadapt_sgd_reference,
     prodigy_reference,
     schedulefree_adamw_reference,
     schedulefree_sgd_reference,
 )
+from steepest.rules.dadapt import DAdaptAdam, DAdaptSGD
+from steepest.rules.prodigy import Prodigy
+from steepest.rules.schedulefree import ScheduleFreeAdamW, ScheduleFreeSGD
 
 
 def lion_reference(
@@ -189,6 +189,13 @@ SPECS: tuple[Spec, ...] = (
         reference=lion_reference,
         bad_inputs=_LR_ERRORS + _BETA_ERRORS + (({"weight_decay": -0.1}, ValueError, "weight_decay"),),
     ),
+    # The learning-rate-free rows (test_lr_free.py runs them against the official algorithms
+    # at 1e-10) keep d * lr moderate on the test problem (gradient sin(3 theta) + noise). At
+    # larger steps the iterates jump between the wells of cos(3 theta) and the dynamics turn
+    # chaotic: D-Adapt Adam at lr >= 0.5 estimates d ~ 1-4, and a one-ulp difference in d (the
+    # order in which the per-tensor sums are added) then grows about tenfold per step. That is
+    # a property of the problem, not of either implementation; the configurations below agree
+    # to ~1e-12 on several problem instances.
     Spec(
         "Prodigy",
         Prodigy,

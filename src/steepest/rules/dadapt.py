@@ -102,6 +102,9 @@ class DistanceEstimator(Optimizer):
     statistics: ClassVar[Callable[..., Tensor]]
     _statistics_buffers: ClassVar[tuple[str, ...]]
     _update_buffers: ClassVar[tuple[str, ...]]
+    #: The buffer that starts as a copy of the parameter: the point the distance is measured
+    #: from (Prodigy's ``p0``, D-Adapt SGD's ``x0``); None when the rule keeps none.
+    _start_buffer: ClassVar[str | None] = None
 
     # -- what a subclass declares ----------------------------------------------------------
     def _group_state(self, group: dict[str, Any]) -> dict[str, Any]:
@@ -119,6 +122,15 @@ class DistanceEstimator(Optimizer):
         raise NotImplementedError
 
     # -- shared machinery --------------------------------------------------------------------
+    def _buffer_names(self, group: dict[str, Any]) -> tuple[str, ...]:
+        """Every buffer either pass reads, in order of first use."""
+        return tuple(dict.fromkeys(self._statistics_buffers + self._update_buffers))
+
+    def _new_buffer(self, name: str, param: Tensor, group: dict[str, Any]) -> Tensor:
+        if name == self._start_buffer:
+            return param.detach().clone(memory_format=torch.preserve_format)
+        return super()._new_buffer(name, param, group)
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a param group; its distance estimate starts at its own ``d0``."""
         super().add_param_group(param_group)
@@ -286,9 +298,6 @@ class DAdaptAdam(DistanceEstimator):
         )
         super().__init__(params, defaults, clip_norm=clip_norm)
 
-    def _buffer_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("s", "exp_avg", "exp_avg_sq")
-
     def _group_state(self, group: dict[str, Any]) -> dict[str, Any]:
         return {"d": group["d0"], "numerator_weighted": 0.0, "k": 0}
 
@@ -396,6 +405,7 @@ class DAdaptSGD(DistanceEstimator):
     update = staticmethod(dadapt_sgd_update)
     _statistics_buffers = ("s",)
     _update_buffers = ("s", "x0")
+    _start_buffer = "x0"  # z = x0 - s
     _checks = {
         "lr": validation.nonnegative,
         "momentum": validation.unit_interval,
@@ -429,14 +439,6 @@ class DAdaptSGD(DistanceEstimator):
             foreach=foreach,
         )
         super().__init__(params, defaults, clip_norm=clip_norm)
-
-    def _buffer_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("s", "x0")
-
-    def _new_buffer(self, name: str, param: Tensor, group: dict[str, Any]) -> Tensor:
-        if name == "x0":  # the starting point z is measured from
-            return param.detach().clone(memory_format=torch.preserve_format)
-        return super()._new_buffer(name, param, group)
 
     def _group_state(self, group: dict[str, Any]) -> dict[str, Any]:
         return {"d": group["d0"], "numerator_weighted": 0.0, "g0_norm": 0.0, "k": 0}

@@ -109,6 +109,7 @@ class Prodigy(DistanceEstimator):
     update = staticmethod(prodigy_update)
     _statistics_buffers = ("exp_avg", "exp_avg_sq", "s", "p0")
     _update_buffers = ("exp_avg", "exp_avg_sq")
+    _start_buffer = "p0"
     _checks = {
         "lr": validation.nonnegative,
         "betas": validation.betas,
@@ -160,14 +161,6 @@ class Prodigy(DistanceEstimator):
             foreach=foreach,
         )
         super().__init__(params, defaults, clip_norm=clip_norm)
-
-    def _buffer_names(self, group: dict[str, Any]) -> tuple[str, ...]:
-        return ("s", "p0", "exp_avg", "exp_avg_sq")
-
-    def _new_buffer(self, name: str, param: Tensor, group: dict[str, Any]) -> Tensor:
-        if name == "p0":  # the starting point the distance is measured from
-            return param.detach().clone(memory_format=torch.preserve_format)
-        return super()._new_buffer(name, param, group)
 
     def _group_state(self, group: dict[str, Any]) -> dict[str, Any]:
         d0 = group["d0"]

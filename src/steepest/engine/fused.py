@@ -212,12 +212,18 @@ def native_kernel(
     """A ready-made single-pass kernel for this bucket, or None: PyTorch's own fused kernel on
     the CPU, a multi-tensor Triton kernel on CUDA. Neither costs a compilation of ours."""
     device = params[0].device
-    if narrow or not same_layout(params, grads, buffers):
+    if narrow:
         return None
-    if device.type == "cpu" and params[0].dtype in _ATEN_DTYPES:
+    if device.type == "cpu":
+        # the cheap tests first: this runs at every step of every CPU bucket by default
         if not ATEN_CPU_KERNELS:
             ATEN_CPU_KERNELS.update(_aten_kernels())
-        return ATEN_CPU_KERNELS.get(rule)
+        kernel = ATEN_CPU_KERNELS.get(rule)
+        if kernel is None or params[0].dtype not in _ATEN_DTYPES:
+            return None
+        return kernel if same_layout(params, grads, buffers) else None
+    if not same_layout(params, grads, buffers):
+        return None
     if device.type == "cuda" and compile_available(device):
         from steepest.engine import triton_kernels  # imports Triton: only where a GPU runs it
 

@@ -449,6 +449,7 @@ class SafeStep:
         level = self.reference
         if level is not None and level < KEEP_PROGRESS_BELOW * begun["loss"]:
             # The loss fell well below where this rate began: keep the progress, cut the rate.
+            self.lr_cut *= factor
             self._scale_lr(factor)
             self._start_snapshot, self._snapshot_due = None, True  # the cut rate begins here
             self._monitor.reset()
@@ -515,15 +516,13 @@ class SafeStep:
         self.lr_cut *= self.backoff_factor if factor is None else factor
         self._start_snapshot = None  # the next snapshot starts the new learning rate
         # the restored optimizer predates the cuts made since the snapshot: apply them all
-        self._scale_lr(self.lr_cut / snapshot["lr_cut"], count=False)
+        self._scale_lr(self.lr_cut / snapshot["lr_cut"])
         self.optimizer.zero_grad(set_to_none=True)
         self._recent = list(snapshot["recent"])
         self._snapshot_due = True  # the next good step snapshots the state with the cut rate
 
-    def _scale_lr(self, factor: float, count: bool = True) -> None:
-        """Multiply the optimizer's learning rates by ``factor`` (``count``: and ``lr_cut``)."""
-        if count:
-            self.lr_cut *= factor
+    def _scale_lr(self, factor: float) -> None:
+        """Multiply the optimizer's learning rates by ``factor``."""
         scale_lr = getattr(self.optimizer, "scale_lr", None)
         if callable(scale_lr):
             scale_lr(factor)

@@ -68,6 +68,11 @@ class RunFolder:
     def report_path(self) -> Path:
         return self.path / REPORT_FILE
 
+    def holds_a_run(self) -> bool:
+        """Whether the folder holds what a run writes (metrics.jsonl or checkpoints/): the test
+        before resuming in it or deleting it for ``--overwrite``."""
+        return self.metrics_path.is_file() or self.checkpoints_dir.is_dir()
+
     def read_config(self) -> dict[str, Any]:
         """The run's saved ``config.toml`` (empty if it has none)."""
         return load_config(self.config_path) if self.config_path.is_file() else {}
@@ -100,8 +105,8 @@ def create_run_folder(
         resume: reopen an existing folder: its config.toml is replaced by ``config`` (the
             settings the resumed run now uses) and nothing else is touched.
         overwrite: a new run whose named folder exists deletes it and starts afresh there;
-            only a run folder (one holding config.toml, metrics.jsonl or checkpoints/) is
-            deleted, never another folder that happens to have the name.
+            only a run folder (:meth:`RunFolder.holds_a_run`) is deleted, never another
+            folder that happens to have the name.
 
     Raises:
         ConfigError: a new run whose folder exists (without ``overwrite``, or not a run
@@ -117,7 +122,7 @@ def create_run_folder(
         if name is None:
             raise ConfigError("resuming needs the run folder's name")
         folder = RunFolder(runs_dir / name)
-        if not folder.metrics_path.is_file() and not folder.checkpoints_dir.is_dir():
+        if not folder.holds_a_run():
             raise ConfigError(f"cannot resume {folder.path}: it is not a run folder")
         folder.checkpoints_dir.mkdir(exist_ok=True)
         _write_atomically(folder.config_path, dump_config(config))
@@ -127,13 +132,7 @@ def create_run_folder(
     if name is not None:
         path = runs_dir / name
         if overwrite and path.exists():
-            existing = RunFolder(path)
-            is_run = path.is_dir() and (
-                existing.config_path.is_file()
-                or existing.metrics_path.is_file()
-                or existing.checkpoints_dir.is_dir()
-            )
-            if not is_run:
+            if not RunFolder(path).holds_a_run():
                 raise ConfigError(f"--overwrite: {path} exists but is not a run folder; not deleting it")
             shutil.rmtree(path)
         try:

@@ -747,28 +747,26 @@ def fit(
     def evaluate_now() -> EvalRecord:
         """Score the model, record and announce the evaluation.
 
-        A schedule-free optimizer is in eval mode meanwhile: the validation data and the
-        ``on_evaluate`` callbacks see the average x, the point it returns.
+        Callers put a schedule-free optimizer in eval mode first (``rules.evaluation_mode``):
+        the validation data and the ``on_evaluate`` callbacks see the average x it returns.
         """
         nonlocal train_loss_sum, train_steps
-        with rules.evaluation_mode(optimizer):
-            if val_batches is not None:
-                scores = _evaluate(model, val_batches, loss_function, metrics, device, autocast)
-            else:
-                last = trainer.history[-1].loss if trainer.history else math.nan
-                scores = {"train_loss": train_loss_sum / train_steps if train_steps else last}
-            train_loss_sum, train_steps = 0.0, 0
-            record = EvalRecord(step=trainer.step, epoch=trainer.epoch, metrics=scores, elapsed=clock())
-            trainer.evaluations.append(record)
-            trainer.notify("on_evaluate", record)
+        if val_batches is not None:
+            scores = _evaluate(model, val_batches, loss_function, metrics, device, autocast)
+        else:
+            last = trainer.history[-1].loss if trainer.history else math.nan
+            scores = {"train_loss": train_loss_sum / train_steps if train_steps else last}
+        train_loss_sum, train_steps = 0.0, 0
+        record = EvalRecord(step=trainer.step, epoch=trainer.epoch, metrics=scores, elapsed=clock())
+        trainer.evaluations.append(record)
+        trainer.notify("on_evaluate", record)
         return record
 
     def evaluate_and_check_stopping() -> None:
         """Evaluate; ask the stopping criteria; restore the best parameters if they say so.
 
-        With a schedule-free optimizer the criteria are asked in eval mode too, so that a
-        best-parameter snapshot (patience's restore_best) is of the average x that was
-        evaluated, not of the training point y.
+        A schedule-free optimizer is in eval mode for both, so that a best-parameter snapshot
+        (patience's restore_best) is of the average x that was evaluated, not of y.
         """
         nonlocal stopped_by, success
         with rules.evaluation_mode(optimizer):
@@ -958,7 +956,8 @@ def fit(
 
     # -- the end: final metrics, a last checkpoint, the result -----------------------------------
     if not trainer.evaluations or trainer.evaluations[-1].step != trainer.step:
-        evaluate_now()
+        with rules.evaluation_mode(optimizer):
+            evaluate_now()
     # The checkpoint comes before eval(): like every checkpoint of the run it holds a
     # schedule-free optimizer in train mode (y exactly, where a resumed run continues; a
     # train() after eval() would give y only up to rounding). Only a run whose best

@@ -130,21 +130,19 @@ def tensor_norms(
         [tensor(5.), tensor(2.)]
     """
     norm_type = float(norm_type)
+
+    def group_norms(group: Sequence[Tensor], device: torch.device) -> list[Tensor]:
+        if _use_foreach(foreach, group, device):
+            return list(torch._foreach_norm(group, norm_type))
+        return [torch.linalg.vector_norm(t, norm_type) for t in group]
+
     groups = _group_indices(tensors)
-    if len(groups) == 1:
-        # One device and dtype, the usual case: no regrouping (this runs every training step).
+    if len(groups) == 1:  # one device and dtype, the usual case: no regrouping (every step)
         ((device, _),) = groups
-        if _use_foreach(foreach, tensors, device):
-            return list(torch._foreach_norm(tensors, norm_type))
-        return [torch.linalg.vector_norm(t, norm_type) for t in tensors]
+        return group_norms(tensors, device)
     norms: list[Tensor | None] = [None] * len(tensors)
     for (device, _), indices in groups.items():
-        group = [tensors[i] for i in indices]
-        if _use_foreach(foreach, group, device):
-            group_norms = list(torch._foreach_norm(group, norm_type))
-        else:
-            group_norms = [torch.linalg.vector_norm(t, norm_type) for t in group]
-        for i, norm in zip(indices, group_norms, strict=True):
+        for i, norm in zip(indices, group_norms([tensors[i] for i in indices], device), strict=True):
             norms[i] = norm
     return norms  # type: ignore[return-value]
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import signal
@@ -448,3 +449,31 @@ def test_on_too_large_backs_off_a_far_too_large_rate(tmp_path: Path) -> None:
     assert steps[-1]["lr"] < 0.5 * steps[0]["lr"]  # the rate was cut
     assert any(str(row.get("safety", "")).startswith("backoff") for row in steps)
     assert evals[-1]["val_accuracy"] > 0.6  # and it learned (unguarded it stays near chance)
+
+
+def test_the_default_run_is_never_told_its_rate_is_too_large(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `make demo`'s run. Late in its cosine decay the rate halves every few windows; when each
+    # halving set a fresh reference (a median of five mini-batch losses at the noise floor,
+    # 0.007-0.11), the next window's noise read as "ends 2-3x above where this rate took over"
+    # and the demo advised "learning rate looks ~10x too large".
+    assert cli.main(run_args(tmp_path, "demo")) == 0
+    steps, _ = read_metrics(tmp_path / "demo" / "metrics.jsonl")
+    regimes = {row["regime"] for row in steps if "regime" in row}
+    assert regimes == {"good"}
+    assert "too large" not in capsys.readouterr().out
+
+
+def test_a_rate_100x_the_default_with_backoff_reaches_the_default_runs_accuracy(tmp_path: Path) -> None:
+    # The issue's promise, in the default set-up (AdamW 5e-3, cosine decay, 40 epochs, CNN): at
+    # 0.5 the network dies at chance, the loss flat at log(10), and only the gradient norm (which
+    # collapses) tells that from a crawl. The guard once watched the loss alone and never backed
+    # off: 10% test accuracy. The default run reaches 98.06% (seeds 1-3 at 100x: 98.06-99.17%).
+    assert cli.main(run_args(tmp_path, "big", "--lr", "0.5", "--on-too-large", "backoff")) == 0
+    steps, _ = read_metrics(tmp_path / "big" / "metrics.jsonl")
+    assert any(str(row.get("safety", "")).startswith("backoff") for row in steps)
+    at_200 = next(row["lr"] for row in steps if row["step"] == 200)
+    assert at_200 < 0.02  # cut to about the good rate (the schedule alone: 0.43 at step 200)
+    scores = json.loads((tmp_path / "big" / "test_metrics.json").read_text())
+    assert scores["test_accuracy"] >= 0.975

@@ -555,10 +555,12 @@ def test_a_state_saved_before_the_gradient_and_level_evidence_existed_still_load
     old = {
         key: state[key] for key in ("window", "current", "first_loss", "first_grad_norm", "reference_loss")
     }
-    old |= {key: state[key] for key in ("reference_lr", "slow_windows", "recent", "history")}
+    old |= {key: state[key] for key in ("slow_windows", "recent", "history")}
+    old["reference_lr"] = state["previous_lr"]  # the key's name then
     resumed = RegimeMonitor(window=WINDOW)
     resumed.load_state_dict(old)
     assert resumed.history == monitor.history and resumed.state_dict()["largest_gradient_step"] is None
+    assert resumed.state_dict()["previous_lr"] == 1e-5
 
 
 def test_a_diagnosis_every_window_and_history() -> None:

@@ -7,10 +7,11 @@ update-to-parameter norm ratio ||delta theta|| / ||theta|| and the learning rate
 window of steps says which regime it sees, with the numbers it used and a sentence of advice.
 
 The evidence, checked in this order (the first that holds decides). "This rate" is the rate
-since it last changed by 2x or more; "the reference" is the loss when it took over (the run's
-first loss at the start). A rise of the loss only counts once it gives back ``rise_tolerance``
-of the progress this rate made (reference minus the lowest level reached): a converged run's
-wobble, 1e-30 to 3e-30 or 0.02 to 0.04 in a fitted network's batch noise, is not an overshoot.
+since it last jumped by 2x or more from one step to the next (a cut, not a schedule's gradual
+decay); "the reference" is the loss when it took over (the run's first loss at the start). A
+rise of the loss only counts once it gives back ``rise_tolerance`` of the progress this rate
+made (reference minus the lowest level reached): a converged run's wobble, 1e-30 to 3e-30 or
+0.02 to 0.04 in a fitted network's batch noise, is not an overshoot.
 
 * ``too_large``
   1. the loss (or the gradient norm) is not finite: diverged; reported at once, mid-window;
@@ -108,7 +109,7 @@ _DIVERGING_GROWTH = 2.0  # a loss that at least doubles per step is diverging ex
 _WINDOW_RISE = 0.5  # within one window a rise counts from +50%: SGD's own wandering reaches +30%
 _NO_PROGRESS = 0.1  # net decrease below 10% of the distance travelled: no progress
 _OSCILLATION_AMPLITUDE = 0.05  # swings below 5% of the loss are not called an oscillation
-_NEW_RATE = 2.0  # a learning rate 2x away from the current one starts a new reference
+_NEW_RATE = 2.0  # a jump of the learning rate by 2x from one observation to the next: a new rate
 _PEAK = 2.0  # a window whose level peaked at 2x the reference clearly overshot
 _CLIMB_BACK = 2.0  # a window level 2x the lowest this rate had reached: its progress was undone
 _GRADIENT_COLLAPSE = 0.5  # the gradient norm fell below half its value when the rate took over
@@ -266,7 +267,7 @@ class RegimeMonitor:
         self._first_grad_norm: float | None = None
         self._last_grad_norm: float | None = None  # the latest finite, positive one
         self._largest_gradient_step: float | None = None  # the largest |log(g_k / g_{k-1})| of the run
-        self._reference_lr: float | None = None
+        self._previous_lr: float | None = None  # the rate at the last observation
         self._recent: list[float] = []  # the last finite losses of completed windows
         self._recent_grad_norms: list[float] = []  # and their finite, positive gradient norms
         self._history: list[Diagnosis] = []
@@ -338,13 +339,19 @@ class RegimeMonitor:
         return diagnosis
 
     def _note_rate(self, lr: float) -> None:
-        """A new learning rate (not a schedule's drift: a change by 2x or more) gets a fresh start.
+        """A new learning rate (a jump by 2x or more since the last observation) gets a fresh start.
 
         "The loss ends above where it started" asks whether *this* rate made things worse, so
         after a cut the reference is the loss when the new rate took over, not the run's first;
         a crawl at the old rate says nothing about the new one either.
+
+        A schedule's drift is not a new rate, however far it has drifted: late in a cosine decay
+        the rate halves every few windows, and each fresh reference, a median of a few
+        mini-batch losses at the noise floor (0.007-0.11 on the digits networks), made the next
+        window's ordinary noise read as "ends 2-3x above where this rate took over".
         """
-        previous = self._reference_lr
+        previous = self._previous_lr
+        self._previous_lr = lr
         if previous is None or not (previous / _NEW_RATE <= lr <= previous * _NEW_RATE):
             if previous is not None:
                 # Where the run stood when the new rate took over: the medians of the last
@@ -356,7 +363,6 @@ class RegimeMonitor:
                     reference_loss=float(np.median(recent)) if recent else None,
                     reference_grad_norm=float(np.median(grads)) if grads else None,
                 )
-            self._reference_lr = lr
 
     def _note_gradient(self, grad: float) -> None:
         """Keep the first gradient norm (of the run, of this rate) and the largest one-step change.
@@ -404,7 +410,7 @@ class RegimeMonitor:
             "largest_gradient_step": self._largest_gradient_step,
             "reference_loss": self._reference_loss,
             "reference_grad_norm": self._reference_grad_norm,
-            "reference_lr": self._reference_lr,
+            "previous_lr": self._previous_lr,
             "slow_windows": self._slow_windows,
             "stuck_windows": self._stuck_windows,
             "fast_seen": self._fast_seen,
@@ -431,7 +437,8 @@ class RegimeMonitor:
         self._first_loss = _optional_float(state["first_loss"])
         self._first_grad_norm = _optional_float(state["first_grad_norm"])
         self._reference_loss = _optional_float(state["reference_loss"])
-        self._reference_lr = _optional_float(state["reference_lr"])
+        # "reference_lr" in states saved before rates were compared step to step
+        self._previous_lr = _optional_float(state.get("previous_lr", state.get("reference_lr")))
         self._slow_windows = int(state["slow_windows"])
         self._recent = [float(v) for v in state["recent"]]
         self._history = [Diagnosis.from_dict(record) for record in state["history"]]

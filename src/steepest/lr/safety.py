@@ -29,7 +29,11 @@ at the global gradient norm), so a bad update is never applied:
 A rate far too large does not always give NaN or spikes: on classification networks the loss
 can sit at chance level, finite and flat. ``on_too_large="backoff"`` watches the live regime
 diagnosis for that and backs off too (tested: Adam at 100x the tuned rate on the digits MLP
-reaches the tuned run's loss within 4x its steps; unguarded it never does). It rolls back to
+reaches the tuned run's loss within 4x its steps; unguarded it never does). The diagnosis is
+given the gradient norm the guard already checks: a network killed at chance and a rate that
+crawls both leave the loss flat, and only the collapse of the gradient norm tells them apart
+(``steepest train --lr 0.5 --on-too-large backoff``, 100x the default rate, ended at 10% test
+accuracy while the guard watched the loss alone, and reaches the default run's 98% with it). It rolls back to
 where the too-large rate began, unless the loss has since fallen well below the loss there
 (under ``KEEP_PROGRESS_BELOW`` times it): then the steps at that rate did not only harm, and
 the rate is cut in place. A decaying schedule can bring the diagnosis to "too large" only late
@@ -226,6 +230,7 @@ class SafeStep:
         self._start_snapshot = None  # where the current learning rate began: a too-large rate
         self.too_large = 0  # harms every step, so its backoff goes back there
         self._too_large_windows = 0
+        self._last_grad_norm: float | None = None  # of the step being checked, when check_grad
         self._monitor = None
         if self.on_too_large is not None:
             from steepest.lr.diagnosis import RegimeMonitor  # the live "too large" diagnosis
@@ -389,10 +394,11 @@ class SafeStep:
     # -- internals -------------------------------------------------------------------------------
     def _event(self, value: float, step: int) -> tuple[str | None, str]:
         where = f"step {self._step_count(step)}"
+        self._last_grad_norm = None
         if not math.isfinite(value):
             return "nonfinite", f"non-finite loss {value} at {where}"
         if self.check_grad:
-            norm = self._grad_norm()
+            norm = self._last_grad_norm = self._grad_norm()
             if norm is not None and not math.isfinite(norm):
                 return "nonfinite", f"non-finite gradient norm {norm} at {where} (loss {value:.6g})"
         if self.on_spike is not None:
@@ -416,7 +422,9 @@ class SafeStep:
         """
         if self._monitor is None:
             return None, "", 1.0
-        diagnosis = self._monitor.observe(step, value, lr=self._lr())
+        # The gradient norm tells a network a rate killed (its gradient collapsed, the loss flat at
+        # chance) from one crawling at a tiny rate; from the loss alone the two look alike.
+        diagnosis = self._monitor.observe(step, value, grad_norm=self._last_grad_norm, lr=self._lr())
         if diagnosis is None:
             return None, "", 1.0
         self._too_large_windows = self._too_large_windows + 1 if diagnosis.regime == "too_large" else 0

@@ -352,6 +352,7 @@ def test_lr_find_takes_trains_data_and_model_flags_and_config(
         return real_range_test(model, data, optimizer, **options)
 
     monkeypatch.setattr(cli.lr, "range_test", spy)
+    monkeypatch.chdir(tmp_path)
     config = tmp_path / "run.toml"
     config.write_text('dataset = "diabetes"\nmodel = "softmax"\nbatch_size = 32\nepochs = 7\n')
     argv = ["lr-find", "--config", str(config), "--model", "mlp", "--optimizer", "SGD", "--seed", "3"]
@@ -364,7 +365,10 @@ def test_lr_find_takes_trains_data_and_model_flags_and_config(
     assert (seen["optimizer"], seen["batch_size"], seen["seed"]) == ("sgd", 32, 3)
 
 
-def test_lr_find_on_a_csv_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_lr_find_on_a_csv_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where the default lr_find.png goes
     generator = torch.Generator().manual_seed(0)
     features = torch.randn(120, 3, generator=generator)
     labels = (features[:, 0] + features[:, 1] > 0).long()
@@ -374,8 +378,21 @@ def test_lr_find_on_a_csv_file(tmp_path: Path, capsys: pytest.CaptureFixture[str
     (tmp_path / "points.csv").write_text("\n".join(rows) + "\n")
     argv = ["lr-find", "--dataset", str(tmp_path / "points.csv"), "--model", "softmax", "--optimizer", "sgd"]
     assert cli.main([*argv, "--steps", "30", "--repeats", "1", "--batch-size", "16"]) == 0
-    suggested = float(re.search(r"consensus\s+([0-9.e+-]+)", capsys.readouterr().out).group(1))
+    out = capsys.readouterr().out
+    suggested = float(re.search(r"consensus\s+([0-9.e+-]+)", out).group(1))
     assert 1e-4 < suggested < 10
+    # the plot is written without asking, as the other plotting commands do
+    assert out.splitlines()[-1] == "wrote lr_find.png"
+    assert (tmp_path / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_lr_find_refuses_a_missing_output_folder_before_sweeping(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(cli.lr, "range_test", lambda *args, **kwargs: pytest.fail("swept"))
+    assert cli.main(["lr-find", "-o", str(tmp_path / "no" / "such" / "find.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
 
 
 def test_compare_prints_one_line_per_run_and_writes_a_png(

@@ -208,6 +208,7 @@ def data_and_model(config: dict[str, typing.Any]) -> tuple[DataSplits, torch.nn.
 
 def run_lr_find(args: argparse.Namespace) -> int:
     """``steepest lr-find``: a range test on the data and model of ``train``; print and plot it."""
+    check_output_folder(args.output)
     flags = {name: value for name, value in vars(args).items() if name in LR_FIND_OPTIONS}
     config = configure(flags, args.config)
     data, model = data_and_model(config)
@@ -224,17 +225,21 @@ def run_lr_find(args: argparse.Namespace) -> int:
         seed=config["seed"],
     )
     print(lr.lr_find_summary(result))
-    if args.output:
-        result.plot(args.output)
-        print(f"wrote {args.output}")
+    result.plot(args.output)
+    print(f"wrote {args.output}")
     return 0
+
+
+def check_output_folder(output: str) -> None:
+    """Refuse an output file whose folder does not exist now, not after the runs were spent."""
+    folder = Path(output).resolve().parent
+    if not folder.is_dir():
+        raise UsageError(f"-o {output}: folder {folder} does not exist")
 
 
 def run_compare(args: argparse.Namespace) -> int:
     """``steepest compare PROBLEM --optimizer ... --lr ...``: runs side by side, a table and a PNG."""
-    folder = Path(args.output).resolve().parent
-    if not folder.is_dir():  # found now, not after every run has been spent
-        raise UsageError(f"-o {args.output}: folder {folder} does not exist")
+    check_output_folder(args.output)
     if args.regimes:
         if len(args.optimizer) != 1 or (args.lr is not None and len(args.lr) != 1):
             raise UsageError(
@@ -323,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         "lr-find",
         help="learning-rate range test on the data and model train would use",
         description="Sweep the learning rate upward over short runs (several repeats), print "
-        "the suggested rates and their spread, and optionally plot the curve. Data, model, "
+        "the suggested rates and their spread, and plot the curve. Data, model, "
         "optimizer, batch size, seed and init take the same flags (and --config file) as train.",
         allow_abbrev=False,
     )
@@ -331,11 +336,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", default=None, help="TOML file of train options (the ones lr-find takes are read)"
     )
     add_train_arguments(find_parser, LR_FIND_OPTIONS)
-    find_parser.add_argument("--min-lr", type=positive_float, default=1e-6)
-    find_parser.add_argument("--max-lr", type=positive_float, default=10.0)
-    find_parser.add_argument("--steps", type=positive_int, default=100, help="steps per sweep")
-    find_parser.add_argument("--repeats", type=positive_int, default=3, help="sweeps (batch orders)")
-    find_parser.add_argument("-o", "--output", default=None, help="PNG of the curve to write")
+    find_parser.add_argument(
+        "--min-lr", type=positive_float, default=1e-6, help="first rate of the sweep (default: 1e-6)"
+    )
+    find_parser.add_argument(
+        "--max-lr", type=positive_float, default=10.0, help="last rate of the sweep (default: 10)"
+    )
+    find_parser.add_argument("--steps", type=positive_int, default=100, help="steps per sweep (default: 100)")
+    find_parser.add_argument(
+        "--repeats", type=positive_int, default=3, help="sweeps (batch orders) (default: 3)"
+    )
+    find_parser.add_argument(
+        "-o",
+        "--output",
+        default="lr_find.png",
+        help="PNG of the curve, with the suggestions and the spread marked (default: lr_find.png)",
+    )
     find_parser.set_defaults(run=run_lr_find)
 
     compare_parser = commands.add_parser(

@@ -515,6 +515,22 @@ def test_following_the_advice_on_logistic_regression_without_nan() -> None:
 
 
 # -- the monitor's mechanics ---------------------------------------------------------------------------
+def test_a_cut_starts_a_new_rate_and_a_schedules_decay_does_not() -> None:
+    # A noisy floor (log-normal batch losses around 0.03) under a rate that decays smoothly by
+    # 16x: the reference stays the run's first loss, and nothing is called too large. Then a
+    # cut by 2x in one step: the reference becomes where the run stood (about 0.03).
+    rng = np.random.default_rng(0)
+    monitor = RegimeMonitor(window=WINDOW)
+    steps = 200
+    for step in range(steps):
+        loss = 2.3 if step == 0 else 0.03 * math.exp(rng.normal(0.0, 0.8))
+        monitor.observe(step, loss, lr=1e-2 * 16 ** (-step / (steps - 1)))
+        assert monitor.state_dict()["reference_loss"] == 2.3
+    assert [d.regime for d in monitor.history[1:]] == ["good"] * (steps // WINDOW - 1)
+    monitor.observe(steps, 0.03, lr=1e-2 / 16 / 2)
+    assert 0.01 < monitor.state_dict()["reference_loss"] < 0.1
+
+
 @pytest.mark.parametrize(
     ("problem", "optimizer", "lr", "seed", "cut", "evidence"),
     [  # cut mid-window, in the first window whose verdict needs what earlier windows left

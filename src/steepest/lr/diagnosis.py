@@ -352,7 +352,7 @@ class RegimeMonitor:
         """
         previous = self._previous_lr
         self._previous_lr = lr
-        if previous is None or not (previous / _NEW_RATE <= lr <= previous * _NEW_RATE):
+        if previous is None or not (previous / _NEW_RATE < lr < previous * _NEW_RATE):
             if previous is not None:
                 # Where the run stood when the new rate took over: the medians of the last
                 # losses and gradient norms, robust to the wild batches a too large rate leaves.

@@ -515,6 +515,25 @@ def test_following_the_advice_on_logistic_regression_without_nan() -> None:
 
 
 # -- the monitor's mechanics ---------------------------------------------------------------------------
+def test_a_crawl_while_a_warm_up_raises_the_rate_is_not_too_small() -> None:
+    # Adam at 1e-5 on the digits MLP crawls (too small, at a constant rate). The same steps,
+    # labelled with a rate a linear warm-up is raising (one-cycle's first phase starts at
+    # peak / 25), are the schedule's plan: `steepest train --schedule one_cycle` was told
+    # "learning rate looks ~80x too small" at step 60.
+    records = run("digits", "Adam", 1e-5)
+    verdicts = {}
+    for label, rates in (
+        ("constant", [1e-5] * len(records)),
+        ("warm-up", 1e-5 * (1 + np.arange(len(records)))),
+    ):
+        monitor = RegimeMonitor(window=WINDOW)
+        for step, ((loss, grad_norm, ratio), rate) in enumerate(zip(records, rates)):
+            monitor.observe(step, loss, grad_norm, ratio, lr=rate)
+        verdicts[label] = [d.regime for d in monitor.history]
+    assert "too_small" in verdicts["constant"]
+    assert set(verdicts["warm-up"]) == {"good"}
+
+
 def test_a_cut_starts_a_new_rate_and_a_schedules_decay_does_not() -> None:
     # A noisy floor (log-normal batch losses around 0.03) under a rate that decays smoothly by
     # 16x: the reference stays the run's first loss, and nothing is called too large. Then a

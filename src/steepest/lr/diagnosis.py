@@ -40,7 +40,8 @@ made (reference minus the lowest level reached): a converged run's wobble, 1e-30
   or convergence, not a rate too small); not near a stationary point; and either the
   parameters barely move or the loss is still above ``progress_fraction`` of its first value;
   never while the update ratio is 10x ``small_update`` or more (then the steps are large and
-  slowness has another cause: a plateau, a saddle). The parameters barely move when the update
+  slowness has another cause: a plateau, a saddle), nor while the rate rose by 1% or more over
+  the window (a warm-up starts small on purpose). The parameters barely move when the update
   ratio is below ``small_update``, or when no step of the run changed the gradient norm by
   10%: in the quadratic model a step changes the stiffest direction's gradient by
   lr lambda_max, so that is lr lambda_max < 0.1 where a good rate has about 1. Near a
@@ -113,6 +114,7 @@ _NEW_RATE = 2.0  # a jump of the learning rate by 2x from one observation to the
 _PEAK = 2.0  # a window whose level peaked at 2x the reference clearly overshot
 _CLIMB_BACK = 2.0  # a window level 2x the lowest this rate had reached: its progress was undone
 _GRADIENT_COLLAPSE = 0.5  # the gradient norm fell below half its value when the rate took over
+_RISING = 1.01  # a window over which the learning rate grew by 1% or more: a warm-up is raising it
 _LINEAR_STEP = 0.1  # no step changed the gradient norm by 10%: lr * lambda_max <~ 0.1, a crawl
 _MEDIAN_EFFICIENCY = 1.2533  # standard error of a median / that of a mean (sqrt(pi/2), Gaussian)
 _FLOAT_COLUMNS = ("losses", "grad_norms", "update_ratios", "lrs")  # of a window, saved in state_dict
@@ -674,7 +676,10 @@ class RegimeMonitor:
         # Steps that move the parameters by 10x small_update or more are not too small, whatever
         # the loss does: the slowness has another cause (a plateau, a saddle).
         moving = m.update_ratio is not None and m.update_ratio >= self._healthy_update
-        if slow and crawling and not stationary and not moving and (barely_moving or far):
+        # A warm-up (or one-cycle's first phase) starts small on purpose and is raising the rate
+        # already: a crawl then is the schedule's plan, and "try 80x more" would be bad advice.
+        rising = m.lr_growth is not None and m.lr_growth > _RISING
+        if slow and crawling and not stationary and not moving and not rising and (barely_moving or far):
             self._slow_windows += 1
         else:
             self._slow_windows = 0
@@ -696,6 +701,8 @@ class RegimeMonitor:
         reason = f"the loss went from {m.start:.4g} to {m.end:.4g} ({m.relative_change:+.1%})"
         if slow:
             reason += ", slowly, near a stationary point" if stationary else ", slowly"
+            if rising:
+                reason += ", while the schedule raises the learning rate"
         return Diagnosis("good", span, m.evidence, reason, 1.0, lr)
 
     def _too_large(
@@ -766,6 +773,7 @@ class _Measured:
     grad_change: float | None  # |d log(grad norm)| per step
     grad_vs_reference: float | None  # median gradient norm / its value when the rate took over
     update_ratio: float | None
+    lr_growth: float | None  # the learning rate at the window's end / at its start
     evidence: dict[str, float]
 
 
@@ -814,8 +822,12 @@ def _measure(window: _Window, first_grad_norm: float | None, reference_grad_norm
         grad_change=None,
         grad_vs_reference=None,
         update_ratio=_finite_median(np.asarray(window.update_ratios, dtype=float)),
+        lr_growth=None,
         evidence={},
     )
+    first_lr, last_lr = window.lrs[0], window.lrs[-1]
+    if math.isfinite(first_lr) and math.isfinite(last_lr) and first_lr > 0:
+        measured.lr_growth = last_lr / first_lr
     grad_start, grad_end = _finite_mean(grads[:quarter]), _finite_mean(grads[-quarter:])
     if grad_end is not None:
         if first_grad_norm is not None:
@@ -840,6 +852,7 @@ def _measure(window: _Window, first_grad_norm: float | None, reference_grad_norm
         "grad_norm_vs_reference": measured.grad_vs_reference,
         "grad_change_per_step": measured.grad_change,
         "update_ratio": measured.update_ratio,
+        "lr_growth": measured.lr_growth,
     }
     measured.evidence = {name: float(value) for name, value in evidence.items() if value is not None}
     return measured

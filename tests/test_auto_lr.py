@@ -21,7 +21,6 @@ MOMENTUM = {"momentum": 0.9}
 GRID = np.geomspace(1e-4, 1e2, 13)
 
 
-
 def steps_to_target(problem, x0, method, lr, options=None, max_iter=3000):
     """Iterations of minimize to f* + 1e-4 (f(x0) - f*), or None when it did not get there."""
     target = problem.f_star + 1e-4 * (float(problem(x0)) - problem.f_star)
@@ -198,3 +197,18 @@ def test_a_one_shot_iterator_of_batches_serves_the_sweep_and_every_trial(single_
     from_list = choose_lr(model, batches, "sgd", **settings)
     from_iterator = choose_lr(model, iter(batches), "sgd", **settings)
     assert from_iterator.trials == from_list.trials and from_iterator.lr == from_list.lr
+
+
+def test_plain_gradient_descent_is_not_given_a_rate_that_throws_the_loss_back_up(single_thread):
+    # lr 50 on softmax regression: its 40-step trial ends low between two bursts (the loss back
+    # at 3x its start at step 20), so its score beat every smaller rate; 500 steps at it end at
+    # a loss of 5.6, where the rate now chosen ends below 0.1.
+    problem = problems.softmax_regression()
+    choice = choose_lr(problem, optimizer="sgd")
+    assert (50.0, math.inf) in choice.trials
+    assert choice.lr <= 25.0
+    result = minimize(problem, problem.x0, "sgd", lr=choice.lr, max_iter=500, gtol=None)
+    assert result.fun < 0.1
+    # With momentum the loss may rise above its start and the rate still be the best: no such test.
+    heavy_ball = choose_lr(problem, optimizer="sgd", options={"momentum": 0.9})
+    assert all(math.isfinite(score) for rate, score in heavy_ball.trials if rate < 20)

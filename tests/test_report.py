@@ -29,6 +29,8 @@ def make_run(runs_dir: Path, name: str, lr: float, steps: int = 40, regime: bool
             line["regime"] = "too_large" if step <= 10 else "good"
             line["advice"] = "lower the learning rate 3x" if step <= 10 else "keep it"
             line["update_ratio"] = 1e-3 * step  # a diagnostic the report has never heard of
+            if step in (8, 10):
+                line["safety"] = f"backoff: learning rate too large at step {step}; cut x0.1"
         lines.append(line)
         if step % 10 == 0:
             lines.append({"kind": "eval", "step": step, "epoch": step // 10, "elapsed": step * 0.1,
@@ -83,6 +85,7 @@ def test_summary_values(tmp_path: Path) -> None:
     assert row["best val_accuracy"] == "80.00%"
     assert row["final train loss"] == "0.05"
     assert "regimes" not in row  # no run has a regime: no empty column
+    assert "safety events" not in row  # nor a safety event
 
 
 def test_two_runs_are_overlaid_with_one_row_each(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -115,6 +118,7 @@ def test_regime_strip_extra_fields_and_advice(tmp_path: Path) -> None:
     assert "Learning-rate regime" in page and "update_ratio" in page
     assert "too_large 25%, good 75%" in page
     assert "<td>keep it</td>" in page  # the last advice
+    assert "<td>backoff x2</td>" in page  # what the safe-step guard did
 
 
 def test_gradient_norm_plot_marks_clipping(tmp_path: Path) -> None:

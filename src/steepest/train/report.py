@@ -9,7 +9,7 @@ there is no JavaScript, so it can be mailed, attached to an issue or opened offl
 - a regime strip (too large / too small / good) when the steps carry a ``regime``;
 - any other numeric field the steps carry, one small plot each;
 - a summary table: configuration highlights, steps, best and final validation metrics, time,
-  why the run stopped, the last advice.
+  why the run stopped, the last advice, and the safe-step guard's events (backoffs, skips).
 
 With several runs, every plot overlays them on the same axes (the legend names the runs) and
 the table has one row per run: the page compares optimizers or learning rates directly.
@@ -332,7 +332,7 @@ def summary_rows(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
     headers = ["run", *_CONFIG_HIGHLIGHTS, "steps", "epochs run"]
     for key in eval_keys:
         headers += [f"best {key}", f"final {key}"]
-    headers += ["final train loss", "time", "stopped by", "regimes", "last advice"]
+    headers += ["final train loss", "time", "stopped by", "regimes", "last advice", "safety events"]
     rows = []
     for run in runs:
         last = run.steps[-1] if run.steps else {}
@@ -353,12 +353,19 @@ def summary_rows(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
         total = sum(regimes.values())
         regime_text = ", ".join(f"{name} {count / total:.0%}" for name, count in regimes.items())
         advice = next((r["advice"] for r in reversed(run.steps) if r.get("advice")), "")
+        # what the safe-step guard did: "backoff: <reason>", "skip: <reason>", ... per step
+        events: dict[str, int] = {}
+        for record in run.steps:
+            if isinstance(record.get("safety"), str):
+                action = record["safety"].split(":", 1)[0]
+                events[action] = events.get(action, 0) + 1
         row += [
             _format(last.get("loss")),
             f"{elapsed:.1f} s" if elapsed else "",
             _format((run.end or {}).get("stopped_by")),
             regime_text,
             str(advice),
+            ", ".join(f"{action} x{count}" for action, count in events.items()),
         ]
         rows.append(row)
     # Columns empty for every run (no clipping configured, no regimes) only add noise.

@@ -231,13 +231,11 @@ def _build_optimizer(
         optimizer = method(params)
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise TypeError(
-                f"the method factory must return a torch.optim.Optimizer, got "
-                f"{type(optimizer).__name__}"
+                f"the method factory must return a torch.optim.Optimizer, got {type(optimizer).__name__}"
             )
         return optimizer
     raise TypeError(
-        f"method must be a name, an optimizer class or a factory params -> optimizer, "
-        f"got {method!r}"
+        f"method must be a name, an optimizer class or a factory params -> optimizer, got {method!r}"
     )
 
 
@@ -349,9 +347,7 @@ class _Objective:
 
     def _gradient(self, value: Tensor) -> list[Tensor | None]:
         with torch.enable_grad():
-            grads = torch.autograd.grad(
-                value, self.leaves, retain_graph=self.keep_graph, allow_unused=True
-            )
+            grads = torch.autograd.grad(value, self.leaves, retain_graph=self.keep_graph, allow_unused=True)
         return list(grads)
 
     def __call__(self) -> Tensor:
@@ -723,8 +719,7 @@ def _stopping_test(
     if extra is not None:
         if not callable(extra):
             raise TypeError(
-                f"stopping must be a criterion (a callable Observation -> Stop | None), "
-                f"got {extra!r}"
+                f"stopping must be a criterion (a callable Observation -> Stop | None), got {extra!r}"
             )
         criteria.append(extra)
     if max_iter is not None:
@@ -811,16 +806,13 @@ class EmpiricalRisk:
         self.model_or_fn = model_or_fn
         self.loss = loss
         self._tensors, self._dataset = _as_data(data)
-        self.n_examples = (
-            len(self._tensors[0]) if self._tensors is not None else len(self._dataset)
-        )
+        self.n_examples = len(self._tensors[0]) if self._tensors is not None else len(self._dataset)
         if self.n_examples == 0:
             raise ValueError("data holds no examples")
         if batch_size == "full":
             if replacement:
                 raise ValueError(
-                    "replacement=True needs an integer batch_size; batch_size='full' uses "
-                    "every example once"
+                    "replacement=True needs an integer batch_size; batch_size='full' uses every example once"
                 )
             self.batch_size: int | Literal["full"] = "full"
         else:
@@ -834,9 +826,7 @@ class EmpiricalRisk:
         if not isinstance(replacement, bool):
             raise TypeError(f"replacement must be True or False, got replacement={replacement!r}")
         self.replacement = replacement
-        self.chunk_size = None if chunk_size is None else stopping._check_count(
-            "chunk_size", chunk_size
-        )
+        self.chunk_size = None if chunk_size is None else stopping._check_count("chunk_size", chunk_size)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator or None, got {generator!r}")
         self.generator = generator
@@ -865,9 +855,7 @@ class EmpiricalRisk:
             self._indices = None
             size = self.n_examples
         elif self.replacement:
-            self._indices = torch.randint(
-                self.n_examples, (self.batch_size,), generator=self.generator
-            )
+            self._indices = torch.randint(self.n_examples, (self.batch_size,), generator=self.generator)
             size = self.batch_size
         else:
             if self.step_in_epoch == 0 or self._order is None:
@@ -888,9 +876,7 @@ class EmpiricalRisk:
         if not isinstance(self.model_or_fn, nn.Module):
             return None
         return {
-            name: param.detach()
-            for name, param in self.model_or_fn.named_parameters()
-            if param.requires_grad
+            name: param.detach() for name, param in self.model_or_fn.named_parameters() if param.requires_grad
         }
 
     def __call__(self, x: Any) -> Tensor:
@@ -955,9 +941,7 @@ class _AccumulatedLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(
-        ctx: Any, terms: Callable[[list[Tensor]], Iterator[Tensor]], *leaves: Tensor
-    ) -> Tensor:
+    def forward(ctx: Any, terms: Callable[[list[Tensor]], Iterator[Tensor]], *leaves: Tensor) -> Tensor:
         wanted = ctx.needs_input_grad[1:]
         detached = [leaf.detach().requires_grad_(need) for leaf, need in zip(leaves, wanted)]
         grads = _accumulated_gradients(terms, detached, create_graph=False)

@@ -426,8 +426,9 @@ def minimize(
         lr: the learning rate (a float or a schedule ``step -> float``); None keeps the
             optimizer's default. Not with a factory. ``"auto"``: chosen by
             :func:`steepest.lr.auto.choose_lr` before the run (an Adam-family method runs
-            as Prodigy with lr=1; others get a short range test); ``result.lr_choice`` says
-            what and why.
+            as Prodigy with lr=1; SGD gets 0.9 of its stable limit at the start's curvature,
+            and the run backs off from a divergence unless ``on_nonfinite`` says otherwise;
+            others get a short range test and trials); ``result.lr_choice`` says what and why.
         options: other keyword arguments of the optimizer class (``{"momentum": 0.9}``).
             For a class with torch.optim.LBFGS's arguments, minimize sets ``max_iter=1``
             (one iteration per step, so that its criteria see every iteration), a
@@ -490,6 +491,11 @@ def minimize(
             raise ValueError(f"lr must be a number, a schedule, None or 'auto', got lr={lr!r}")
         lr_choice, method, options = _auto_lr(fun, x0, leaves, method, options)
         lr = lr_choice.lr
+        if lr_choice.safety and on_nonfinite is None and on_spike is None and not safety:
+            # the chosen rate comes with a guard (the curvature policy: a path that meets stiffer
+            # curvature than the start's backs off); the caller's own policy, if any, wins
+            on_nonfinite = lr_choice.safety.get("on_nonfinite")
+            on_spike = lr_choice.safety.get("on_spike")
     optimizer = _build_optimizer(method, leaves, lr, options)
     driven_by_closure = rules.requires_closure(optimizer)
     # A schedule-free method takes its gradients at the interpolated point y (train mode)
@@ -656,7 +662,9 @@ def _auto_lr(
             next_batch()
         return fun(_rebuild(x0, iter(point)))
 
-    choice = choose_lr(objective, None, method, x0=start, options=options, repeats=3 if stochastic else 1)
+    choice = choose_lr(
+        objective, None, method, x0=start, options=options, repeats=3 if stochastic else 1, noisy=stochastic
+    )
     if choice.method is method:
         return choice, method, options
     accepted = inspect.signature(choice.method).parameters

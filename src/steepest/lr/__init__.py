@@ -19,7 +19,7 @@ Example:
     >>> monitor = steepest.lr.RegimeMonitor(window=20)
 """
 
-from steepest.lr.auto import POLICIES, LRChoice, choose_lr, is_adam_family
+from steepest.lr.auto import POLICIES, LRChoice, choose_lr, is_adam_family, stable_limit
 from steepest.lr.compare import Comparison, RunCurve, RunSpec, compare, three_regimes
 from steepest.lr.diagnosis import (
     REGIMES,
@@ -38,6 +38,7 @@ __all__ = [
     "SafeStep",
     "Verdict",
     "choose_lr",
+    "stable_limit",
     "is_adam_family",
     "Comparison",
     "RunCurve",

@@ -22,6 +22,8 @@ Problems and targets:
 * ``rosenbrock``: 2-D from (-1.5, 2), the same relative target;
 * ``logistic``: logistic regression on breast cancer, full batch, the same relative target;
 * ``softmax``: softmax regression on digits, full batch, the same relative target (an extra);
+* ``beale``, ``himmelblau``, ``least_squares`` (extras, not tuned on): the built-in problems from
+  their own starts, the same relative target;
 * ``mlp``, ``cnn``: ``steepest.train`` models on ``load_dataset("digits")``, batch 64, trained by
   ``steepest.fit`` and scored on the test split every ``--eval-every`` steps until its
   accuracy reaches 97% (MLP) or 98% (CNN).
@@ -270,6 +272,12 @@ TASKS: dict[str, Callable[[argparse.Namespace], Any]] = {
     ),
     "softmax": lambda a: ObjectiveTask(
         "softmax digits", lambda: problems.softmax_regression("digits"), None, a.budget or 20000
+    ),
+    # extras, not tuned on: nonconvex 2-D functions and a least-squares fit
+    "beale": lambda a: ObjectiveTask("Beale 2-D", problems.beale, None, a.budget or 20000),
+    "himmelblau": lambda a: ObjectiveTask("Himmelblau 2-D", problems.himmelblau, None, a.budget or 20000),
+    "least_squares": lambda a: ObjectiveTask(
+        "least squares diabetes", problems.least_squares, None, a.budget or 20000
     ),
     "mlp": lambda a: DigitsTask("MLP digits", "mlp", 0.97, a.budget or 3000, a.eval_every, a.seeds),
     "cnn": lambda a: DigitsTask("CNN digits", "cnn", 0.98, a.budget or 3000, a.eval_every, a.seeds),

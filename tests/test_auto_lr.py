@@ -143,6 +143,9 @@ def test_when_every_trial_fails_it_falls_back_to_the_sweep_and_says_so(single_th
     choice = choose_lr(flat, optimizer="sgd", x0=torch.zeros(2), trial_steps=5)
     assert choice.policy == "range_test"  # no curvature to read a rate off: the trials decide
     assert all(math.isinf(score) for _, score in choice.trials)
+    # the gradients the curvature estimate spent are counted: 2 (the first product is zero)
+    sweep_cost = sum(50 if stop is None else stop + 1 for stop in choice.range_test.stopped_at)
+    assert choice.evaluations == 2 + sweep_cost + sum(5 for _ in choice.trials)
     assert "every trial failed" in choice.reason and choice.lr == choice.range_test.consensus
 
 

@@ -285,8 +285,9 @@ def choose_lr(
     settings = dict(options or {})
     if "lr" in settings:
         raise ValueError(f"options must not hold lr (it is what is chosen), got options={settings!r}")
+    curvature_cost = 0  # gradients spent on a curvature estimate that gave no rate
     if policy == "auto" and not stochastic and not noisy and _is_gradient_descent(cls):
-        choice = _curvature_choice(objective_or_model, cls, settings, x0, seed)
+        choice, curvature_cost = _curvature_choice(objective_or_model, cls, settings, x0, seed)
         if choice is not None:
             return choice
     repeats = 1 if repeats is None else repeats
@@ -309,7 +310,7 @@ def choose_lr(
         seed=seed,
         **common,
     )
-    evaluations = sum(steps if stop is None else stop + 1 for stop in sweep.stopped_at)
+    evaluations = curvature_cost + sum(steps if stop is None else stop + 1 for stop in sweep.stopped_at)
     ceilings = [_ceiling(sweep, row) for row in range(sweep.repeats)]
     ceiling, spread = min(ceilings), max(ceilings) / min(ceilings)
     reason = (
@@ -451,11 +452,12 @@ def stable_limit(momentum: float = 0.0, dampening: float = 0.0, nesterov: bool =
 
 def _curvature_choice(
     objective: Any, cls: type, settings: Mapping[str, Any], x0: Any, seed: int
-) -> LRChoice | None:
+) -> tuple[LRChoice | None, int]:
     """SGD on a deterministic objective: ``_STABLE_SHARE`` of the stable limit at the start.
 
-    None when the objective has no usable curvature there (flat, or not finite): the caller then
-    runs the range test and trials.
+    Returns the choice and the gradient evaluations spent. The choice is None when the objective
+    has no usable curvature there (flat, or not finite): the caller then runs the range test
+    and trials.
     """
     momentum = float(settings.get("momentum", 0.0) or 0.0)
     dampening = float(settings.get("dampening", 0.0) or 0.0)
@@ -465,7 +467,7 @@ def _curvature_choice(
     curvature, evaluations = _top_curvature(task, seed)
     curvature += weight_decay  # the rule adds weight_decay * p to the gradient
     if not (math.isfinite(curvature) and curvature > 0):
-        return None
+        return None, evaluations
     limit = stable_limit(momentum, dampening, nesterov)
     lr = _STABLE_SHARE * limit / curvature
     kind = "Nesterov" if nesterov else "heavy-ball" if momentum else "plain"
@@ -477,7 +479,7 @@ def _curvature_choice(
         "evaluations; a run that meets stiffer curvature later backs off (halves the rate from "
         "its last good point)"
     )
-    return LRChoice(
+    choice = LRChoice(
         lr,
         cls,
         "curvature",
@@ -486,6 +488,7 @@ def _curvature_choice(
         curvature=curvature,
         safety={"on_nonfinite": "backoff"},
     )
+    return choice, evaluations
 
 
 def _top_curvature(task: _Task, seed: int) -> tuple[float, int]:
@@ -504,6 +507,7 @@ def _top_curvature(task: _Task, seed: int) -> tuple[float, int]:
         return list(torch.autograd.grad(task.loss(params, None), params))
 
     at_start = gradient(point)
+    evaluations = 1
     generator = torch.Generator().manual_seed(seed)
     direction = [torch.randn(p.shape, generator=generator, dtype=p.dtype).to(p.device) for p in point]
     length = float(clipping.global_norm(direction))
@@ -516,12 +520,13 @@ def _top_curvature(task: _Task, seed: int) -> tuple[float, int]:
     for _ in range(_POWER_ITERATIONS):
         shifted = [(p.detach() + step * d).requires_grad_(True) for p, d in zip(point, direction)]
         product = [(g - g0) / step for g, g0 in zip(gradient(shifted), at_start)]
+        evaluations += 1
         estimate = float(sum((d * h).sum() for d, h in zip(direction, product)))
         length = float(clipping.global_norm(product))
         if not (math.isfinite(length) and length > 0):
             break
         direction = [h / length for h in product]
-    return abs(estimate), 1 + _POWER_ITERATIONS
+    return abs(estimate), evaluations
 
 
 def _optimizer_class(optimizer: Any) -> type[torch.optim.Optimizer]:

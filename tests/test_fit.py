@@ -563,6 +563,25 @@ def test_safe_step_skips_a_poisoned_batch_and_the_run_completes(single_thread) -
         fit(small_model(), (X, y), on_nonfinite="raise", **options)
 
 
+def test_the_guard_is_handed_the_gradient_norm_fit_logs(single_thread, monkeypatch) -> None:
+    # One norm per step, computed once: the guard's checks and its too-large diagnosis read the
+    # one fit logs (unscaled, before clipping), which is also the only one there is under a
+    # GradScaler, whose scaled gradients the guard cannot check itself.
+    from steepest.lr.safety import SafeStep
+
+    handed: list[float | None] = []
+    real_step = SafeStep.step
+
+    def spy(self, loss, closure=None, grad_norm=None):
+        handed.append(grad_norm)
+        return real_step(self, loss, closure, grad_norm)
+
+    monkeypatch.setattr(SafeStep, "step", spy)
+    options = dict(loss="cross_entropy", optimizer="sgd", lr=0.1, batch_size=32, epochs=1)
+    result = fit(small_model(), small_problem(n=128), on_nonfinite="skip", **options)
+    assert handed == [record.grad_norm for record in result.history] and None not in handed
+
+
 def test_compile_trains_like_eager(single_thread) -> None:
     """torch.compile of the model (about 20 s of compilation on 2 cores) follows eager closely."""
     X, y = small_problem(n=128)

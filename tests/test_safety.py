@@ -157,6 +157,37 @@ def test_grad_scaler_skips_are_the_scalers_business():
     assert torch.equal(w.detach(), torch.tensor([1.0, 2.0]))
 
 
+def test_a_given_gradient_norm_is_checked_and_informs_the_diagnosis():
+    w = torch.tensor([1.0, 2.0], requires_grad=True)
+    (w**2).sum().backward()  # finite gradients: only the norm handed in is not
+    guard = SafeStep(SGD([w], lr=0.1), on_nonfinite="skip")
+    verdict = guard.check(5.0, grad_norm=math.nan)
+    assert verdict.action == "skip" and "gradient norm nan" in verdict.reason
+
+    # A network killed at chance: the loss flat at log(10), the gradient norm collapsing. With a
+    # GradScaler the guard cannot check the (scaled) gradients itself, so only the norm the
+    # training loop hands in (unscaled; fit does) lets the diagnosis tell this from a crawl.
+    rng = np.random.default_rng(0)
+    losses = 2.30 + 0.02 * rng.standard_normal(200)
+    norms = np.geomspace(1.0, 0.02, 200)
+
+    def verdicts(with_norm: bool) -> list[str]:
+        scaler = torch.amp.GradScaler("cpu")
+        guard = SafeStep(SGD([w], lr=0.1), scaler=scaler, on_too_large="stop")
+        actions = []
+        for loss, norm in zip(losses, norms):
+            given = float(norm) if with_norm else None
+            actions.append(guard.check(float(loss), grad_norm=given).action)
+            if actions[-1] == "stop":
+                break
+        return actions
+
+    assert "stop" not in verdicts(with_norm=False)
+    assert verdicts(with_norm=True)[-1] == "stop"
+    scaler_guard = SafeStep(SGD([w], lr=0.1), scaler=torch.amp.GradScaler("cpu"), on_nonfinite="raise")
+    assert scaler_guard.check(2.3, grad_norm=math.inf).action == "step"  # an overflow: the scaler's
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error"),
     [

@@ -297,7 +297,7 @@ class SafeStep:
         return float(np.median(self._recent[-self.window :]))
 
     # -- the check -------------------------------------------------------------------------------
-    def check(self, loss: float | Tensor) -> Verdict:
+    def check(self, loss: float | Tensor, grad_norm: float | Tensor | None = None) -> Verdict:
         """Judge the loss at the current parameters and act, without stepping on a good one.
 
         On a good loss it snapshots when due and returns ``action="step"``: the caller then
@@ -306,11 +306,15 @@ class SafeStep:
 
         Args:
             loss: the loss (a float or a one-element tensor; read once, a device sync).
+            grad_norm: the global norm of the (unscaled, unclipped) gradients, when the caller
+                has computed it already; otherwise the guard computes it (``check_grad``).
+                With a ``scaler`` a non-finite norm is the scaler's business, and a finite one
+                still informs the ``on_too_large`` diagnosis.
         """
         value = _loss_value(loss)
         step = self.calls
         self.calls += 1
-        event, reason = self._event(value, step)
+        event, reason = self._event(value, step, None if grad_norm is None else float(grad_norm))
         if event is None:
             event, reason, factor = self._regime(value, step)
             if event is not None:
@@ -367,18 +371,24 @@ class SafeStep:
             self._lr(),
         )
 
-    def step(self, loss: float | Tensor, closure: Callable[[], Any] | None = None) -> Verdict:
+    def step(
+        self,
+        loss: float | Tensor,
+        closure: Callable[[], Any] | None = None,
+        grad_norm: float | Tensor | None = None,
+    ) -> Verdict:
         """Check the loss, then step the optimizer if it is good; the :class:`Verdict` says what happened.
 
         Args:
             loss: the loss at the current parameters, whose gradients are in ``.grad``.
             closure: passed on to ``optimizer.step`` (L-BFGS and the like).
+            grad_norm: the gradients' global norm if already known (see :meth:`check`).
 
         Example:
             >>> verdict = guard.step(loss)
             >>> if verdict.should_stop: break
         """
-        verdict = self.check(loss)
+        verdict = self.check(loss, grad_norm)
         if verdict.action != "step":
             return verdict
         if self.scaler is not None:
@@ -392,13 +402,18 @@ class SafeStep:
         return verdict
 
     # -- internals -------------------------------------------------------------------------------
-    def _event(self, value: float, step: int) -> tuple[str | None, str]:
+    def _event(self, value: float, step: int, given_norm: float | None = None) -> tuple[str | None, str]:
         where = f"step {self._step_count(step)}"
         self._last_grad_norm = None
         if not math.isfinite(value):
             return "nonfinite", f"non-finite loss {value} at {where}"
-        if self.check_grad:
-            norm = self._last_grad_norm = self._grad_norm()
+        if not self.check_grad:
+            # not checked (a scaler's overflow is its business, or the caller opted out): a
+            # finite norm still informs the diagnosis
+            if given_norm is not None and math.isfinite(given_norm):
+                self._last_grad_norm = given_norm
+        else:
+            norm = self._last_grad_norm = self._grad_norm() if given_norm is None else given_norm
             if norm is not None and not math.isfinite(norm):
                 return "nonfinite", f"non-finite gradient norm {norm} at {where} (loss {value:.6g})"
         if self.on_spike is not None:

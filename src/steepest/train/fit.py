@@ -885,8 +885,9 @@ def fit(
                         grad_norm = float(clipping.global_norm([p.grad for p in with_grads]))
                 verdict = None
                 if guard is not None:
-                    # the safe-step policy checks the loss, then steps (or skips, or backs off)
-                    verdict = guard.step(step_loss)
+                    # the safe-step policy checks the loss, then steps (or skips, or backs off);
+                    # it is handed the (unscaled, unclipped) gradient norm when one was computed
+                    verdict = guard.step(step_loss, grad_norm=grad_norm)
                 elif scaler is None:
                     optimizer.step()
                 else:

@@ -418,7 +418,9 @@ def test_compare_regimes_around_a_given_rate(tmp_path: Path, capsys: pytest.Capt
     output = tmp_path / "regimes.png"
     argv = ["compare", "rosenbrock", "--regimes", "--lr", "2e-3", "--steps", "40", "-o", str(output)]
     assert cli.main(argv) == 0
-    rows = capsys.readouterr().out.splitlines()[1:4]
+    lines = capsys.readouterr().out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.split()[:2] == ["optimizer", "lr"])
+    rows = lines[header + 1 : header + 4]  # after any note (where the diagnosis reads a run otherwise)
     assert [float(row.split()[1]) for row in rows] == pytest.approx([2e-3 / 30, 2e-3, 2e-3 * 30], rel=1e-2)
     assert [row.split()[-2:] for row in rows][1:] == [["good", "good"], ["too", "large"]]
     assert "too_large" in rows[2] and " inf " in rows[2]

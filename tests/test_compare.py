@@ -56,6 +56,12 @@ def test_three_regimes_orders_the_runs_as_the_documents_describe(regimes: Compar
     assert np.argmax(good.losses <= small.final_loss) < small.steps / 10
     assert not small.diverged and not good.diverged
     assert small.regime != "too_large" and good.regime == "good"
+    # where the diagnosis disagrees with a run's label, a note says so (the valley's crawl)
+    disagreeing = [run for run in regimes.runs if run.regime.replace("_", " ") != run.spec.label]
+    assert [run.spec.label for run in disagreeing] == ["too small"]  # read as good, as measured
+    assert len(regimes.notes) == 1 + len(disagreeing)
+    for run, note in zip(disagreeing, regimes.notes[1:]):
+        assert repr(run.spec.label) in note and repr(run.regime) in note
     # too large blows up within a few steps, and the monitor says so with a cut to try
     assert large.diverged and large.steps < 20
     assert large.regime == "too_large"

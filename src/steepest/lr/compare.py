@@ -563,4 +563,15 @@ def three_regimes(
         RunSpec(optimizer, lr, settings, label="good"),
         RunSpec(optimizer, lr * factor, settings, label="too large"),
     ]
-    return _compare(resolved, runs, steps, gtol, diagnose=True, notes=notes)
+    comparison = _compare(resolved, runs, steps, gtol, diagnose=True, notes=notes)
+    for run in comparison.runs:
+        verdict = run.regime
+        if verdict is not None and verdict.replace("_", " ") != run.spec.label:
+            # Say so rather than let the table contradict itself silently: in a curved valley a
+            # rate too small settles the stiff direction and then creeps along the floor with a
+            # small, steady gradient, which its own numbers cannot tell from slow convergence.
+            comparison.notes.append(
+                f"the {run.spec.label!r} run (lr {run.spec.lr:.3g}) reads as {verdict!r} to the live "
+                f"diagnosis, which judges a run by its own numbers: {run.diagnoses[-1].reason}"
+            )
+    return comparison

@@ -221,6 +221,21 @@ def test_python_dash_m_runs_a_job_and_refuses_bad_input(tmp_path: Path) -> None:
     assert len(completed.stderr.splitlines()) == 1 and "Traceback" not in completed.stderr
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path) -> None:
+    # `steepest schedule plot ... | head -0`: the pipe is closed before the command writes.
+    # Python's default is a BrokenPipeError traceback (twice: once more when it flushes at exit).
+    command = [sys.executable, "-m", "steepest", "schedule", "plot", "cosine", "--peak", "1", "--total", "10"]
+    process = subprocess.Popen(
+        [*command, "-o", str(tmp_path / "lr.png")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+    )
+    process.stdout.close()  # long before the interpreter has imported torch and printed
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == cli.BROKEN_PIPE and stderr == b"", stderr.decode()
+
+
 def final_parameters(folder: Path) -> dict[str, torch.Tensor]:
     path, state = latest_checkpoint(folder / "checkpoints")
     return state["model"]

@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import io
 import math
+import os
+import signal
 import sys
 import typing
 from collections.abc import Sequence
@@ -36,6 +39,8 @@ FAILED = 1
 USAGE_ERROR = 2
 #: Exit code after Ctrl-C: 128 + SIGINT, what a shell reports for an interrupted program.
 INTERRUPTED = 130
+#: Exit code when the reader of stdout went away: 128 + SIGPIPE, as a shell reports it.
+BROKEN_PIPE = 128 + getattr(signal, "SIGPIPE", 13)
 
 
 class UsageError(Exception):
@@ -414,3 +419,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("steepest: interrupted", file=sys.stderr)
         return INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`steepest lr-find | head -3`): stop quietly, as `cat` would. The
+        # interpreter flushes stdout again at exit; point it at devnull so that does not fail.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):  # not a real file (captured)
+            pass
+        return BROKEN_PIPE

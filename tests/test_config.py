@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from steepest.train.config import (
     resolve_config,
     validate_config,
 )
-from steepest.train.loop import TrainConfigError
+from steepest.train.loop import TrainConfig, TrainConfigError
 
 REQUIRED_OPTIONS = {
     "optimizer", "lr", "epochs", "batch_size", "seed", "model", "dataset", "label", "schedule", "warmup",
@@ -202,3 +203,10 @@ def test_dump_round_trips_through_tomllib(values: dict) -> None:
 def test_dump_refuses_what_toml_cannot_hold() -> None:
     with pytest.raises(TypeError, match="cannot write object"):
         dump_config({"x": object()})
+
+
+def test_the_cli_and_train_share_one_default_run() -> None:
+    # `steepest train` with no flags is `train(TrainConfig())`: the settings both have agree
+    config, run = default_config(), TrainConfig()
+    for field in dataclasses.fields(TrainConfig):
+        assert config[field.name] == getattr(run, field.name), field.name

@@ -38,6 +38,7 @@ from steepest.train.loop import (
     LEARNING_RATE_SCHEDULES,
     MAX_SEED,
     OPTIMIZER_CLASS_NAMES,
+    TrainConfig,
     TrainConfigError,
 )
 from steepest.train.models import MODELS
@@ -227,36 +228,40 @@ def _optimizer_names() -> tuple[str, ...]:
     return tuple(OPTIMIZER_CLASS_NAMES)
 
 
+# The default run (`make demo`) is defined once, by ``TrainConfig``, for ``train`` and the CLI.
+_RUN = TrainConfig()
+
 #: Every option of ``steepest train``, in the order ``--help`` and ``config.toml`` list them.
 TRAIN_OPTIONS: tuple[Option, ...] = (
     # what to train, and how
-    Option("optimizer", str, "adamw", "update rule", one_of(_optimizer_names), lowercase=True),
+    Option("optimizer", str, _RUN.optimizer, "update rule", one_of(_optimizer_names), lowercase=True),
     Option(
         "lr",
         float,
-        None,
+        _RUN.lr,
         "peak learning rate; 'auto' finds one with a range test (default: one that works for "
         "the optimizer on the digits)",
         positive_finite,
         keywords=("auto",),
     ),
-    Option("epochs", int, 40, "passes over the training data", at_least(1)),
-    Option("batch_size", int, 64, "examples per mini-batch", at_least(1)),
-    Option("seed", int, 0, "seeds initialization and batch order: the same seed, the same numbers",
+    Option("epochs", int, _RUN.epochs, "passes over the training data", at_least(1)),
+    Option("batch_size", int, _RUN.batch_size, "examples per mini-batch", at_least(1)),
+    Option("seed", int, _RUN.seed, "seeds initialization and batch order: the same seed, the same numbers",
            _seed_in_range),
-    Option("model", str, "cnn", "network to train: a built-in one, or your own as module:attr",
+    Option("model", str, _RUN.model, "network to train: a built-in one, or your own as module:attr",
            _model),
     Option("dataset", str, "digits", "a built-in data set's name, or a data file's or folder's path",
            _dataset),
     Option("label_column", str, None, "CSV column holding the target (default: the last column)"),
     Option("label", str, None, "free text naming the run in reports and legends"),
-    Option("schedule", str, "cosine", "learning-rate schedule peaking at lr",
+    Option("schedule", str, _RUN.schedule, "learning-rate schedule peaking at lr",
            one_of(tuple(LEARNING_RATE_SCHEDULES)), lowercase=True),
-    Option("warmup", int, 0, "optimizer steps of linear warm-up, for schedules that have one",
+    Option("warmup", int, _RUN.warmup, "optimizer steps of linear warm-up, for schedules that have one",
            at_least(0)),
-    Option("clip_norm", float, None, "clip the global gradient norm to this (default: no clipping)",
+    Option("clip_norm", float, _RUN.clip_norm, "clip the global gradient norm to this (default: no clipping)",
            positive_finite),
-    Option("init", str, "xavier", "weight initialization, biases zero", one_of(INIT_SCHEMES), lowercase=True),
+    Option("init", str, _RUN.init, "weight initialization, biases zero", one_of(INIT_SCHEMES),
+           lowercase=True),
     Option("accumulate", int, 1, "mini-batches whose gradients add up into one optimizer step",
            at_least(1)),
     Option("precision", str, "fp32", "arithmetic precision of the forward and backward pass",

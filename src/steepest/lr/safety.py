@@ -33,10 +33,10 @@ reaches the tuned run's loss within 4x its steps; unguarded it never does). The 
 given the gradient norm the guard already checks: a network killed at chance and a rate that
 crawls both leave the loss flat, and only the collapse of the gradient norm tells them apart
 (``steepest train --lr 0.5 --on-too-large backoff``, 100x the default rate, ended at 10% test
-accuracy while the guard watched the loss alone, and reaches the default run's 98% with it). It rolls back to
-where the too-large rate began, unless the loss has since fallen well below the loss there
-(under ``KEEP_PROGRESS_BELOW`` times it): then the steps at that rate did not only harm, and
-the rate is cut in place. A decaying schedule can bring the diagnosis to "too large" only late
+accuracy while the guard watched the loss alone, and reaches the default run's 98% with it).
+It rolls back to where the too-large rate began, unless the loss has since fallen well below
+the loss there (under ``KEEP_PROGRESS_BELOW`` times it): then the steps at that rate did not
+only harm, and the rate is cut in place. A decaying schedule can bring the diagnosis to "too large" only late
 in a run, after the rate has already made progress; rolling back then would throw it away.
 
 Spike: a finite loss ``L`` with ``L > ref + (spike_factor - 1) * max(|ref|, floor)``, where
@@ -230,7 +230,6 @@ class SafeStep:
         self._start_snapshot = None  # where the current learning rate began: a too-large rate
         self.too_large = 0  # harms every step, so its backoff goes back there
         self._too_large_windows = 0
-        self._last_grad_norm: float | None = None  # of the step being checked, when check_grad
         self._monitor = None
         if self.on_too_large is not None:
             from steepest.lr.diagnosis import RegimeMonitor  # the live "too large" diagnosis
@@ -314,9 +313,10 @@ class SafeStep:
         value = _loss_value(loss)
         step = self.calls
         self.calls += 1
-        event, reason = self._event(value, step, None if grad_norm is None else float(grad_norm))
+        norm = self._gradient_norm(value, None if grad_norm is None else float(grad_norm))
+        event, reason = self._event(value, step, norm)
         if event is None:
-            event, reason, factor = self._regime(value, step)
+            event, reason, factor = self._regime(value, step, norm)
             if event is not None:
                 return self._act_on_too_large(reason, factor, step, value)
             self._accept(value)
@@ -402,20 +402,23 @@ class SafeStep:
         return verdict
 
     # -- internals -------------------------------------------------------------------------------
-    def _event(self, value: float, step: int, given_norm: float | None = None) -> tuple[str | None, str]:
+    def _gradient_norm(self, value: float, given: float | None) -> float | None:
+        """The gradients' global norm this check uses: the one given, else computed (only with
+        ``check_grad``, and not for a loss that is already non-finite). Without ``check_grad``
+        (a scaler's overflow is its business, or the caller opted out) only a finite given norm,
+        which still informs the too-large diagnosis."""
+        if not self.check_grad:
+            return given if given is not None and math.isfinite(given) else None
+        if given is not None or not math.isfinite(value):
+            return given
+        return self._grad_norm()
+
+    def _event(self, value: float, step: int, norm: float | None) -> tuple[str | None, str]:
         where = f"step {self._step_count(step)}"
-        self._last_grad_norm = None
         if not math.isfinite(value):
             return "nonfinite", f"non-finite loss {value} at {where}"
-        if not self.check_grad:
-            # not checked (a scaler's overflow is its business, or the caller opted out): a
-            # finite norm still informs the diagnosis
-            if given_norm is not None and math.isfinite(given_norm):
-                self._last_grad_norm = given_norm
-        else:
-            norm = self._last_grad_norm = self._grad_norm() if given_norm is None else given_norm
-            if norm is not None and not math.isfinite(norm):
-                return "nonfinite", f"non-finite gradient norm {norm} at {where} (loss {value:.6g})"
+        if norm is not None and not math.isfinite(norm):  # checked only with check_grad
+            return "nonfinite", f"non-finite gradient norm {norm} at {where} (loss {value:.6g})"
         if self.on_spike is not None:
             reference = self.reference
             if reference is not None:
@@ -427,7 +430,7 @@ class SafeStep:
                     )
         return None, ""
 
-    def _regime(self, value: float, step: int) -> tuple[str | None, str, float]:
+    def _regime(self, value: float, step: int, norm: float | None) -> tuple[str | None, str, float]:
         """A "too large" learning rate that shows as no progress rather than as NaN or a spike.
 
         ANCHORS.md: on logistic regression and the digits networks a rate far too large keeps
@@ -439,7 +442,7 @@ class SafeStep:
             return None, "", 1.0
         # The gradient norm tells a network a rate killed (its gradient collapsed, the loss flat at
         # chance) from one crawling at a tiny rate; from the loss alone the two look alike.
-        diagnosis = self._monitor.observe(step, value, grad_norm=self._last_grad_norm, lr=self._lr())
+        diagnosis = self._monitor.observe(step, value, grad_norm=norm, lr=self._lr())
         if diagnosis is None:
             return None, "", 1.0
         self._too_large_windows = self._too_large_windows + 1 if diagnosis.regime == "too_large" else 0

@@ -81,6 +81,17 @@ def check_growth_rate(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be >= 1 (inf for no limit), got {value!r}")
 
 
+#: The hyperparameters every distance-estimating method has (Prodigy, DAdaptAdam, DAdaptSGD).
+DISTANCE_CHECKS = {
+    "lr": validation.nonnegative,
+    "weight_decay": validation.nonnegative,
+    "d0": validation.positive,
+    "growth_rate": check_growth_rate,
+    "maximize": validation.boolean,
+    "foreach": validation.optional_boolean,
+}
+
+
 class DistanceEstimator(Optimizer):
     """Base of the optimizers that estimate the distance to a solution and step d * lr.
 
@@ -256,16 +267,11 @@ class DAdaptAdam(DistanceEstimator):
     _statistics_buffers = ("exp_avg", "exp_avg_sq", "s")
     _update_buffers = ("exp_avg", "exp_avg_sq")
     _checks = {
-        "lr": validation.nonnegative,
+        **DISTANCE_CHECKS,
         "betas": validation.betas,
         "eps": validation.positive,
-        "weight_decay": validation.nonnegative,
         "decouple": validation.boolean,
         "use_bias_correction": validation.boolean,
-        "d0": validation.positive,
-        "growth_rate": check_growth_rate,
-        "maximize": validation.boolean,
-        "foreach": validation.optional_boolean,
     }
 
     def __init__(
@@ -406,15 +412,7 @@ class DAdaptSGD(DistanceEstimator):
     _statistics_buffers = ("s",)
     _update_buffers = ("s", "x0")
     _start_buffer = "x0"  # z = x0 - s
-    _checks = {
-        "lr": validation.nonnegative,
-        "momentum": validation.unit_interval,
-        "weight_decay": validation.nonnegative,
-        "d0": validation.positive,
-        "growth_rate": check_growth_rate,
-        "maximize": validation.boolean,
-        "foreach": validation.optional_boolean,
-    }
+    _checks = {**DISTANCE_CHECKS, "momentum": validation.unit_interval}
 
     def __init__(
         self,

@@ -15,7 +15,7 @@ from torch import Tensor
 
 from steepest.engine import validation
 from steepest.engine.optimizer import ParamsT
-from steepest.rules.dadapt import DistanceEstimator, absolute_total, check_growth_rate, inner_product
+from steepest.rules.dadapt import DISTANCE_CHECKS, DistanceEstimator, absolute_total, inner_product
 
 
 def prodigy_statistics(
@@ -111,19 +111,14 @@ class Prodigy(DistanceEstimator):
     _update_buffers = ("exp_avg", "exp_avg_sq")
     _start_buffer = "p0"
     _checks = {
-        "lr": validation.nonnegative,
+        **DISTANCE_CHECKS,
         "betas": validation.betas,
         "beta3": _optional_unit_interval,
         "eps": validation.positive,
-        "weight_decay": validation.nonnegative,
         "decouple": validation.boolean,
         "use_bias_correction": validation.boolean,
         "safeguard_warmup": validation.boolean,
-        "d0": validation.positive,
         "d_coef": validation.positive,
-        "growth_rate": check_growth_rate,
-        "maximize": validation.boolean,
-        "foreach": validation.optional_boolean,
     }
 
     def __init__(

@@ -463,7 +463,8 @@ def _curvature_choice(
     dampening = float(settings.get("dampening", 0.0) or 0.0)
     nesterov = bool(settings.get("nesterov", False))
     weight_decay = float(settings.get("weight_decay", 0.0) or 0.0)
-    task = _Task.build(objective, None, cls, None, 1, x0, 1, 1.0)
+    # the range test's view of an objective (its start, its loss at a point), for gradients only
+    task = _Task.build(objective, None, cls, loss_fn=None, batch_size=1, x0=x0, steps=1, min_lr=1.0)
     curvature, evaluations = _top_curvature(task, seed)
     curvature += weight_decay  # the rule adds weight_decay * p to the gradient
     if not (math.isfinite(curvature) and curvature > 0):

@@ -101,6 +101,42 @@ def test_backoff_restores_snapshot_and_cuts_cumulatively():
     assert guard.backoffs == 2
 
 
+def test_a_backoff_never_returns_to_a_soaring_loss():
+    """A run that blows up gradually passes finite but soaring losses before the first inf: a
+    snapshot is not taken among them, so the backoff goes back to before the blow-up began."""
+    w = torch.zeros(1, requires_grad=True)
+    opt = SGD([w], lr=0.1)
+    guard = SafeStep(opt, on_nonfinite="backoff", snapshot_every=1)
+    for step, value in enumerate([1.0, 1.0, 1.0, 1.0, 50.0, 5e3, 5e5]):
+        with torch.no_grad():
+            w.fill_(step)  # the parameter names the step it was checked at
+        w.grad = torch.ones(1)
+        assert guard.check(value).action == "step"
+    w.grad = torch.ones(1)
+    verdict = guard.check(math.inf)
+    assert verdict.action == "backoff" and float(w) == 3.0  # the last step of loss 1, not 5e5
+
+
+def test_heavy_ball_past_its_stable_limit_recovers_from_a_snapshot_every_step():
+    # lr 5 on f = |x|^2 / 2 with momentum 0.9 (stable below 3.8): the loss soars for ~30 steps
+    # before it overflows float32. Snapshots among the soaring losses left the halved rate to
+    # recover from a loss near 1e37 (921 steps to the target); from before the blow-up, 169.
+    result = minimize(
+        lambda x: 0.5 * (x * x).sum(),
+        torch.ones(3),
+        "sgd",
+        lr=5.0,
+        options={"momentum": 0.9},
+        max_iter=400,
+        gtol=None,
+        on_nonfinite="backoff",
+        safety={"snapshot_every": 1},
+        stopping=st.target(1e-6),
+    )
+    assert result.status == st.Status.TARGET_REACHED and result.nit <= 250, result.message
+    assert result.safety["backoffs"] == 1
+
+
 def test_backoff_gives_up_after_max_backoffs():
     w, opt = trained(0)
     guard = SafeStep(opt, on_nonfinite="backoff", max_backoffs=1)

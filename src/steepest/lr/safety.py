@@ -419,16 +419,20 @@ class SafeStep:
             return "nonfinite", f"non-finite loss {value} at {where}"
         if norm is not None and not math.isfinite(norm):  # checked only with check_grad
             return "nonfinite", f"non-finite gradient norm {norm} at {where} (loss {value:.6g})"
-        if self.on_spike is not None:
-            reference = self.reference
-            if reference is not None:
-                scale = max(abs(reference), self.spike_floor * abs(self.first_loss or 0.0))
-                if value > reference + (self.spike_factor - 1.0) * scale:
-                    return "spike", (
-                        f"loss spike at {where}: {value:.6g} > {self.spike_factor:g} x the recent "
-                        f"median {reference:.6g}"
-                    )
+        if self.on_spike is not None and self._is_spike(value):
+            return "spike", (
+                f"loss spike at {where}: {value:.6g} > {self.spike_factor:g} x the recent "
+                f"median {self.reference:.6g}"
+            )
         return None, ""
+
+    def _is_spike(self, value: float) -> bool:
+        """The loss is more than ``spike_factor`` x the recent median (never during warm-up)."""
+        reference = self.reference
+        if reference is None:
+            return False
+        scale = max(abs(reference), self.spike_floor * abs(self.first_loss or 0.0))
+        return value > reference + (self.spike_factor - 1.0) * scale
 
     def _regime(self, value: float, step: int, norm: float | None) -> tuple[str | None, str, float]:
         """A "too large" learning rate that shows as no progress rather than as NaN or a spike.
@@ -506,7 +510,13 @@ class SafeStep:
         if self.first_loss is None:
             self.first_loss = value
         self.consecutive_skips = 0
-        if self._snapshot_due or self.good_steps % self.snapshot_every == 0:
+        # A snapshot is a point to come back to: never one where the loss is already a spike
+        # (whether or not spikes are acted on). A run that diverges gradually passes a few finite
+        # but soaring losses before the first inf; a snapshot among them put every backoff back
+        # on the blow-up (heavy ball on Himmelblau, snapshot every 5 steps: 20 backoffs, then
+        # stopped), where the older one lets the halved rate recover.
+        due = self._snapshot_due or self.good_steps % self.snapshot_every == 0
+        if due and (self._snapshot is None or not self._is_spike(value)):
             self._take_snapshot(value)
         self.good_steps += 1
         self._recent = (self._recent + [value])[-self.window :]

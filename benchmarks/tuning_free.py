@@ -40,8 +40,11 @@ Measured (CPU, one thread; ``python benchmarks/tuning_free.py``, 12 minutes): ``
 at no cost; SGD-momentum: 0.47-1.04x, plus 101-130 evaluations to choose on the objectives and
 361-469 mini-batch steps on the digits networks, 0.63-4.2x with that cost counted). Since
 session 4, SGD on a deterministic objective takes 0.9 of its stable limit at the start's
-curvature (11 gradient evaluations; ``--problems quadratic rosenbrock logistic softmax``):
-1.02x, 0.52x, 1.15x, 1.10x, and 1.15x, 0.54x, 1.25x, 1.21x with its cost counted. The digits
+curvature (``--problems quadratic rosenbrock logistic softmax``): 1.00x, 0.52x, 1.15x, 1.10x,
+and 1.12x, 0.53x, 1.19x, 1.18x with its cost counted (10, 4, 5 and 8 gradient evaluations
+since session 5, when the power iteration stops once converged; 11 each before: 1.15x, 0.54x,
+1.25x, 1.21x). On the extras: Beale 1.15x, least squares 0.97x, Himmelblau 1.68x (chaotic in
+the rate: the start's curvature is negative, the rate diverges twice and backs off). The digits
 networks still choose by range test and trials: the curvature at initialisation there gives
 rates near 1, 10x the oracle's 0.1 (the sharpness grows as the network trains).
 DAdaptSGD (momentum 0.9; ``--seeds 3``) is no such replacement: at lr=1 it took 2.82x, 1.06x,

@@ -66,8 +66,8 @@ def test_adam_family_on_mini_batches_gets_prodigy_at_half_rate(single_thread):
     ],
 )
 def test_sgd_momentum_auto_is_within_1_2x_of_the_grid_oracle(name, make, x0, single_thread):
-    """Measured (curvature policy) 1.02x (quadratic, oracle 85 steps at 3.2e-3) and 1.15x
-    (logistic, 113 at 3.2), 1.15x and 1.25x with the 11 gradients the choice spent. The range
+    """Measured (curvature policy) 1.00x (quadratic, oracle 85 steps at 3.2e-3) and 1.15x
+    (logistic, 113 at 3.2), 1.12x and 1.19x with the 10 and 5 gradients the choice spent. The range
     test and trials took 0.95x and 0.98x, 2.15x and 2.13x with their 102 and 130 evaluations;
     the sweep's consensus, before that, 21x and 111x."""
     problem = make()
@@ -77,7 +77,7 @@ def test_sgd_momentum_auto_is_within_1_2x_of_the_grid_oracle(name, make, x0, sin
     choice = run.lr_choice
     assert choice.method is SGD and choice.policy == "curvature"
     assert steps is not None and steps <= 1.2 * oracle, (steps, oracle, choice.reason)
-    assert choice.evaluations == 11 and steps + choice.evaluations <= 1.3 * oracle
+    assert choice.evaluations <= 11 and steps + choice.evaluations <= 1.3 * oracle
 
 
 def test_the_choice_follows_its_trials(single_thread):
@@ -261,8 +261,26 @@ def test_sgd_on_a_quadratic_gets_nine_tenths_of_its_stable_limit(options, limit,
         assert choice.policy == "curvature" and choice.method is optimizer
         assert 0.9 * curvature <= choice.curvature <= curvature
         assert choice.lr == pytest.approx(0.9 * limit / choice.curvature)
-        assert choice.evaluations == 11 and choice.safety == {"on_nonfinite": "backoff"}
+        # the spectrum is dense at the top: the iteration runs on to 9 or 10 products
+        assert 10 <= choice.evaluations <= 11 and choice.safety == {"on_nonfinite": "backoff"}
         assert f"{choice.lr:.3g}" in choice.reason
+        assert f"({choice.evaluations - 1} power iterations" in choice.reason
+
+
+@pytest.mark.parametrize(
+    ("make", "most"),
+    [(lambda: problems.logistic_regression("breast_cancer"), 6), (lambda: problems.softmax_regression(), 9)],
+    ids=["logistic", "softmax"],
+)
+def test_the_power_iteration_stops_once_it_has_converged(make, most):
+    # Against the exact Hessian's largest |eigenvalue| (31 and 650 parameters): 3.3214 and 0.7351.
+    # A fixed 10 products spent 11 gradients; it stops at 4 and 7 (to 1e-4 and 1e-2 of it).
+    problem = make()
+    hessian = torch.autograd.functional.hessian(problem, problem.x0).reshape(problem.x0.numel(), -1)
+    exact = float(torch.linalg.eigvalsh(hessian).abs().max())
+    choice = choose_lr(problem, optimizer="sgd", options=MOMENTUM)
+    assert choice.policy == "curvature" and choice.evaluations <= most
+    assert choice.curvature == pytest.approx(exact, rel=0.02)
 
 
 def test_minimize_backs_off_where_the_path_is_stiffer_than_the_start(single_thread):

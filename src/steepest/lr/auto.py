@@ -20,20 +20,27 @@ a CNN on digits (batch 64, ``fit``, median of 5 seeds). Ratios below are steps /
 2. **SGD on a deterministic objective** (steepest's or torch's SGD, any momentum, dampening,
    Nesterov; no ``data``, not ``noisy``) -> **0.9 of its stable limit at the start's
    curvature**: lr = 0.9 :func:`stable_limit` / lambda_max, where lambda_max (plus the rule's
-   weight decay) comes from 10 power iterations on finite-difference Hessian-vector products at
-   the start, 11 gradient evaluations in all; ``LRChoice.safety`` asks the run to back off on a
-   divergence (``minimize`` does so unless told otherwise), since the path may meet stiffer
-   curvature than the start (Beale, Himmelblau). Heavy ball at momentum 0.9, cost included:
-   1.16x quadratic, 0.54x Rosenbrock, 1.26x logistic, 1.22x softmax regression; 1.06-1.33x on
-   least squares, Beale, Himmelblau, quadratics of condition 1e2 (1.30x) and 1e4, another seed
-   and size, logistic regression with l2=1e-2 (1.27x) and on digits; 1.70x Rosenbrock from
-   (-1.2, 1) and 1.88x softmax on breast cancer, where the curvature at the start is far above
-   that along the path; 0.55x 10-D Rosenbrock. Where the oracle's rate is larger than 0.9 of
-   the start's limit (logistic 3.16 against 1.03, softmax 10 against 4.7), the curvature fell as
-   the fit improved. The range test and trials (3.) took 2.1-2.3x on the short objectives,
-   their 101-130 evaluations counted (0.95-1.03x without them). Measured with
-   ``benchmarks/tuning_free.py``; a future rate that follows the curvature along the path
-   could close the remaining gap.
+   weight decay) comes from at most 10 power iterations on finite-difference Hessian-vector
+   products at the start, stopped once two Rayleigh quotients agree to 1% (4-9 products on the
+   measured objectives, plus one gradient at the start); ``LRChoice.safety`` asks the run to
+   back off on a divergence (``minimize`` does so unless told otherwise), since the path may
+   meet stiffer curvature than the start (Beale, Himmelblau). Heavy ball at momentum 0.9, cost
+   included: 1.12x quadratic, 0.53x Rosenbrock, 1.19x logistic, 1.18x softmax regression,
+   1.15x Beale, 0.97x least squares; 1.68x Himmelblau, whose start (0, 0) lies where the
+   curvature is negative (|lambda| 42; 82 at the minimum reached): the rate, 26x the oracle's,
+   diverges twice and backs off, and where it lands is chaotic in the rate (0.4-2.2x within
+   10% of it, median 1.6x). With 10 products every time (11 gradients), before: 1.15x, 0.54x,
+   1.25x, 1.21x; 1.06-1.33x on least squares, Beale, quadratics of condition 1e2 (1.30x) and
+   1e4, another seed and size, logistic regression with l2=1e-2 (1.27x) and on digits; 1.70x
+   Rosenbrock from (-1.2, 1) and 1.88x softmax on breast cancer, where the curvature at the
+   start is far above that along the path; 0.55x 10-D Rosenbrock. Where the oracle's rate is
+   larger than 0.9 of the start's limit (logistic 3.16 against 1.03, softmax 10 against 4.7),
+   the curvature fell as the fit improved. A rate that follows it does not come cheap: taking
+   0.9 of the limit at a fresh estimate every 10 or 20 steps (a warm-started power iteration,
+   1-2 products each) diverged on logistic and softmax regression, Rosenbrock, Beale and
+   Himmelblau (the estimate along the path collapses, the rate soars). The range test and
+   trials (3.) took 2.1-2.3x on the short objectives, their 101-130 evaluations counted
+   (0.95-1.03x without them). Measured with ``benchmarks/tuning_free.py``.
 3. **Everything else with a learning rate** (SGD on mini-batches, RMSprop, Lion, ...)
    -> **a range test for a ceiling, then constant-rate trials below it**:
 
@@ -128,6 +135,12 @@ _MAX_TRIALS = 12
 # quadratic, so 0.9 is about 0.93 of the true limit).
 _POWER_ITERATIONS = 10
 _STABLE_SHARE = 0.9
+# The power iteration stops early once successive Rayleigh quotients agree to this relative
+# tolerance (as ARPACK's tol): on logistic regression the quotient is within 0.1% of its limit
+# after 4 products, on softmax regression within 1% after 7, where a fixed 10 cost 11 gradients
+# on every objective; on the condition-1e3 quadratic, whose spectrum is dense at the top, it
+# runs on to about 9.
+_POWER_TOLERANCE = 0.01
 
 
 @dataclass
@@ -474,7 +487,7 @@ def _curvature_choice(
     kind = "Nesterov" if nesterov else "heavy-ball" if momentum else "plain"
     reason = (
         f"curvature policy: the Hessian's largest eigenvalue at the start is about {curvature:.4g} "
-        f"({_POWER_ITERATIONS} power iterations on finite-difference Hessian-vector products); "
+        f"({evaluations - 1} power iterations on finite-difference Hessian-vector products); "
         f"{kind} SGD (momentum {momentum:g}) is stable for lr * lambda < {limit:.3g}, so lr = "
         f"{_STABLE_SHARE:g} x {limit:.3g} / {curvature:.4g} = {lr:.3g}; {evaluations} gradient "
         "evaluations; a run that meets stiffer curvature later backs off (halves the rate from "
@@ -496,7 +509,9 @@ def _top_curvature(task: _Task, seed: int) -> tuple[float, int]:
     """The largest |eigenvalue| of the Hessian at the start: (estimate, gradient evaluations).
 
     Power iteration on Hessian-vector products by forward differences, H v ~ (g(x + h v) - g(x))
-    / h, one gradient each: any objective autograd differentiates once will do. The step h is
+    / h, one gradient each: any objective autograd differentiates once will do. It stops after
+    ``_POWER_ITERATIONS`` products, or earlier once two successive Rayleigh quotients agree to
+    ``_POWER_TOLERANCE``. The step h is
     sqrt(machine epsilon) (1 + ||x||), the usual balance of truncation and rounding error. The
     estimate is the last Rayleigh quotient v' H v, which errs low (by 3% after 10 iterations on
     a quadratic with eigenvalues spaced geometrically from 1 to 1000); its absolute value, so a
@@ -522,7 +537,9 @@ def _top_curvature(task: _Task, seed: int) -> tuple[float, int]:
         shifted = [(p.detach() + step * d).requires_grad_(True) for p, d in zip(point, direction)]
         product = [(g - g0) / step for g, g0 in zip(gradient(shifted), at_start)]
         evaluations += 1
-        estimate = float(sum((d * h).sum() for d, h in zip(direction, product)))
+        previous, estimate = estimate, float(sum((d * h).sum() for d, h in zip(direction, product)))
+        if abs(estimate - previous) <= _POWER_TOLERANCE * abs(estimate):
+            break  # converged (a nan previous never compares true)
         length = float(clipping.global_norm(product))
         if not (math.isfinite(length) and length > 0):
             break

@@ -17,7 +17,7 @@ from torch.nn import functional as F
 
 from steepest import stopping
 from steepest.minimize import METHODS, EmpiricalRisk, Result, minimize
-from steepest.rules import SGD, Adagrad, Adam, AdamW, Lion, NAdam, RMSprop
+from steepest.rules import SGD, Adagrad, Adam, AdamW, Lion, MoMo, NAdam, RMSprop
 from steepest.stopping import Status
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -100,6 +100,8 @@ FIRST_ORDER = [
     ("adamw", AdamW, {"lr": 0.05, "options": {"weight_decay": 0.0}}, 1e-6),
     ("nadam", NAdam, {"lr": 0.05}, 1e-6),
     ("lion", Lion, {"lr": lambda step: 0.1 * 0.99**step}, 1e-2),
+    # MoMo's Polyak step aims at the lower bound: here the minimum, -b'A^-1 b / 2
+    ("momo", MoMo, {"lr": 10.0, "options": {"lower_bound": float(-0.5 * B @ X_STAR)}}, 1e-6),
 ]
 
 
@@ -121,7 +123,7 @@ def test_package_exports_the_function_and_its_types() -> None:
 
 def test_method_names_cover_every_optimizer() -> None:
     assert set(METHODS) == {
-        "sgd", "adagrad", "rmsprop", "adam", "adamw", "nadam", "lion", "lbfgs", "newton",
+        "sgd", "adagrad", "rmsprop", "adam", "adamw", "nadam", "lion", "momo", "lbfgs", "newton",
         "newtoncg", "prodigy", "dadaptadam", "dadaptsgd", "schedulefreesgd", "schedulefreeadamw",
     }
 

@@ -418,6 +418,8 @@ def _sweep(
             return losses, index
         if needs_closure:
             optimizer.step(closure)
+        elif rules.requires_loss(optimizer):
+            optimizer.step(loss=loss)
         else:
             optimizer.step()
         group_lr = optimizer.param_groups[0]["lr"]
@@ -664,6 +666,17 @@ class _Task:
             self.snapshot.restore(grads=True)
 
 
+def is_pair(data: Any) -> bool:
+    """Whether ``data`` is a whole data set as an (inputs, targets) pair of tensors, not batches."""
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, Tensor) for t in data)
+        and data[0].dim() > 0
+        and data[0].shape[:1] == data[1].shape[:1]
+    )
+
+
 class _Data:
     """Endless streams of batches, one per repeat, in a seed-dependent order."""
 
@@ -674,13 +687,7 @@ class _Data:
         self.batch_size = batch_size
         if data is None:
             return
-        if (
-            isinstance(data, (tuple, list))
-            and len(data) == 2
-            and all(isinstance(t, Tensor) for t in data)
-            and data[0].shape[:1] == data[1].shape[:1]
-            and data[0].dim() > 0
-        ):
+        if is_pair(data):
             self.pair = (data[0], data[1])
         elif isinstance(data, (list, tuple)):
             if not data:

@@ -71,7 +71,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from steepest import clipping
+from steepest import clipping, rules
 from steepest.engine import validation
 
 __all__ = ["ACTIONS", "SafeStep", "Verdict"]
@@ -391,14 +391,18 @@ class SafeStep:
         verdict = self.check(loss, grad_norm)
         if verdict.action != "step":
             return verdict
+        # A rule that reads the loss (MoMo) is handed the one just checked.
+        needs_loss = closure is None and rules.requires_loss(self.optimizer)
+        arguments: tuple[Any, ...] = () if closure is None else (closure,)
+        keywords = {"loss": loss} if needs_loss else {}
         if self.scaler is not None:
             before = float(self.scaler.get_scale())
-            self.scaler.step(self.optimizer) if closure is None else self.scaler.step(self.optimizer, closure)
+            self.scaler.step(self.optimizer, *arguments, **keywords)
             self.scaler.update()
             if float(self.scaler.get_scale()) < before:
                 self.scaler_skips += 1
         else:
-            self.optimizer.step() if closure is None else self.optimizer.step(closure)
+            self.optimizer.step(*arguments, **keywords)
         return verdict
 
     # -- internals -------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from steepest.rules.adam import Adam, AdamW, NAdam, adam_update, nadam_update
 from steepest.rules.dadapt import DAdaptAdam, DAdaptSGD, dadapt_adam_update, dadapt_sgd_update
 from steepest.rules.lbfgs import LBFGS
 from steepest.rules.lion import Lion, lion_update
+from steepest.rules.momo import MoMo, momo_update
 from steepest.rules.newton import Newton, NewtonCG
 from steepest.rules.prodigy import Prodigy, prodigy_update
 from steepest.rules.rmsprop import RMSprop, rmsprop_update
@@ -66,6 +67,19 @@ def requires_closure(optimizer: _torch.optim.Optimizer) -> bool:
     return parameter is not None and parameter.default is _inspect.Parameter.empty
 
 
+def requires_loss(optimizer: _torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` needs this step's loss, ``step(loss=loss)`` (MoMo's Polyak step).
+
+    Declared by the class (``requires_loss = True``). fit, minimize, the range test and
+    SafeStep hand the loss they computed over, so such a rule works wherever SGD does.
+
+    Example:
+        >>> requires_loss(steepest.MoMo([torch.zeros(2, requires_grad=True)]))
+        True
+    """
+    return bool(getattr(optimizer, "requires_loss", False))
+
+
 def by_name(name: str, argument: str = "optimizer") -> type[_torch.optim.Optimizer]:
     """The optimizer class called ``name``: any letter case, "-" and "_" ignored ("L-BFGS").
 
@@ -94,6 +108,7 @@ __all__ = [
     "Prodigy",
     "DAdaptAdam",
     "DAdaptSGD",
+    "MoMo",
     "ScheduleFreeSGD",
     "ScheduleFreeAdamW",
     "LBFGS",
@@ -108,6 +123,7 @@ __all__ = [
     "prodigy_update",
     "dadapt_adam_update",
     "dadapt_sgd_update",
+    "momo_update",
     "schedulefree_sgd_update",
     "schedulefree_adamw_update",
     "has_modes",

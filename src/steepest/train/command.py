@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import torch
@@ -104,25 +105,38 @@ def choose_learning_rate(
     """The optimizer name and its ``lr`` argument: a schedule peaking at the chosen rate.
 
     ``lr = "auto"`` asks :func:`steepest.lr.choose_lr` (a range test, or a learning-rate-free
-    method for the Adam family), says what it chose and why, and records it in the run folder.
+    method: Prodigy for the Adam family, MoMo for SGD on a network with more parameters than
+    examples), says what it chose and why, and records it in the run folder.
     """
     optimizer = config["optimizer"]
     if config["lr"] == "auto":
         choice = learning_rate_tools.choose_lr(
-            model, data.train, optimizer, batch_size=config["batch_size"], seed=config["seed"]
+            model,
+            data.train,
+            optimizer,
+            loss_fn=loss_function(data),
+            batch_size=config["batch_size"],
+            seed=config["seed"],
         )
         say(f"lr auto: {choice}")
         record = {
             "lr": choice.lr,
             "method": choice.method.__name__,
+            "options": choice.options,
             "policy": choice.policy,
             "reason": choice.reason,
         }
         (folder.path / "lr_choice.json").write_text(json.dumps(record, indent=2) + "\n")
-        optimizer, peak = choice.method, choice.lr
+        optimizer = partial(choice.method, **choice.options) if choice.options else choice.method
+        peak = choice.lr
     else:
         peak = config["lr"] if config["lr"] is not None else DEFAULT_LEARNING_RATES.get(optimizer, 1e-3)
     return optimizer, build_schedule(config["schedule"], peak, config["warmup"], total_steps)
+
+
+def loss_function(data: DataSplits) -> Callable[..., torch.Tensor]:
+    """The run's loss: cross-entropy for a classification, the mean squared error otherwise."""
+    return F.cross_entropy if data.task == "classification" else F.mse_loss
 
 
 def stopping_criteria(config: Mapping[str, Any]) -> Any:
@@ -192,12 +206,12 @@ def run(
     else:
         checkpoint_every = "epoch" if checkpoint_epochs == 1 else checkpoint_epochs * steps_per_epoch
     if not quiet:
-        optimizer_name = getattr(optimizer, "__name__", optimizer)
+        optimizer_name = getattr(getattr(optimizer, "func", optimizer), "__name__", optimizer)
         say(f"run folder {folder.path}: {optimizer_name} on {config['model']} / {config['dataset']}")
     result = fit(
         model,
         data.train,
-        "cross_entropy" if data.task == "classification" else "mse",
+        loss_function(data),
         optimizer=optimizer,
         lr=lr,
         epochs=config["epochs"],

@@ -565,9 +565,15 @@ def fit(
         # learning-rate-free method of its own.
         from steepest.lr import choose_lr
 
-        lr_choice = choose_lr(model, data, cls, options=options, batch_size=batch_size, seed=seed)
+        lr_choice = choose_lr(
+            model, data, cls, options=options, loss_fn=loss_function, batch_size=batch_size, seed=seed
+        )
         lr = lr_choice.lr
-        optimizer = partial(cls, **options) if lr_choice.method is cls else lr_choice.method
+        optimizer = (
+            partial(cls, **options)
+            if lr_choice.method is cls
+            else partial(lr_choice.method, **lr_choice.options)
+        )
 
     # -- set up: seeds, data, optimizer, mixed precision -------------------------------------
     # One seed fixes the initial random state of everything (dropout, numpy, Python) and,
@@ -593,6 +599,12 @@ def fit(
     optimizer = _build_optimizer(optimizer, list(model.parameters()), lr, clip_norm)
     # torch.optim optimizers have no clip_norm of their own: fit clips for them.
     clip_in_loop = clip_norm is not None and not hasattr(optimizer, "clip_norm")
+    # A rule that reads the loss (MoMo's Polyak step) is handed each step's loss.
+    needs_loss = rules.requires_loss(optimizer)
+
+    def step_keywords(loss: Tensor | None) -> dict[str, Any]:
+        return {"loss": loss} if needs_loss else {}
+
     autocast_dtype = PRECISIONS[precision]
     # float16's narrow range needs loss scaling; GradScaler works for any device type with
     # float16 autocast, the CPU included.
@@ -889,9 +901,9 @@ def fit(
                     # it is handed the (unscaled, unclipped) gradient norm when one was computed
                     verdict = guard.step(step_loss, grad_norm=grad_norm)
                 elif scaler is None:
-                    optimizer.step()
+                    optimizer.step(**step_keywords(step_loss))
                 else:
-                    scaler.step(optimizer)
+                    scaler.step(optimizer, **step_keywords(step_loss))
                     scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 if clip_norm is not None and not clip_in_loop:

@@ -326,3 +326,17 @@ def test_minimize_target_with_momo(single_thread):
         problem, problem.x0, "momo", lr=10.0, max_iter=2000, gtol=None, stopping=st.target(target)
     )
     assert result.status == st.Status.TARGET_REACHED, result.message
+
+
+def test_fit_hands_its_own_loss_to_the_choice():
+    # a loss that can be negative: MoMo's bound 0 would not hold, so the range test decides
+    # (fit once let the choice assume cross-entropy whatever its own loss was)
+    model, (inputs, targets) = network_task(examples=96)
+
+    def log_partition(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return outputs.logsumexp(dim=1).mean() - 2.0
+
+    result = steepest.fit(
+        model, (inputs, targets), log_partition, "sgd", lr="auto", max_steps=3, batch_size=16
+    )
+    assert result.lr_choice.policy == "range_test"

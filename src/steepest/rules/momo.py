@@ -124,7 +124,7 @@ class MoMo(Optimizer):
         super().__init__(params, defaults, clip_norm=clip_norm)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group; it shares the first group's beta, lower_bound and bias_correction."""
+        """Add a param group; it shares the first group's model of the loss (beta, its bound, ...)."""
         super().add_param_group(param_group)
         group, first = self.param_groups[-1], self.param_groups[0]
         for name in _SHARED:

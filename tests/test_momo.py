@@ -373,3 +373,14 @@ def test_sgd_momentum_auto_on_the_digits_mlp_is_within_1_2x_of_the_grid_oracle(s
     assert all(choice.method is MoMo and choice.evaluations == 0 for _, choice in runs)
     auto = sorted(steps for steps, _ in runs)[1]
     assert auto <= 1.2 * oracle, (auto, oracle)
+
+
+def test_fit_logs_the_step_size_a_learning_rate_free_rule_takes():
+    # lr is MoMo's cap (and Prodigy's factor): the step actually taken goes in each record
+    model, data = network_task()
+    run = steepest.fit(model, data, "cross_entropy", MoMo, lr=10.0, max_steps=6, batch_size=32)
+    taken = [record.extra["effective_lr"] for record in run.history]
+    assert all(0 < tau < 10.0 for tau in taken) and len(set(taken)) > 1
+    model, data = network_task()
+    plain = steepest.fit(model, data, "cross_entropy", "sgd", lr=0.1, max_steps=3, batch_size=32)
+    assert all("effective_lr" not in record.extra for record in plain.history)

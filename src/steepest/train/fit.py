@@ -601,6 +601,8 @@ def fit(
     clip_in_loop = clip_norm is not None and not hasattr(optimizer, "clip_norm")
     # A rule that reads the loss (MoMo's Polyak step) is handed each step's loss.
     needs_loss = rules.requires_loss(optimizer)
+    # A rule that sets its own step size reports it (``effective_lr``, one per param group).
+    reports_step_size = isinstance(getattr(optimizer, "effective_lr", None), list)
 
     def step_keywords(loss: Tensor | None) -> dict[str, Any]:
         return {"loss": loss} if needs_loss else {}
@@ -930,6 +932,10 @@ def fit(
                 )
                 if verdict is not None and verdict.action != "step":
                     record.extra["safety"] = f"{verdict.action}: {verdict.reason}"
+                if reports_step_size:
+                    # the step size a learning-rate-free rule takes (MoMo's tau, Prodigy's d lr),
+                    # where ``lr`` is only its cap or factor: logged, shown and plotted with the rest
+                    record.extra["effective_lr"] = float(optimizer.effective_lr[0])
                 trainer.history.append(record)
                 trainer.notify("on_step_end", record)
 

@@ -274,13 +274,22 @@ class Optimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._run_step(loss)
+        return loss
+
+    def _run_step(self, loss: Any) -> None:
+        """The step's pipeline: hyperparameters, clipping, every group's update, the count."""
         self._begin_step()
         if self.clip_norm is not None:
             self._clip_gradients(self.clip_norm)
+        self._step_groups(loss)
+        self._end_step()
+
+    def _step_groups(self, loss: Any) -> None:
+        """Update every param group, each on its own; ``loss`` (None without a closure) is for
+        a rule that reads it across groups (MoMo)."""
         for group in self.param_groups:
             self._step_group(group)
-        self._end_step()
-        return loss
 
     def _begin_step(self) -> None:
         """Before any update: this step's hyperparameters, refused if a schedule gives a bad one."""

@@ -162,10 +162,12 @@ class MoMo(Optimizer):
                 loss = closure()
         if loss is None:
             raise TypeError("MoMo.step needs this step's loss: optimizer.step(loss=loss), or step(closure)")
+        self._run_step(loss)
+        return loss
+
+    def _step_groups(self, loss: float | Tensor) -> None:
+        """Statistics pass over every group, one synchronisation, the Polyak step, update pass."""
         value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
-        self._begin_step()
-        if self.clip_norm is not None:
-            self._clip_gradients(self.clip_norm)
         first = self.param_groups[0]
         beta, correct = float(first["beta"]), bool(first["bias_correction"])
         per_group = [(group, self._buckets(group)) for group in self.param_groups]
@@ -180,8 +182,7 @@ class MoMo(Optimizer):
                     )
                 )
         if not partials:
-            self._end_step()
-            return loss
+            return
         at_param, dot, norm = read_totals(partials)
         k = first["k"] + 1
         weight = beta if correct or k > 1 else 0.0
@@ -215,5 +216,3 @@ class MoMo(Optimizer):
                     {"step_size": tau, "shrink": shrink},
                     group.get("foreach"),
                 )
-        self._end_step()
-        return loss

@@ -11,6 +11,7 @@ import functools
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -384,3 +385,10 @@ def test_fit_logs_the_step_size_a_learning_rate_free_rule_takes():
     model, data = network_task()
     plain = steepest.fit(model, data, "cross_entropy", "sgd", lr=0.1, max_steps=3, batch_size=32)
     assert all("effective_lr" not in record.extra for record in plain.history)
+
+
+def test_the_range_test_sweeps_momos_cap():
+    # the sweep hands each step's loss to the rule (it would raise TypeError otherwise)
+    model, data = network_task()
+    result = steepest.lr.range_test(model, data, "momo", min_lr=1e-3, max_lr=10.0, steps=20, repeats=1)
+    assert np.isfinite(result.losses[0][:5]).all() and result.stopped_at[0] != 0

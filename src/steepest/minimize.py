@@ -498,7 +498,6 @@ def minimize(
             on_spike = lr_choice.safety.get("on_spike")
     optimizer = _build_optimizer(method, leaves, lr, options)
     driven_by_closure = rules.requires_closure(optimizer)
-    needs_loss = rules.requires_loss(optimizer)
     # A schedule-free method takes its gradients at the interpolated point y (train mode)
     # and produces the average x (eval mode). The iterations, and the stopping test, look
     # at y: its gradient is the one the step needs anyway, and x, y and z share their
@@ -581,10 +580,8 @@ def minimize(
             tracker.snapshot()
         if driven_by_closure:
             optimizer.step(objective.closure)
-        elif needs_loss:  # MoMo's Polyak step reads the loss at this point
-            optimizer.step(loss=value)
-        else:
-            optimizer.step()
+        else:  # (MoMo's Polyak step reads the loss at this point)
+            optimizer.step(**rules.loss_keywords(optimizer, value))
         if monitor is not None and tracker is not None:
             monitor.observe(iteration, fun_value, grad_norm, tracker.ratio(), lr=_learning_rate(optimizer))
         iteration += 1

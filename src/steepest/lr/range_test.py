@@ -418,10 +418,8 @@ def _sweep(
             return losses, index
         if needs_closure:
             optimizer.step(closure)
-        elif rules.requires_loss(optimizer):
-            optimizer.step(loss=loss)
         else:
-            optimizer.step()
+            optimizer.step(**rules.loss_keywords(optimizer, loss))
         group_lr = optimizer.param_groups[0]["lr"]
         if not math.isclose(float(group_lr), float(lr) * ratios[0], rel_tol=1e-9):
             raise ValueError(

@@ -392,9 +392,8 @@ class SafeStep:
         if verdict.action != "step":
             return verdict
         # A rule that reads the loss (MoMo) is handed the one just checked.
-        needs_loss = closure is None and rules.requires_loss(self.optimizer)
         arguments: tuple[Any, ...] = () if closure is None else (closure,)
-        keywords = {"loss": loss} if needs_loss else {}
+        keywords = rules.loss_keywords(self.optimizer, loss) if closure is None else {}
         if self.scaler is not None:
             before = float(self.scaler.get_scale())
             self.scaler.step(self.optimizer, *arguments, **keywords)

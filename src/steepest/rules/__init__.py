@@ -7,6 +7,7 @@ coefficients, export it here, and add one row to the spec table in tests/specs.p
 """
 
 import inspect as _inspect
+from typing import Any
 
 import torch as _torch
 
@@ -78,6 +79,16 @@ def requires_loss(optimizer: _torch.optim.Optimizer) -> bool:
         True
     """
     return bool(getattr(optimizer, "requires_loss", False))
+
+
+def loss_keywords(optimizer: _torch.optim.Optimizer, loss: Any) -> dict[str, Any]:
+    """The keyword arguments a loop passes to ``optimizer.step`` besides a closure:
+    ``{"loss": loss}`` for a rule that reads it (:func:`requires_loss`), else none.
+
+    Example:
+        >>> optimizer.step(**loss_keywords(optimizer, loss))
+    """
+    return {"loss": loss} if requires_loss(optimizer) else {}
 
 
 def by_name(name: str, argument: str = "optimizer") -> type[_torch.optim.Optimizer]:

@@ -599,14 +599,8 @@ def fit(
     optimizer = _build_optimizer(optimizer, list(model.parameters()), lr, clip_norm)
     # torch.optim optimizers have no clip_norm of their own: fit clips for them.
     clip_in_loop = clip_norm is not None and not hasattr(optimizer, "clip_norm")
-    # A rule that reads the loss (MoMo's Polyak step) is handed each step's loss.
-    needs_loss = rules.requires_loss(optimizer)
     # A rule that sets its own step size reports it (``effective_lr``, one per param group).
     reports_step_size = isinstance(getattr(optimizer, "effective_lr", None), list)
-
-    def step_keywords(loss: Tensor | None) -> dict[str, Any]:
-        return {"loss": loss} if needs_loss else {}
-
     autocast_dtype = PRECISIONS[precision]
     # float16's narrow range needs loss scaling; GradScaler works for any device type with
     # float16 autocast, the CPU included.
@@ -902,10 +896,10 @@ def fit(
                     # the safe-step policy checks the loss, then steps (or skips, or backs off);
                     # it is handed the (unscaled, unclipped) gradient norm when one was computed
                     verdict = guard.step(step_loss, grad_norm=grad_norm)
-                elif scaler is None:
-                    optimizer.step(**step_keywords(step_loss))
+                elif scaler is None:  # (a rule that reads the loss, MoMo, is handed it)
+                    optimizer.step(**rules.loss_keywords(optimizer, step_loss))
                 else:
-                    scaler.step(optimizer, **step_keywords(step_loss))
+                    scaler.step(optimizer, **rules.loss_keywords(optimizer, step_loss))
                     scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 if clip_norm is not None and not clip_in_loop:

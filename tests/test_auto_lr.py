@@ -5,6 +5,7 @@ the start) and for the rest (range test, then trials)."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+import steepest
 from steepest import problems
 from steepest import stopping as st
 from steepest.lr.auto import LRChoice, choose_lr, is_adam_family, stable_limit
@@ -319,3 +321,26 @@ def test_a_noisy_objective_gets_the_range_test_not_a_curvature_estimate(single_t
     assert minimize(deterministic, None, "sgd", lr="auto", max_iter=5).lr_choice.policy == "curvature"
     with pytest.raises(TypeError, match="noisy"):
         choose_lr(problems.rosenbrock(), optimizer="sgd", noisy="yes")
+
+
+def test_a_stand_in_is_built_with_the_options_it_takes_in_fit_as_in_minimize():
+    # AdamW's weight decay carries over to Prodigy (it has one); amsgrad does not and is named
+    choice = choose_lr(
+        problems.quadratic(10, 10.0), optimizer="adamw", options={"weight_decay": 0.1, "amsgrad": True}
+    )
+    assert choice.method is Prodigy and choice.options == {"weight_decay": 0.1}
+    assert "not taken by Prodigy: ['amsgrad']" in choice.reason
+    sgd = choose_lr(problems.quadratic(10, 10.0), optimizer="sgd", options=MOMENTUM)
+    assert sgd.method is SGD and sgd.options == MOMENTUM
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(64, 4), torch.randint(0, 2, (64,))
+    run = steepest.fit(
+        torch.nn.Linear(4, 2),
+        (inputs, targets),
+        "cross_entropy",
+        functools.partial(steepest.AdamW, weight_decay=0.1),
+        lr="auto",
+        max_steps=2,
+        batch_size=32,
+    )
+    assert run.lr_choice.method is Prodigy and run.lr_choice.options == {"weight_decay": 0.1}

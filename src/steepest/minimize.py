@@ -665,14 +665,7 @@ def _auto_lr(
     choice = choose_lr(
         objective, None, method, x0=start, options=options, repeats=3 if stochastic else 1, noisy=stochastic
     )
-    if choice.method is method:
-        return choice, method, options
-    accepted = inspect.signature(choice.method).parameters
-    kept = {name: value for name, value in options.items() if name in accepted}
-    dropped = sorted(set(options) - set(kept))
-    if dropped:
-        choice.reason += f" (options not taken by {choice.method.__name__}: {dropped})"
-    return choice, choice.method, kept
+    return choice, choice.method, dict(choice.options)
 
 
 def _observation(

@@ -211,8 +211,11 @@ class LRChoice:
             chose one (``minimize`` applies it): the curvature policy asks for
             ``{"on_nonfinite": "backoff"}``, since the path may meet stiffer curvature than the
             start's.
-        options: keyword arguments for ``method`` when it is not the optimizer asked for (MoMo
-            gets ``beta``, SGD's momentum); empty otherwise.
+        options: the keyword arguments, besides ``lr``, to build ``method`` with: the caller's
+            options for the optimizer asked for; for a stand-in, the ones it takes (Prodigy:
+            AdamW's weight_decay, betas, ...; the others are named in ``reason``) or their
+            translation (MoMo: ``beta``, SGD's momentum). fit, minimize and ``steepest train``
+            build ``functools.partial(method, **options)``.
     """
 
     lr: float
@@ -328,6 +331,9 @@ def choose_lr(
         raise ValueError(f"tolerance must be >= 1, got tolerance={tolerance!r}")
     from steepest.rules import Prodigy
 
+    settings = dict(options or {})
+    if "lr" in settings:
+        raise ValueError(f"options must not hold lr (it is what is chosen), got options={settings!r}")
     if policy == "lr_free" or (policy == "auto" and is_adam_family(cls)):
         rate = _PRODIGY_LR[stochastic]
         why = (
@@ -342,12 +348,10 @@ def choose_lr(
                 "; lr=0.5 on mini-batches: at a constant rate lr=1 settles at a higher noise floor "
                 "(measured on the digits MLP: 2.1x the best Adam rate's steps to 97%, lr=0.5 1.16x)"
             )
-        return LRChoice(rate, Prodigy, "lr_free", f"Prodigy with lr={rate:g}: {why}", evaluations=0)
+        kept, why = _taken_by(Prodigy, settings, f"Prodigy with lr={rate:g}: {why}")
+        return LRChoice(rate, Prodigy, "lr_free", why, evaluations=0, options=kept)
     if "lr" not in _parameters(cls):
         raise ValueError(f"optimizer {cls.__name__} has no lr argument to choose")
-    settings = dict(options or {})
-    if "lr" in settings:
-        raise ValueError(f"options must not hold lr (it is what is chosen), got options={settings!r}")
     if policy == "auto" and stochastic and _is_gradient_descent(cls):
         choice = _polyak_choice(objective_or_model, data, cls, settings, loss_fn)
         if choice is not None:
@@ -425,7 +429,16 @@ def choose_lr(
     if not (np.isfinite(lr) and lr > 0):
         raise RuntimeError(f"the range test gave no usable rate ({reason})")
     return LRChoice(
-        float(lr), cls, "range_test", reason, dict(sweep.suggestions), spread, evaluations, sweep, trials
+        float(lr),
+        cls,
+        "range_test",
+        reason,
+        dict(sweep.suggestions),
+        spread,
+        evaluations,
+        sweep,
+        trials,
+        options=settings,
     )
 
 
@@ -624,6 +637,7 @@ def _curvature_choice(
         evaluations=evaluations,
         curvature=curvature,
         safety={"on_nonfinite": "backoff"},
+        options=dict(settings),
     )
     return choice, evaluations
 
@@ -668,6 +682,16 @@ def _top_curvature(task: _Task, seed: int) -> tuple[float, int]:
             break
         direction = [h / length for h in product]
     return abs(estimate), evaluations
+
+
+def _taken_by(method: type, settings: Mapping[str, Any], reason: str) -> tuple[dict[str, Any], str]:
+    """The caller's options a stand-in ``method`` takes, and the reason with the others named."""
+    accepted = _parameters(method)
+    kept = {name: value for name, value in settings.items() if name in accepted}
+    dropped = sorted(set(settings) - set(kept))
+    if dropped:
+        reason += f" (options not taken by {method.__name__}: {dropped})"
+    return kept, reason
 
 
 def _optimizer_class(optimizer: Any) -> type[torch.optim.Optimizer]:

@@ -127,7 +127,7 @@ def choose_learning_rate(
             "reason": choice.reason,
         }
         (folder.path / "lr_choice.json").write_text(json.dumps(record, indent=2) + "\n")
-        optimizer = partial(choice.method, **choice.options) if choice.options else choice.method
+        optimizer = partial(choice.method, **choice.options)
         peak = choice.lr
     else:
         peak = config["lr"] if config["lr"] is not None else DEFAULT_LEARNING_RATES.get(optimizer, 1e-3)

@@ -561,19 +561,15 @@ def fit(
             raise ValueError(f"lr='auto' chooses lr, but the partial sets lr={options['lr']!r}")
         # A short range test (it restores the model and every random state afterwards) or a
         # learning-rate-free method; see steepest.lr.choose_lr for the policy. The options
-        # (momentum, ...) shape the choice, and the run uses them, unless the choice is a
-        # learning-rate-free method of its own.
+        # (momentum, ...) shape the choice; the choice says how to build what runs (its options:
+        # the caller's, or those a stand-in takes, or their translation).
         from steepest.lr import choose_lr
 
         lr_choice = choose_lr(
             model, data, cls, options=options, loss_fn=loss_function, batch_size=batch_size, seed=seed
         )
         lr = lr_choice.lr
-        optimizer = (
-            partial(cls, **options)
-            if lr_choice.method is cls
-            else partial(lr_choice.method, **lr_choice.options)
-        )
+        optimizer = partial(lr_choice.method, **lr_choice.options)
 
     # -- set up: seeds, data, optimizer, mixed precision -------------------------------------
     # One seed fixes the initial random state of everything (dropout, numpy, Python) and,

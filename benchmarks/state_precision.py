@@ -33,7 +33,7 @@ def main() -> None:
     args = parser.parse_args()
     names = args.problems or (QUICK if args.quick else list(TASKS))
     torch.set_num_threads(1)
-    header = f"{'problem':<26}{'target':<19}{'family':<14}{'lr':>9}{'float32 state':>15}{'bf16 state':>12}"
+    header = f"{'problem':<30}{'target':<19}{'family':<14}{'lr':>9}{'float32 state':>15}{'bf16 state':>12}"
     header += f"{'ratio':>8}"
     rows = []
     for name in names:
@@ -42,7 +42,7 @@ def main() -> None:
             best, lr = oracle(task, family)
             if lr is None:
                 rows.append(
-                    f"{task.name:<26}{task.target:<19}{family:<14}{'-':>9}{'miss':>15}{'-':>12}{'-':>8}"
+                    f"{task.name:<30}{task.target:<19}{family:<14}{'-':>9}{'miss':>15}{'-':>12}{'-':>8}"
                 )
                 continue
             cls, options = FAMILIES[family]
@@ -51,7 +51,7 @@ def main() -> None:
             )
             steps = "miss" if narrow.steps is None else str(narrow.steps)
             rows.append(
-                f"{task.name:<26}{task.target:<19}{family:<14}{lr:>9.3g}{best.steps:>15}{steps:>12}"
+                f"{task.name:<30}{task.target:<19}{family:<14}{lr:>9.3g}{best.steps:>15}{steps:>12}"
                 f"{ratio(narrow.steps, best.steps):>8}"
             )
             print(rows[-1], flush=True)

@@ -534,6 +534,28 @@ def test_a_crawl_while_a_warm_up_raises_the_rate_is_not_too_small() -> None:
     assert set(verdicts["warm-up"]) == {"good"}
 
 
+def test_batch_noise_while_a_decay_ends_is_not_an_oscillation() -> None:
+    # `steepest train --optimizer sgd --momentum 0.9 --epochs 3` (60 steps of cosine decay) was
+    # told "learning rate looks ~10x too large: try 2e-6" at its last step: batch losses at 1.2,
+    # half the first loss, changed direction at 78% of the steps of a window over which the
+    # rate fell from 0.007 to 2e-5, with no net progress. The same window at a constant rate is
+    # still an oscillation.
+    rng = np.random.default_rng(0)
+    falling = np.geomspace(2.4, 1.5, 2 * WINDOW) * np.exp(rng.normal(0.0, 0.05, 2 * WINDOW))
+    # batch losses that change direction at most steps, as those did (78%)
+    flat = 1.4 * np.exp(0.1 * (-1.0) ** np.arange(WINDOW) * (0.5 + np.abs(rng.normal(0.0, 1.0, WINDOW))))
+    losses = np.concatenate([falling, flat])
+    cosine = 0.03 * 0.5 * (1 + np.cos(np.pi * np.arange(len(losses)) / (len(losses) - 1)))
+    verdicts = {}
+    for label, rates in (("constant", np.full(len(losses), 0.03)), ("cosine", cosine)):
+        monitor = RegimeMonitor(window=WINDOW)
+        for step, (loss, rate) in enumerate(zip(losses, rates)):
+            monitor.observe(step, float(loss), lr=float(rate))
+        verdicts[label] = monitor.history[-1]
+    assert verdicts["constant"].regime == "too_large" and "oscillates" in verdicts["constant"].reason
+    assert verdicts["cosine"].regime == "good", str(verdicts["cosine"])
+
+
 def test_a_cut_starts_a_new_rate_and_a_schedules_decay_does_not() -> None:
     # A noisy floor (log-normal batch losses around 0.03) under a rate that decays smoothly by
     # 16x: the reference stays the run's first loss, and nothing is called too large. Then a

@@ -115,6 +115,7 @@ _PEAK = 2.0  # a window whose level peaked at 2x the reference clearly overshot
 _CLIMB_BACK = 2.0  # a window level 2x the lowest this rate had reached: its progress was undone
 _GRADIENT_COLLAPSE = 0.5  # the gradient norm fell below half its value when the rate took over
 _RISING = 1.01  # a window over which the learning rate grew by 1% or more: a warm-up is raising it
+_FALLING = 0.1  # a window over which the learning rate fell 10x or more: a decay is ending
 _LINEAR_STEP = 0.1  # no step changed the gradient norm by 10%: lr * lambda_max <~ 0.1, a crawl
 _MEDIAN_EFFICIENCY = 1.2533  # standard error of a median / that of a mean (sqrt(pi/2), Gaussian)
 _FLOAT_COLUMNS = ("losses", "grad_norms", "update_ratios", "lrs")  # of a window, saved in state_dict
@@ -583,10 +584,19 @@ class RegimeMonitor:
         return f"the loss ({m.end:.4g}) ends above where it was when {since} ({reference:.4g})", None
 
     def _oscillates(self, m: _Measured) -> tuple[str, float | None] | None:
-        """Rule 4: direction changes at half the steps, no net progress, real swings, params move."""
+        """Rule 4: direction changes at half the steps, no net progress, real swings, params move.
+
+        Not where a schedule cut the rate 10x or more within the window (a decay's last
+        stretch): an oscillation the rate drives dies down as the rate does and leaves net
+        progress, while mini-batch losses change direction at most steps whatever the rate (at
+        2/3 of them for independent noise). A slower cut leaves the verdict to the rule: Adam at
+        100x its good rate, under a cosine decay, still swings without progress at 0.26-0.07.
+        """
         first = self._first_loss
+        annealing = m.lr_growth is not None and m.lr_growth <= _FALLING
         if (
-            m.sign_changes >= 0.5
+            not annealing
+            and m.sign_changes >= 0.5
             and m.efficiency <= _NO_PROGRESS
             and m.net_decrease < self.rise_tolerance * m.scale
             and m.swing >= _OSCILLATION_AMPLITUDE

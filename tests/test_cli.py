@@ -16,6 +16,7 @@ import pytest
 import tomllib
 import torch
 
+import steepest
 from steepest import cli
 from steepest.train.checkpoint import latest_checkpoint
 from steepest.train.runs import read_metrics
@@ -151,7 +152,11 @@ BAD_INPUTS = {
     "warm-up longer than the run": (["train", "--schedule", "warmup_cosine", "--warmup", "99999"], "warmup"),
     "missing config file": (["train", "--config", "no_such.toml"], "no_such.toml"),
     "resume a non-run": (["train", "--resume", "no/such/run"], "no/such/run"),
-    "unknown flag": (["train", "--momentum", "0.9"], "unrecognized arguments: --momentum"),
+    "unknown flag": (["train", "--nesterov"], "unrecognized arguments: --nesterov"),
+    "momentum for an optimizer without one": (["train", "--momentum", "0.9"], "adamw takes no momentum"),
+    "momentum of 1": (["train", "--optimizer", "sgd", "--momentum", "1"], "momentum = 1.0: must be in [0, 1)"),
+    "negative weight decay": (["train", "--weight-decay=-1e-4"], "weight_decay = -0.0001: must be"),
+    "lr-find: momentum for adam": (["lr-find", "--optimizer", "adam", "--momentum", "0.9"], "adam takes no"),
     "abbreviated flag": (["train", "--opt", "sgd"], "unrecognized arguments: --opt"),
     "unknown command": (["fly"], "invalid choice: 'fly'"),
     "lr-find: no such data file": (["lr-find", "--dataset", "no/such.csv"], "no such file"),
@@ -378,6 +383,12 @@ def test_lr_find_takes_trains_data_and_model_flags_and_config(
     assert seen["model"](inputs[:4]).shape == (4,)  # the flag's MLP, sized for it by build_model
     assert seen["loss_fn"] is torch.nn.functional.mse_loss
     assert (seen["optimizer"], seen["batch_size"], seen["seed"]) == ("sgd", 32, 3)
+    # the optimizer's own options, from the file or the flags, are swept with it
+    config.write_text('model = "softmax"\noptimizer = "sgd"\nmomentum = 0.9\n')
+    argv = ["lr-find", "--config", str(config), "--weight-decay", "0.01", "--steps", "20", "--repeats", "1"]
+    assert cli.main(argv) == 0
+    assert seen["optimizer"].func is steepest.SGD
+    assert seen["optimizer"].keywords == {"momentum": 0.9, "weight_decay": 0.01}
 
 
 def test_lr_find_on_a_csv_file(
@@ -485,6 +496,37 @@ def test_on_too_large_backs_off_a_far_too_large_rate(tmp_path: Path) -> None:
     assert steps[-1]["lr"] < 0.5 * steps[0]["lr"]  # the rate was cut
     assert any(str(row.get("safety", "")).startswith("backoff") for row in steps)
     assert evals[-1]["val_accuracy"] > 0.6  # and it learned (unguarded it stays near chance)
+
+
+def test_momentum_and_weight_decay_reach_the_optimizer_and_the_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--optimizer sgd` alone is plain SGD at 0.3; with momentum 0.9 the default rate is 0.03,
+    # the same steady step (heavy ball's steps add up to lr / (1 - momentum) gradients).
+    argv = run_args(tmp_path, "heavy", "--optimizer", "sgd", "--momentum", "0.9", "--weight-decay", "1e-4")
+    assert cli.main([*argv, "--epochs", "3", "--model", "mlp"]) == 0
+    out = capsys.readouterr().out
+    assert "SGD (momentum=0.9, weight_decay=0.0001) on mlp" in out
+    assert "too large" not in out  # the end of the cosine decay is not an oscillation
+    folder = tmp_path / "heavy"
+    config = tomllib.loads((folder / "config.toml").read_text())
+    assert (config["momentum"], config["weight_decay"]) == (0.9, 1e-4)
+    steps, _ = read_metrics(folder / "metrics.jsonl")
+    assert steps[0]["lr"] == pytest.approx(0.03)
+    checkpoint = torch.load(sorted((folder / "checkpoints").glob("step-*.pt"))[-1], weights_only=True)
+    group = checkpoint["state"]["optimizer"]["param_groups"][0]
+    assert (group["momentum"], group["weight_decay"]) == (0.9, 1e-4)
+    # resumed with the settings it started with: one more epoch on top of the saved three
+    assert cli.main(["train", "--resume", str(folder), "--epochs", "4", "--progress", "plain"]) == 0
+    checkpoint = torch.load(sorted((folder / "checkpoints").glob("step-*.pt"))[-1], weights_only=True)
+    assert checkpoint["state"]["optimizer"]["param_groups"][0]["momentum"] == 0.9
+
+
+def test_sgd_with_momentum_and_lr_auto_runs_momo_with_that_momentum(tmp_path: Path) -> None:
+    argv = run_args(tmp_path, "auto", "--optimizer", "sgd", "--momentum", "0.9", "--lr", "auto")
+    assert cli.main([*argv, "--epochs", "1", "--model", "mlp", "--quiet"]) == 0
+    choice = json.loads((tmp_path / "auto" / "lr_choice.json").read_text())
+    assert (choice["method"], choice["options"]) == ("MoMo", {"beta": 0.9})
 
 
 def test_the_default_run_is_never_told_its_rate_is_too_large(

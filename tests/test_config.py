@@ -21,6 +21,7 @@ from steepest.train.config import (
     default_config,
     dump_config,
     load_config,
+    optimizer_options,
     resolve_config,
     validate_config,
 )
@@ -112,6 +113,9 @@ def test_int_for_float_option_becomes_float() -> None:
         ("name = '../escape'\n", "name", ["../escape", "folder name"]),
         ("dataset = 'data/missing.csv'\n", "dataset", ["data/missing.csv", "no such file"]),
         ("dataset = 'mnist'\n", "dataset", ["mnist", "digits"]),
+        ("optimizer = 'sgd'\nmomentum = 1.0\n", "momentum", ["1.0", "[0, 1)"]),
+        ("weight_decay = -0.1\n", "weight_decay", ["-0.1", ">= 0"]),
+        ("momentum = 0.9\n", "momentum", ["0.9", "adamw takes no momentum", "sgd, rmsprop"]),
     ],
 )
 def test_each_bad_value_in_a_file_gives_one_line_naming_key_value_and_file(
@@ -210,3 +214,13 @@ def test_the_cli_and_train_share_one_default_run() -> None:
     config, run = default_config(), TrainConfig()
     for field in dataclasses.fields(TrainConfig):
         assert config[field.name] == getattr(run, field.name), field.name
+
+
+def test_optimizer_options_are_the_ones_set_and_each_goes_where_it_is_taken() -> None:
+    config = validate_config({**default_config(), "optimizer": "RMSprop", "momentum": 0, "weight_decay": 1})
+    assert optimizer_options(config) == {"momentum": 0.0, "weight_decay": 1.0}
+    assert optimizer_options(default_config()) == {}
+    for name in ("adam", "adamw", "nadam", "adagrad", "lion"):  # weight decay: every one of them
+        assert validate_config({**default_config(), "optimizer": name, "weight_decay": 0.1})["weight_decay"] == 0.1
+    with pytest.raises(ConfigError, match=r"^momentum = 0.5: adagrad takes no momentum"):
+        validate_config({**default_config(), "optimizer": "adagrad", "momentum": 0.5})

@@ -106,6 +106,8 @@ def optimizer_name(text: str) -> str:
 #: flags, made from the same schema rows, so both commands share names, defaults and checks.
 LR_FIND_OPTIONS: tuple[str, ...] = (
     "optimizer",
+    "momentum",
+    "weight_decay",
     "model",
     "dataset",
     "label_column",
@@ -220,7 +222,7 @@ def run_lr_find(args: argparse.Namespace) -> int:
     result = lr.range_test(
         model,
         data.train,
-        config["optimizer"],
+        command.configured_optimizer(config),
         loss_fn=LOSSES["cross_entropy" if data.task == "classification" else "mse"],
         min_lr=args.min_lr,
         max_lr=args.max_lr,

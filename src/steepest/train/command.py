@@ -18,12 +18,18 @@ import torch
 from torch.nn import functional as F
 
 from steepest import lr as learning_rate_tools
-from steepest import schedules, stopping
+from steepest import rules, schedules, stopping
 from steepest.init import initialize
-from steepest.train.config import ConfigError, configure, resolve_config, validate_config
+from steepest.train.config import (
+    ConfigError,
+    configure,
+    optimizer_options,
+    resolve_config,
+    validate_config,
+)
 from steepest.train.data import DataSplits, load_dataset
 from steepest.train.fit import StepRecord, Trainer, fit
-from steepest.train.loop import DEFAULT_LEARNING_RATES, build_schedule
+from steepest.train.loop import DEFAULT_LEARNING_RATES, OPTIMIZER_CLASS_NAMES, build_schedule
 from steepest.train.models import build_model
 from steepest.train.progress import Progress
 from steepest.train.report import write_report
@@ -108,12 +114,13 @@ def choose_learning_rate(
     method: Prodigy for the Adam family, MoMo for SGD on a network with more parameters than
     examples), says what it chose and why, and records it in the run folder.
     """
-    optimizer = config["optimizer"]
+    name, options = config["optimizer"], optimizer_options(config)
     if config["lr"] == "auto":
         choice = learning_rate_tools.choose_lr(
             model,
             data.train,
-            optimizer,
+            name,
+            options=options,
             loss_fn=loss_function(data),
             batch_size=config["batch_size"],
             seed=config["seed"],
@@ -127,11 +134,42 @@ def choose_learning_rate(
             "reason": choice.reason,
         }
         (folder.path / "lr_choice.json").write_text(json.dumps(record, indent=2) + "\n")
-        optimizer = partial(choice.method, **choice.options)
+        optimizer: Any = partial(choice.method, **choice.options)
         peak = choice.lr
     else:
-        peak = config["lr"] if config["lr"] is not None else DEFAULT_LEARNING_RATES.get(optimizer, 1e-3)
+        optimizer = configured_optimizer(config)
+        peak = config["lr"] if config["lr"] is not None else default_learning_rate(config)
     return optimizer, build_schedule(config["schedule"], peak, config["warmup"], total_steps)
+
+
+def configured_optimizer(config: Mapping[str, Any]) -> str | partial:
+    """The optimizer a configuration names, with the keyword arguments it sets: ``"adamw"``, or
+    ``partial(SGD, momentum=0.9)`` (what :func:`steepest.fit` and the range test take)."""
+    options = optimizer_options(config)
+    if not options:
+        return config["optimizer"]
+    return partial(rules.by_name(OPTIMIZER_CLASS_NAMES[config["optimizer"]]), **options)
+
+
+def default_learning_rate(config: Mapping[str, Any]) -> float:
+    """The rate a run takes when ``lr`` is not set: ``DEFAULT_LEARNING_RATES``, tuned without
+    momentum, times (1 - momentum): heavy ball's steps add up to lr / (1 - momentum) times a
+    steady gradient, so the product keeps the step the default was tuned for.
+
+    Example:
+        >>> round(default_learning_rate({"optimizer": "sgd", "momentum": 0.9}), 6)
+        0.03
+    """
+    rate = DEFAULT_LEARNING_RATES.get(config["optimizer"], 1e-3)
+    return rate * (1.0 - (config.get("momentum") or 0.0))
+
+
+def _describe(optimizer: Any) -> str:
+    """``"SGD (momentum=0.9)"`` for ``partial(SGD, momentum=0.9)``; a name as it is."""
+    if not isinstance(optimizer, partial):
+        return str(optimizer)
+    settings = ", ".join(f"{name}={value!r}" for name, value in optimizer.keywords.items())
+    return f"{optimizer.func.__name__} ({settings})" if settings else optimizer.func.__name__
 
 
 def loss_function(data: DataSplits) -> Callable[..., torch.Tensor]:
@@ -206,8 +244,7 @@ def run(
     else:
         checkpoint_every = "epoch" if checkpoint_epochs == 1 else checkpoint_epochs * steps_per_epoch
     if not quiet:
-        optimizer_name = getattr(getattr(optimizer, "func", optimizer), "__name__", optimizer)
-        say(f"run folder {folder.path}: {optimizer_name} on {config['model']} / {config['dataset']}")
+        say(f"run folder {folder.path}: {_describe(optimizer)} on {config['model']} / {config['dataset']}")
     result = fit(
         model,
         data.train,
@@ -246,4 +283,12 @@ def run(
     return DIVERGED if str(result.stopped_by).startswith("diverged") else SUCCESS
 
 
-__all__ = ["DiagnoseRegime", "resolve", "run", "run_folder", "test_metrics"]
+__all__ = [
+    "DiagnoseRegime",
+    "configured_optimizer",
+    "default_learning_rate",
+    "resolve",
+    "run",
+    "run_folder",
+    "test_metrics",
+]

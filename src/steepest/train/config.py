@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.util
+import inspect
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from steepest import rules
 from steepest.train import data as _data_module
 from steepest.train.loop import (
     INIT_SCHEMES,
@@ -98,6 +100,15 @@ def one_of(choices: tuple[str, ...] | Callable[[], tuple[str, ...]]) -> Validato
 
 def _seed_in_range(value: int) -> str | None:
     return None if 0 <= value <= MAX_SEED else "must be from 0 to 2**64 - 1"
+
+
+def _momentum(value: float) -> str | None:
+    # momentum >= 1 never forgets a gradient: the steps grow without bound
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+def _nonnegative_finite(value: float) -> str | None:
+    return None if math.isfinite(value) and value >= 0 else "must be a finite number >= 0"
 
 
 def _fraction(value: float) -> str | None:
@@ -244,6 +255,14 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         positive_finite,
         keywords=("auto",),
     ),
+    Option("momentum", float, None,
+           "momentum of sgd or rmsprop; the default lr then scales by (1 - momentum), as the "
+           "steps add up to lr / (1 - momentum) times the gradient (default: the optimizer's own, 0)",
+           _momentum),
+    Option("weight_decay", float, None,
+           "weight decay: an L2 term for sgd, adam, nadam, rmsprop, adagrad; decoupled for adamw "
+           "and lion (default: the optimizer's own)",
+           _nonnegative_finite),
     Option("epochs", int, _RUN.epochs, "passes over the training data", at_least(1)),
     Option("batch_size", int, _RUN.batch_size, "examples per mini-batch", at_least(1)),
     Option("seed", int, _RUN.seed, "seeds initialization and batch order: the same seed, the same numbers",
@@ -293,6 +312,27 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
 
 #: The options by name.
 OPTIONS_BY_NAME: dict[str, Option] = {option.name: option for option in TRAIN_OPTIONS}
+#: Options that are the optimizer's own keyword arguments, passed on where set.
+OPTIMIZER_OPTIONS: tuple[str, ...] = ("momentum", "weight_decay")
+
+
+def optimizer_options(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The optimizer's keyword arguments a configuration sets, e.g. ``{"momentum": 0.9}``.
+
+    Example:
+        >>> optimizer_options({"optimizer": "sgd", "momentum": 0.9, "weight_decay": None})
+        {'momentum': 0.9}
+    """
+    return {name: config[name] for name in OPTIMIZER_OPTIONS if config.get(name) is not None}
+
+
+def _takers(name: str) -> tuple[str, ...]:
+    """The optimizers ``steepest train`` names that take the keyword argument ``name``."""
+    return tuple(
+        optimizer
+        for optimizer, class_name in OPTIMIZER_CLASS_NAMES.items()
+        if name in inspect.signature(rules.by_name(class_name)).parameters
+    )
 
 
 def default_config() -> dict[str, Any]:
@@ -444,6 +484,13 @@ def validate_config(
         if problem is not None:
             raise ConfigError(f"{option.name} = {value!r}{where(option.name)}: {problem}")
         normalized[option.name] = value
+    for name in optimizer_options(normalized):  # set, but does this optimizer take it?
+        takers = _takers(name)
+        if normalized["optimizer"] not in takers:
+            raise ConfigError(
+                f"{name} = {normalized[name]!r}{where(name)}: {normalized['optimizer']} takes no "
+                f"{name} (the optimizers that do: {', '.join(takers)})"
+            )
     return normalized
 
 

@@ -361,7 +361,9 @@ def add_train_arguments(parser: argparse.ArgumentParser, names: Sequence[str] | 
     options = TRAIN_OPTIONS if names is None else [OPTIONS_BY_NAME[name] for name in names]
     for option in options:
         shown_default = "not set" if option.default is None else option.default
-        help_text = f"{option.help} (default: {shown_default})"
+        # a help text that says what "not set" means already ("default: no clipping") keeps it
+        said = "(default:" in option.help
+        help_text = option.help if said else f"{option.help} (default: {shown_default})"
         if option.type is bool:
             parser.add_argument(
                 option.flag,

@@ -154,7 +154,10 @@ BAD_INPUTS = {
     "resume a non-run": (["train", "--resume", "no/such/run"], "no/such/run"),
     "unknown flag": (["train", "--nesterov"], "unrecognized arguments: --nesterov"),
     "momentum for an optimizer without one": (["train", "--momentum", "0.9"], "adamw takes no momentum"),
-    "momentum of 1": (["train", "--optimizer", "sgd", "--momentum", "1"], "momentum = 1.0: must be in [0, 1)"),
+    "momentum of 1": (
+        ["train", "--optimizer", "sgd", "--momentum", "1"],
+        "momentum = 1.0: must be in [0, 1)",
+    ),
     "negative weight decay": (["train", "--weight-decay=-1e-4"], "weight_decay = -0.0001: must be"),
     "lr-find: momentum for adam": (["lr-find", "--optimizer", "adam", "--momentum", "0.9"], "adam takes no"),
     "abbreviated flag": (["train", "--opt", "sgd"], "unrecognized arguments: --opt"),
@@ -167,6 +170,15 @@ BAD_INPUTS = {
     "compare: unknown optimizer": (["compare", "rosenbrock", "--optimizer", "sgd", "foo"], "'foo'"),
     "compare: zero lr": (["compare", "rosenbrock", "--lr", "0.1", "0"], "--lr"),
     "compare: zero steps": (["compare", "rosenbrock", "--steps", "0"], "--steps"),
+    "compare: momentum for adam": (
+        ["compare", "rosenbrock", "--optimizer", "adam", "--momentum", "0.9"],
+        "adam takes no",
+    ),
+    "compare: momentum of 1": (["compare", "rosenbrock", "--momentum", "1"], "--momentum: must be in [0, 1)"),
+    "compare: regimes at two momenta": (
+        ["compare", "rosenbrock", "--regimes", "--momentum", "0", "0.9"],
+        "--regimes takes at most one --momentum",
+    ),
     "compare: regimes of two optimizers": (
         ["compare", "rosenbrock", "--regimes", "--optimizer", "sgd", "adam"],
         "--regimes takes one --optimizer",
@@ -438,6 +450,22 @@ def test_compare_prints_one_line_per_run_and_writes_a_png(
     assert rows[1].split()[2:] == ["inf", rows[1].split()[3], "too_large"]  # SGD at 0.1 blows up
     assert wrote == f"wrote {output}"
     assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_compare_momentum_against_plain_descent(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The documents' picture of momentum: heavy ball runs down the Rosenbrock valley where plain
+    # descent at the same rate crawls.
+    output = tmp_path / "momentum.png"
+    argv = ["compare", "rosenbrock", "--optimizer", "sgd", "--lr", "1e-3", "--momentum", "0", "0.9"]
+    assert cli.main([*argv, "--steps", "300", "-o", str(output)]) == 0
+    header, plain, heavy, _ = capsys.readouterr().out.splitlines()
+    assert plain.split()[:3] == ["sgd", "momentum=0", "0.001"]
+    assert heavy.split()[:3] == ["sgd", "momentum=0.9", "0.001"]
+    assert float(heavy.split()[3]) < 0.01 * float(plain.split()[3])
+    argv = ["compare", "rosenbrock", "--regimes", "--momentum", "0.9", "--steps", "50"]
+    assert cli.main([*argv, "-o", str(output)]) == 0
+    rows = capsys.readouterr().out.splitlines()
+    assert sum(row.startswith("sgd momentum=0.9") for row in rows) == 3
 
 
 def test_compare_regimes_around_a_given_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -105,6 +105,17 @@ def test_each_run_is_the_run_minimize_makes() -> None:
         assert run.steps == alone.nit == 80
 
 
+def test_a_runs_options_name_it_in_the_table_and_the_legend() -> None:
+    comparison = compare(
+        "rosenbrock", [("sgd", 1e-3), ("sgd", 1e-3, {"momentum": 0.9})], steps=5, diagnose=False
+    )
+    table = comparison.summary().splitlines()
+    assert table[1].startswith("sgd ") and "momentum" not in table[1]
+    assert table[2].startswith("sgd momentum=0.9 ")
+    assert RunSpec("adam", 0.05, {"betas": (0.8, 0.99)}).title == "adam betas=(0.8, 0.99) lr=0.05"
+    assert RunSpec("sgd", None, {"momentum": 0.9}, label="heavy ball").title == "heavy ball"
+
+
 def test_gtol_ends_a_converged_run_early_and_none_runs_every_step() -> None:
     runs = [("lbfgs", 1.0)]
     assert compare("rosenbrock", runs, steps=200).runs[0].steps < 100

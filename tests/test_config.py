@@ -221,6 +221,7 @@ def test_optimizer_options_are_the_ones_set_and_each_goes_where_it_is_taken() ->
     assert optimizer_options(config) == {"momentum": 0.0, "weight_decay": 1.0}
     assert optimizer_options(default_config()) == {}
     for name in ("adam", "adamw", "nadam", "adagrad", "lion"):  # weight decay: every one of them
-        assert validate_config({**default_config(), "optimizer": name, "weight_decay": 0.1})["weight_decay"] == 0.1
+        config = validate_config({**default_config(), "optimizer": name, "weight_decay": 0.1})
+        assert config["weight_decay"] == 0.1
     with pytest.raises(ConfigError, match=r"^momentum = 0.5: adagrad takes no momentum"):
         validate_config({**default_config(), "optimizer": "adagrad", "momentum": 0.5})

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
+import inspect
 import io
 import math
 import os
@@ -254,11 +255,23 @@ def run_compare(args: argparse.Namespace) -> int:
                 f"got --optimizer {' '.join(args.optimizer)}"
                 + ("" if args.lr is None else f" --lr {' '.join(f'{rate:g}' for rate in args.lr)}")
             )
+        if args.momentum is not None and len(args.momentum) != 1:
+            raise UsageError(
+                f"--regimes takes at most one --momentum, got --momentum {' '.join(map(str, args.momentum))}"
+            )
         good = None if args.lr is None else args.lr[0]
-        comparison = lr.three_regimes(args.problem, args.optimizer[0], good, steps=args.steps)
+        options = _momentum_options(args.optimizer[0], args.momentum[0] if args.momentum else None)
+        comparison = lr.three_regimes(
+            args.problem, args.optimizer[0], good, steps=args.steps, options=options
+        )
     else:
-        # every optimizer at every rate; without --lr, each at its own default rate
-        runs = [lr.RunSpec(name, rate) for name in args.optimizer for rate in args.lr or [None]]
+        # every optimizer at every rate and momentum; without --lr, each at its own default rate
+        runs = [
+            lr.RunSpec(name, rate, _momentum_options(name, momentum))
+            for name in args.optimizer
+            for rate in args.lr or [None]
+            for momentum in args.momentum or [None]
+        ]
         comparison = lr.compare(args.problem, runs, steps=args.steps)
     for note in comparison.notes:
         print(note)
@@ -266,6 +279,31 @@ def run_compare(args: argparse.Namespace) -> int:
     comparison.plot(args.output)
     print(f"wrote {args.output}")
     return 0
+
+
+def _momentum_options(optimizer: str, momentum: float | None) -> dict[str, float]:
+    """``{"momentum": momentum}`` for an optimizer that takes it; a UsageError for one that does not."""
+    if momentum is None:
+        return {}
+    if "momentum" not in inspect.signature(rules.by_name(optimizer)).parameters:
+        takers = sorted(
+            name for name, cls in rules.OPTIMIZERS.items() if "momentum" in inspect.signature(cls).parameters
+        )
+        raise UsageError(
+            f"--momentum: {optimizer} takes no momentum (the optimizers that do: {', '.join(takers)})"
+        )
+    return {"momentum": momentum}
+
+
+def momentum_value(text: str) -> float:
+    """Parse a momentum: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -387,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=positive_float,
         default=None,
         help="learning rates (default: each optimizer's own)",
+    )
+    compare_parser.add_argument(
+        "--momentum",
+        nargs="+",
+        type=momentum_value,
+        default=None,
+        help="momentum values, for optimizers that take one (sgd, rmsprop, ...): plain descent "
+        "against heavy ball with --optimizer sgd --momentum 0 0.9 (default: each optimizer's own)",
     )
     compare_parser.add_argument(
         "--regimes", action="store_true", help="the three regimes: too small, good, too large"

@@ -76,12 +76,27 @@ class RunSpec:
         return self.optimizer if isinstance(self.optimizer, str) else self.optimizer.__name__
 
     @property
+    def method(self) -> str:
+        """The optimizer with its options, as a table and a legend show it: ``"sgd momentum=0.9"``."""
+        settings = "".join(f" {name}={_short(value)}" for name, value in self.options.items())
+        return self.optimizer_name + settings
+
+    @property
     def title(self) -> str:
-        """The legend entry: the label, else ``"<optimizer> lr=<lr>"``."""
+        """The legend entry: the label, else ``"<optimizer> [options] lr=<lr>"``."""
         if self.label is not None:
             return self.label
         rate = "default lr" if self.lr is None else f"lr={self.lr:.3g}"
-        return f"{self.optimizer_name} {rate}"
+        return f"{self.method} {rate}"
+
+
+def _short(value: Any) -> str:
+    """A number as ``:g`` writes it, a tuple of them in parentheses, anything else as ``str``."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_short(item) for item in value) + ")"
+    return str(value)
 
 
 @dataclass
@@ -175,7 +190,7 @@ class Comparison:
         rows = [header]
         for run in self.runs:
             rate = "default" if run.spec.lr is None else f"{run.spec.lr:.3g}"
-            row = [run.spec.optimizer_name, rate, f"{run.final_loss:.4g}", str(run.steps), run.regime or "-"]
+            row = [run.spec.method, rate, f"{run.final_loss:.4g}", str(run.steps), run.regime or "-"]
             rows.append(row + ([run.spec.label or ""] if labelled else []))
         widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
         numeric = {2, 3}  # right-aligned, so that digits line up

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import inspect
 import io
 import math
 import os
@@ -285,10 +284,8 @@ def _momentum_options(optimizer: str, momentum: float | None) -> dict[str, float
     """``{"momentum": momentum}`` for an optimizer that takes it; a UsageError for one that does not."""
     if momentum is None:
         return {}
-    if "momentum" not in inspect.signature(rules.by_name(optimizer)).parameters:
-        takers = sorted(
-            name for name, cls in rules.OPTIMIZERS.items() if "momentum" in inspect.signature(cls).parameters
-        )
+    takers = rules.taking("momentum")
+    if rules.by_name(optimizer).__name__.lower() not in takers:  # OPTIMIZERS' keys: class names
         raise UsageError(
             f"--momentum: {optimizer} takes no momentum (the optimizers that do: {', '.join(takers)})"
         )

@@ -108,6 +108,18 @@ def by_name(name: str, argument: str = "optimizer") -> type[_torch.optim.Optimiz
     return OPTIMIZERS[key]
 
 
+def taking(keyword: str, names: Any = None) -> tuple[str, ...]:
+    """The optimizers (of ``names``, default all, by ``by_name``'s names) whose constructor
+    takes the keyword argument ``keyword``, for "adam takes no momentum (those that do: ...)".
+
+    Example:
+        >>> taking("momentum", ["sgd", "adam", "rmsprop"])
+        ('sgd', 'rmsprop')
+    """
+    candidates = sorted(OPTIMIZERS) if names is None else list(names)
+    return tuple(name for name in candidates if keyword in _inspect.signature(by_name(name)).parameters)
+
+
 __all__ = [
     "SGD",
     "Adagrad",

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib.util
-import inspect
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -326,15 +325,6 @@ def optimizer_options(config: Mapping[str, Any]) -> dict[str, Any]:
     return {name: config[name] for name in OPTIMIZER_OPTIONS if config.get(name) is not None}
 
 
-def _takers(name: str) -> tuple[str, ...]:
-    """The optimizers ``steepest train`` names that take the keyword argument ``name``."""
-    return tuple(
-        optimizer
-        for optimizer, class_name in OPTIMIZER_CLASS_NAMES.items()
-        if name in inspect.signature(rules.by_name(class_name)).parameters
-    )
-
-
 def default_config() -> dict[str, Any]:
     """Every option at its default, e.g. ``default_config()["epochs"] == 40``."""
     return {option.name: option.default for option in TRAIN_OPTIONS}
@@ -487,7 +477,7 @@ def validate_config(
             raise ConfigError(f"{option.name} = {value!r}{where(option.name)}: {problem}")
         normalized[option.name] = value
     for name in optimizer_options(normalized):  # set, but does this optimizer take it?
-        takers = _takers(name)
+        takers = rules.taking(name, OPTIMIZER_CLASS_NAMES)
         if normalized["optimizer"] not in takers:
             raise ConfigError(
                 f"{name} = {normalized[name]!r}{where(name)}: {normalized['optimizer']} takes no "

@@ -57,8 +57,18 @@ regression (its d settles 7-13x below the oracle's rate) and missed both digits 
 rate overshoots on mini-batches: 0.56 against the oracle's 0.1 on the MLP); at lr=0.5 2.2-8.4x
 and the same two misses.
 
+Over five starts (``--problems beale himmelblau least_squares rosenbrock --starts 5``, 2
+minutes: the median of the steps from the problem's own start and four others, each coordinate
+moved by N(0, 0.3^2), against the oracle of that median), the misses on the 2-D extras hold,
+so they are not one start's luck: Adam (Prodigy) 1.62x Beale (68 against 42 at 0.316), 1.39x
+Himmelblau (78 against 56); SGD-momentum 1.17x Beale, 1.41x Himmelblau (96 against 70 at
+0.00316); least squares 0.99x and 0.97x; Rosenbrock 0.97x and 0.59x. On these 40-80 step runs
+Prodigy's estimate d needs 12-15 steps to grow from 1e-6 to its plateau (0.39 on Beale, 1.09
+on Himmelblau, next to Adam's best rates 0.316 and 1), a fixed cost no d0 removes across
+problems (d0 = 1e-3: Himmelblau 68 but Beale 85, Rosenbrock 658 against 392).
+
 Run: ``python benchmarks/tuning_free.py`` (all problems, several minutes on one core),
-``--quick`` (the three objectives only), ``--problems quadratic mlp``.
+``--quick`` (the three objectives only), ``--problems quadratic mlp``, ``--starts 5``.
 """
 
 from __future__ import annotations

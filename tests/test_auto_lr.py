@@ -344,3 +344,23 @@ def test_a_stand_in_is_built_with_the_options_it_takes_in_fit_as_in_minimize():
         batch_size=32,
     )
     assert run.lr_choice.method is Prodigy and run.lr_choice.options == {"weight_decay": 0.1}
+
+
+def test_trials_that_kill_the_network_do_not_end_the_walk(single_thread):
+    # Lion on the digits CNN (steepest train --optimizer lion --lr auto): the sweep's loss never
+    # reaches 4x its start (a dead network sits at chance, log 10 = 2.30), so the ceiling is
+    # 0.27; the trials at 0.13 and 0.067 both killed the network and scored alike, which once
+    # ended the walk and chose 0.13 (10% test accuracy). The walk now goes on until a trial
+    # ends 10% below its first loss.
+    from steepest.init import initialize
+    from steepest.train import build_model, load_dataset
+
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    model = build_model("cnn", data)
+    initialize(model, "xavier")
+    choice = choose_lr(model, data.train, "lion", loss_fn=F.cross_entropy, seed=0)
+    dead = [score for rate, score in choice.trials if math.isfinite(score) and score > 0.9 * math.log(10)]
+    assert len(dead) >= 2  # the premise: rates that kill the network and still count as trials
+    assert 1e-3 <= choice.lr <= 1e-2, choice.reason  # Lion's good band here (its default is 1e-3)
+    assert min(score for _, score in choice.trials) < 0.5

@@ -8,7 +8,9 @@ Three pairs are compared:
 * ``fit/hand``: fit with ``track_grad_norm=False`` against the plain hand loop;
 * ``fit+norm/hand+norm``: fit with ``track_grad_norm=True`` (its default on the CPU) against
   the hand loop that also takes the global gradient norm each step
-  (``steepest.clipping.global_norm``, as a float, as a loop that logs it would);
+  (``steepest.clipping.global_norm``, as a float, as a loop that logs it would) and, as fit
+  does for the regime diagnosis, the length of every fifth step (a copy of the parameters
+  before it, the norm of the difference after);
 * ``fit+norm/hand``: fit's default against the plain loop, for what the norm itself costs.
 
 The ratio is fit's steps per second over the hand loop's: in the first two pairs, what fit's
@@ -46,6 +48,7 @@ from torch.nn import functional as F
 import steepest
 from steepest import clipping
 from steepest.train import fit
+from steepest.train.fit import STEP_LENGTH_EVERY
 from steepest.train.models import DigitsCNN
 
 BATCH_SIZES = (32, 128)
@@ -103,9 +106,14 @@ class HandLoopInLockstep:
         self.first += self.batch_size
         loss = F.cross_entropy(self.model(self.X[index]), self.y[index])
         loss.backward()
+        measuring = self.grad_norm and (len(self.hand_seconds) + 1) % STEP_LENGTH_EVERY == 0
         if self.grad_norm:
             float(clipping.global_norm([p.grad for p in self.params]))
+        if measuring:  # and the step's length, every fifth step, as fit measures it
+            before = [p.detach().clone() for p in self.params]
         self.optimizer.step()
+        if measuring:
+            float(clipping.global_norm([p.detach() - old for p, old in zip(self.params, before)]))
         self.optimizer.zero_grad(set_to_none=True)
 
 

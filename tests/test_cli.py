@@ -80,6 +80,9 @@ def test_a_run_fills_its_run_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
     steps, evals = read_metrics(folder / "metrics.jsonl")
     assert [row["step"] for row in steps] == list(range(1, len(steps) + 1)) and len(evals) == 2
     assert all("regime" in row for row in steps[25:])  # the live diagnosis is logged
+    # and the step length it reads, measured every fifth step (no empty field on the others)
+    assert [row["step"] for row in steps if "update_norm" in row] == list(range(5, len(steps) + 1, 5))
+    assert all(row["update_norm"] > 0 for row in steps if "update_norm" in row)
     assert tomllib.loads((folder / "config.toml").read_text())["epochs"] == 2
 
 

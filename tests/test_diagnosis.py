@@ -169,15 +169,20 @@ def diagnose(problem: str, optimizer: str, regime: str, signals: str) -> tuple[f
 
 
 def monitor_run(lr: float, records: np.ndarray, signals: str) -> list[Diagnosis]:
-    """Feed a run to a fresh monitor: ``signals`` "all", "grad" (loss and gradient, as fit does) or "loss"."""
+    """Feed a run to a fresh monitor: ``signals`` "all", "grad" (loss and gradient, as fit does) or "loss".
+
+    A fourth column, where the records have one, is the step length fit measures (with "grad"
+    and "all").
+    """
     monitor = RegimeMonitor(window=WINDOW)
-    for step, (loss, grad_norm, update_ratio) in enumerate(records):
+    for step, (loss, grad_norm, update_ratio, *length) in enumerate(records):
         monitor.observe(
             step,
             loss,
             grad_norm=None if signals == "loss" else grad_norm,
             update_ratio=update_ratio if signals == "all" else None,
             lr=lr,
+            update_norm=length[0] if length and signals != "loss" else None,
         )
     return monitor.history
 
@@ -313,8 +318,9 @@ def fit_digits(
 ) -> tuple[np.ndarray, list[Diagnosis], float, float]:
     """Train a built-in digits model with steepest.fit for 200 steps, as ``steepest train`` does.
 
-    Returns per step (loss, gradient norm, NaN: fit measures no update ratio), the history of the
-    ``steepest train`` callback's monitor, and the final training loss and accuracy (eval mode).
+    Returns per step (loss, gradient norm, NaN: fit measures no update ratio, step length), the
+    history of the ``steepest train`` callback's monitor, and the final training loss and
+    accuracy (eval mode).
     """
     from steepest.train.command import DiagnoseRegime
     from steepest.train.data import load_dataset
@@ -327,7 +333,7 @@ def fit_digits(
     result = steepest.fit(
         model, data.train, "cross_entropy", optimizer, lr, epochs=10, callbacks=[callback], seed=seed
     )
-    records = np.array([(record.loss, record.grad_norm, math.nan) for record in result.history])
+    records = np.array([(r.loss, r.grad_norm, math.nan, r.update_norm) for r in result.history])
     images, labels = data.train
     model.eval()
     with torch.no_grad():
@@ -554,6 +560,35 @@ def test_batch_noise_while_a_decay_ends_is_not_an_oscillation() -> None:
         verdicts[label] = monitor.history[-1]
     assert verdicts["constant"].regime == "too_large" and "oscillates" in verdicts["constant"].reason
     assert verdicts["cosine"].regime == "good", str(verdicts["cosine"])
+
+
+def test_batch_noise_far_beyond_what_the_steps_can_do_is_not_an_oscillation() -> None:
+    # Lion at 1e-3 (its default; 100x too small here: lr="auto" takes 0.29) on softmax
+    # regression of wine, two batches an epoch: batch losses swing by 8% and change direction
+    # at 2/3 of the steps while the parameters move 1e-3 a coordinate; the first window read
+    # "the loss oscillates without net progress: too large, try 5e-5". The swings are 15x what
+    # the steps can do to the loss to first order (gradient norm x step length, which fit now
+    # measures every fifth step); Adam at 100x its good rate on the digits MLP swings 0.3-7.5x that.
+    from steepest.init import initialize
+    from steepest.train.command import DiagnoseRegime
+    from steepest.train.data import load_dataset
+    from steepest.train.models import build_model
+
+    data = load_dataset("wine")
+    torch.manual_seed(0)
+    model = build_model("softmax", data)
+    initialize(model, "xavier")
+    callback = DiagnoseRegime(window=WINDOW)
+    result = steepest.fit(model, data.train, "cross_entropy", "lion", 1e-3, epochs=20, callbacks=[callback])
+    measured = [record.step for record in result.history if record.update_norm is not None]
+    assert measured == list(range(5, 41, 5))  # every fifth step
+    history = callback.monitor.history
+    assert [d.regime for d in history] == ["good", "good"], [str(d) for d in history]
+    first = history[0]
+    assert first.evidence["swing"] * first.evidence["loss_start"] > 10 * first.evidence["step_effect"]
+    # the premise: from the loss and gradient alone, the first window reads as an oscillation
+    records = np.array([(r.loss, r.grad_norm, math.nan) for r in result.history])
+    assert monitor_run(1e-3, records, "grad")[0].regime == "too_large"
 
 
 def test_a_cut_starts_a_new_rate_and_a_schedules_decay_does_not() -> None:

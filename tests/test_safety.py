@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+import steepest
 from steepest import problems
 from steepest import stopping as st
 from steepest.lr.safety import SafeStep
@@ -332,3 +333,24 @@ def test_on_too_large_stop_and_bad_values() -> None:
         SafeStep(SGD([w], lr=0.1), on_too_large="skip")
     with pytest.raises(ValueError, match="regime_patience"):
         SafeStep(SGD([w], lr=0.1), on_too_large="stop", regime_patience=0)
+
+
+def test_on_too_large_does_not_cut_a_rate_far_too_small_whose_batches_swing() -> None:
+    # Lion at 1e-3 on softmax regression of the synthetic classification set (lr="auto" takes
+    # 0.12): batch losses swing by 7-11% while each step moves the loss by ~1% at most. Read as
+    # "oscillates without net progress", every window was too large, and the backoff cascaded,
+    # 1e-3 -> 1e-4 -> ... -> 1e-8, each time back to step 0. The guard now measures the length
+    # of every step it takes, and swings 10x beyond what such steps can do are the batches'.
+    from steepest.init import initialize
+    from steepest.train.data import load_dataset
+    from steepest.train.models import build_model
+
+    data = load_dataset("synthetic_classification")
+    torch.manual_seed(0)
+    model = build_model("softmax", data)
+    initialize(model, "xavier")
+    result = steepest.fit(
+        model, data.train, "cross_entropy", "lion", 1e-3, epochs=20, safety={"on_too_large": "backoff"}
+    )
+    assert not [record.extra["safety"] for record in result.history if "safety" in record.extra]
+    assert result.history[-1].lr == 1e-3

@@ -24,8 +24,11 @@ made (reference minus the lowest level reached): a converged run's wobble, 1e-30
      loss simply ends above where it started;
   4. the loss oscillates without net progress: at least half of the steps change direction,
      the robust (Theil-Sen) net decrease is under 10% of the distance the loss travelled, the
-     swings exceed 5% of the loss, the loss is no better than half its first value, and the
-     parameters are not standing still;
+     swings exceed 5% of the loss, the loss is no better than half its first value, the
+     parameters are not standing still, the swings are within 10x of what the steps can do to
+     the loss to first order (gradient norm x step length, when the step length is reported:
+     beyond that they are the batches' noise, as at a rate far too small), and the rate did not
+     fall 10x within the window;
   5. the loss climbed back: the window's level (median of log loss) is 2x or more the lowest
      level this rate had reached, beyond noise. A constant rate too large for a network finds
      a low and loses it again, with batch noise that drowns any single window's rise;
@@ -118,7 +121,12 @@ _RISING = 1.01  # a window over which the learning rate grew by 1% or more: a wa
 _FALLING = 0.1  # a window over which the learning rate fell 10x or more: a decay is ending
 _LINEAR_STEP = 0.1  # no step changed the gradient norm by 10%: lr * lambda_max <~ 0.1, a crawl
 _MEDIAN_EFFICIENCY = 1.2533  # standard error of a median / that of a mean (sqrt(pi/2), Gaussian)
-_FLOAT_COLUMNS = ("losses", "grad_norms", "update_ratios", "lrs")  # of a window, saved in state_dict
+_FLOAT_COLUMNS = ("losses", "grad_norms", "update_ratios", "update_norms", "lrs")  # saved in state_dict
+# Loss swings this many times what the steps could cause to first order (gradient norm x step
+# length) are the batches' noise, not an oscillation the rate drives. Measured through fit on
+# digits, wine and the synthetic sets: rates 10-1000x too small swing 14-130x their steps' effect
+# (Lion at 1e-3 on wine, read "too large: try 5e-5"), rates 10-300x too large 0.3-7.5x.
+_NOISE_OVER_STEPS = 10.0
 
 
 @dataclass(frozen=True)
@@ -192,6 +200,7 @@ class _Window:
     losses: list[float] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)  # NaN where not reported
     update_ratios: list[float] = field(default_factory=list)
+    update_norms: list[float] = field(default_factory=list)  # ||delta theta||, NaN where not reported
     lrs: list[float] = field(default_factory=list)
     nonfinite: tuple[str, int] | None = None  # what became non-finite, at which position
 
@@ -294,6 +303,7 @@ class RegimeMonitor:
         grad_norm: float | Tensor | None = None,
         update_ratio: float | Tensor | None = None,
         lr: float | Tensor | None = None,
+        update_norm: float | Tensor | None = None,
     ) -> Diagnosis | None:
         """Record one step; return the window's :class:`Diagnosis` when it completes, else None.
 
@@ -304,13 +314,18 @@ class RegimeMonitor:
             grad_norm: the global gradient norm at this step, if known.
             update_ratio: ||delta theta|| / ||theta|| of this step (see :class:`UpdateTracker`).
             lr: the learning rate used, to turn advice into a concrete rate.
+            update_norm: ||delta theta|| of this step, if known: with the gradient norm it
+                bounds what the step can do to the loss (to first order), which tells a loss
+                that swings with the batches from one the rate throws about.
         """
         step = _check_int("step", step, minimum=-(2**63))
         loss = _as_float("loss", loss, allow_nonfinite=True)
         grad = _as_float("grad_norm", grad_norm, allow_nonfinite=True, missing=math.nan)
         ratio = _as_float("update_ratio", update_ratio, allow_nonfinite=True, missing=math.nan)
         rate = _as_float("lr", lr, allow_nonfinite=False, missing=math.nan)
-        for name, value in (("grad_norm", grad), ("update_ratio", ratio), ("lr", rate)):
+        moved = _as_float("update_norm", update_norm, allow_nonfinite=True, missing=math.nan)
+        checked = (("grad_norm", grad), ("update_ratio", ratio), ("lr", rate), ("update_norm", moved))
+        for name, value in checked:
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {name}={value!r}")
         window = self._current
@@ -318,6 +333,7 @@ class RegimeMonitor:
         window.losses.append(loss)
         window.grad_norms.append(grad)
         window.update_ratios.append(ratio)
+        window.update_norms.append(moved)
         window.lrs.append(rate)
         if lr is not None:
             self._note_rate(rate)
@@ -433,9 +449,10 @@ class RegimeMonitor:
                 f"state was saved with window={state.get('window')!r}, this monitor has window={self.window}"
             )
         current = state["current"]
+        missing = [math.nan] * len(current["steps"])  # a column added after the state was saved
         self._current = _Window(
             steps=[int(s) for s in current["steps"]],
-            **{name: [float(v) for v in current[name]] for name in _FLOAT_COLUMNS},
+            **{name: [float(v) for v in current.get(name, missing)] for name in _FLOAT_COLUMNS},
         )
         self._first_loss = _optional_float(state["first_loss"])
         self._first_grad_norm = _optional_float(state["first_grad_norm"])
@@ -591,11 +608,19 @@ class RegimeMonitor:
         progress, while mini-batch losses change direction at most steps whatever the rate (at
         2/3 of them for independent noise). A slower cut leaves the verdict to the rule: Adam at
         100x its good rate, under a cosine decay, still swings without progress at 0.26-0.07.
+        Nor where the swings are over ``_NOISE_OVER_STEPS`` x what the steps can do to the loss
+        to first order (the median of gradient norm x step length, where ``update_norm`` is
+        reported): Lion at 1e-3 on wine, 100x too small, swung 15x that and read "too large".
         """
         first = self._first_loss
         annealing = m.lr_growth is not None and m.lr_growth <= _FALLING
+        # the swings, in loss units, against what the steps could do: far more is the batches' noise
+        noise_not_steps = m.step_effect is not None and m.swing * abs(float(m.losses.mean())) > (
+            _NOISE_OVER_STEPS * m.step_effect
+        )
         if (
             not annealing
+            and not noise_not_steps
             and m.sign_changes >= 0.5
             and m.efficiency <= _NO_PROGRESS
             and m.net_decrease < self.rise_tolerance * m.scale
@@ -783,6 +808,7 @@ class _Measured:
     grad_change: float | None  # |d log(grad norm)| per step
     grad_vs_reference: float | None  # median gradient norm / its value when the rate took over
     update_ratio: float | None
+    step_effect: float | None  # median gradient norm x step length: the steps' first-order effect
     lr_growth: float | None  # the learning rate at the window's end / at its start
     evidence: dict[str, float]
 
@@ -832,6 +858,7 @@ def _measure(window: _Window, first_grad_norm: float | None, reference_grad_norm
         grad_change=None,
         grad_vs_reference=None,
         update_ratio=_finite_median(np.asarray(window.update_ratios, dtype=float)),
+        step_effect=_finite_median(grads * np.asarray(window.update_norms, dtype=float)),
         lr_growth=None,
         evidence={},
     )
@@ -862,6 +889,7 @@ def _measure(window: _Window, first_grad_norm: float | None, reference_grad_norm
         "grad_norm_vs_reference": measured.grad_vs_reference,
         "grad_change_per_step": measured.grad_change,
         "update_ratio": measured.update_ratio,
+        "step_effect": measured.step_effect,
         "lr_growth": measured.lr_growth,
     }
     measured.evidence = {name: float(value) for name, value in evidence.items() if value is not None}
@@ -910,14 +938,32 @@ def measure_update_ratio(
             raise ValueError(
                 f"params_before[{index}] does not match parameter {index} of shape {tuple(param.shape)}"
             )
+    return _update_size(params, before)[1]
+
+
+@torch.no_grad()
+def _update_size(
+    params: list[Tensor], before: list[Tensor], in_place: bool = False, ratio: bool = True
+) -> tuple[float, float]:
+    """(||theta_after - theta_before||, that over ||theta_before|| or, from 0, ||theta_after||).
+
+    ``in_place`` turns ``before`` into the differences (no new tensors: fit measures steps);
+    without ``ratio`` the second number is NaN and ||theta|| is not computed."""
     if not params:
-        return 0.0
-    deltas = torch._foreach_sub([p.detach() for p in params], before)
+        return 0.0, 0.0
+    after = [p.detach() for p in params]
+    size = float(clipping.global_norm(before)) if ratio else math.nan
+    if in_place:
+        torch._foreach_sub_(before, after)
+        deltas = before
+    else:
+        deltas = torch._foreach_sub(after, before)
     change = float(clipping.global_norm(deltas))
-    size = float(clipping.global_norm(before))
+    if not ratio:
+        return change, math.nan
     if size == 0:
-        size = float(clipping.global_norm([p.detach() for p in params]))
-    return change / size if size > 0 else 0.0
+        size = float(clipping.global_norm(after))
+    return change, (change / size if size > 0 else 0.0)
 
 
 class UpdateTracker:
@@ -953,10 +999,23 @@ class UpdateTracker:
 
     def ratio(self) -> float:
         """The update ratio of the step since the last :meth:`snapshot`."""
+        return self.measure()[1]
+
+    def norm(self) -> float:
+        """The length ||theta_after - theta_before|| of the step since the last :meth:`snapshot`."""
+        return self.measure(ratio=False)[0]
+
+    def measure(self, ratio: bool = True) -> tuple[float, float]:
+        """(length, update ratio) of the step since the last :meth:`snapshot` (the ratio NaN,
+        and one reduction saved, with ``ratio=False``)."""
         if not self._ready or self._buffers is None:
-            raise RuntimeError("call UpdateTracker.snapshot() before optimizer.step(), then ratio()")
+            raise RuntimeError("call UpdateTracker.snapshot() before optimizer.step(), then measure it")
         self._ready = False
-        return measure_update_ratio(self._source, self._buffers)
+        params = _parameters_of(self._source)
+        if [p.shape for p in params] != [b.shape for b in self._buffers]:
+            raise ValueError("the parameters changed shape or number since the snapshot")
+        # in place: the buffers become the differences, and are refilled by the next snapshot
+        return _update_size(params, self._buffers, in_place=True, ratio=ratio)
 
 
 # -- helpers ----------------------------------------------------------------------------------

@@ -231,10 +231,13 @@ class SafeStep:
         self.too_large = 0  # harms every step, so its backoff goes back there
         self._too_large_windows = 0
         self._monitor = None
+        self._steps_measured = None  # the length of every step taken, for the diagnosis
+        self._last_update_norm: float | None = None
         if self.on_too_large is not None:
-            from steepest.lr.diagnosis import RegimeMonitor  # the live "too large" diagnosis
+            from steepest.lr.diagnosis import RegimeMonitor, UpdateTracker  # the live diagnosis
 
             self._monitor = RegimeMonitor(window=self.regime_window)
+            self._steps_measured = UpdateTracker(self.optimizer)
 
     def state_dict(self) -> dict[str, Any]:
         """Counters and the loss reference, plain numbers only (the snapshot is not saved)."""
@@ -390,10 +393,13 @@ class SafeStep:
         """
         verdict = self.check(loss, grad_norm)
         if verdict.action != "step":
+            self._last_update_norm = None  # the next loss follows no step of the rule
             return verdict
         # A rule that reads the loss (MoMo) is handed the one just checked.
         arguments: tuple[Any, ...] = () if closure is None else (closure,)
         keywords = rules.loss_keywords(self.optimizer, loss) if closure is None else {}
+        if self._steps_measured is not None:
+            self._steps_measured.snapshot()
         if self.scaler is not None:
             before = float(self.scaler.get_scale())
             self.scaler.step(self.optimizer, *arguments, **keywords)
@@ -402,6 +408,8 @@ class SafeStep:
                 self.scaler_skips += 1
         else:
             self.optimizer.step(*arguments, **keywords)
+        if self._steps_measured is not None:
+            self._last_update_norm = self._steps_measured.norm()
         return verdict
 
     # -- internals -------------------------------------------------------------------------------
@@ -449,7 +457,10 @@ class SafeStep:
             return None, "", 1.0
         # The gradient norm tells a network a rate killed (its gradient collapsed, the loss flat at
         # chance) from one crawling at a tiny rate; from the loss alone the two look alike.
-        diagnosis = self._monitor.observe(step, value, grad_norm=norm, lr=self._lr())
+        # (the length of the step before this loss: with the gradient norm, what it could do)
+        diagnosis = self._monitor.observe(
+            step, value, grad_norm=norm, lr=self._lr(), update_norm=self._last_update_norm
+        )
         if diagnosis is None:
             return None, "", 1.0
         self._too_large_windows = self._too_large_windows + 1 if diagnosis.regime == "too_large" else 0

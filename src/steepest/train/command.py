@@ -63,7 +63,9 @@ class DiagnoseRegime:
         self._last_regime: str | None = None
 
     def on_step_end(self, trainer: Trainer, record: StepRecord) -> None:
-        diagnosis = self.monitor.observe(record.step, record.loss, grad_norm=record.grad_norm, lr=record.lr)
+        diagnosis = self.monitor.observe(
+            record.step, record.loss, grad_norm=record.grad_norm, lr=record.lr, update_norm=record.update_norm
+        )
         if self.monitor.latest is not None:
             record.extra["regime"] = self.monitor.latest.regime
         if diagnosis is not None and diagnosis.regime != "good":

@@ -61,6 +61,10 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 # Validation data is scored in chunks this large: big enough to amortize the per-call
 # overhead, small enough not to hold a large set's activations at once.
 EVALUATION_BATCH_SIZE = 1024
+# fit measures the length of every k-th step (with track_grad_norm): the regime diagnosis reads
+# a window's median, for which 4 steps of 20 do; measuring every step cost 13-20% of the steps
+# per second of the digits MLP (benchmarks/fit_overhead.py).
+STEP_LENGTH_EVERY = 5
 
 
 # ------------------------------------------------------------------------------ records
@@ -73,7 +77,9 @@ class StepRecord:
     ``loss`` is the step's mean loss over its accumulated micro-batches, ``lr`` the rate of
     param group 0 used by this step, ``grad_norm`` the global gradient norm before clipping
     (None when not computed), ``elapsed`` seconds since the run started (resumed runs count
-    their earlier parts), ``total_steps`` the planned number of steps (None if unknown).
+    their earlier parts), ``total_steps`` the planned number of steps (None if unknown),
+    ``update_norm`` the length ||delta theta|| of the step (measured every fifth step with
+    ``track_grad_norm``; None otherwise, or when the safe-step policy did not take the step).
     """
 
     step: int
@@ -87,6 +93,7 @@ class StepRecord:
     examples_per_second: float
     elapsed: float
     total_steps: int | None
+    update_norm: float | None = None
     # Annotations callbacks add for the callbacks after them (the regime diagnosis puts
     # "regime" and "advice" here); metrics.jsonl, the progress bar and the report show them.
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
@@ -510,8 +517,10 @@ def fit(
             ``"skip"``, ``"backoff"`` or ``"stop"`` on a non-finite loss or gradient, and on a
             loss spike; None (default) stops the run when the loss is not finite. ``safety``:
             more SafeStep options (spike_factor, backoff_factor, ...).
-        track_grad_norm: compute the gradient norm when not clipping (one reduction per step);
-            None means on CPU only.
+        track_grad_norm: compute the gradient norm when not clipping (one reduction per step),
+            and the length ||delta theta|| of every fifth step (a copy of the parameters kept,
+            one more pass over them on those steps), which with the gradient norm bounds what a
+            step can do to the loss (the regime diagnosis reads it); None means on CPU only.
 
     Returns:
         A FitResult: the records, the final metrics, why it stopped, and the model.
@@ -597,6 +606,11 @@ def fit(
     clip_in_loop = clip_norm is not None and not hasattr(optimizer, "clip_norm")
     # A rule that sets its own step size reports it (``effective_lr``, one per param group).
     reports_step_size = isinstance(getattr(optimizer, "effective_lr", None), list)
+    steps_measured = None
+    if track_grad_norm:
+        from steepest.lr import UpdateTracker
+
+        steps_measured = UpdateTracker(optimizer)
     autocast_dtype = PRECISIONS[precision]
     # float16's narrow range needs loss scaling; GradScaler works for any device type with
     # float16 autocast, the CPU included.
@@ -888,6 +902,9 @@ def fit(
                     else:
                         grad_norm = float(clipping.global_norm([p.grad for p in with_grads]))
                 verdict = None
+                measuring = steps_measured is not None and (trainer.step + 1) % STEP_LENGTH_EVERY == 0
+                if measuring:
+                    steps_measured.snapshot()
                 if guard is not None:
                     # the safe-step policy checks the loss, then steps (or skips, or backs off);
                     # it is handed the (unscaled, unclipped) gradient norm when one was computed
@@ -901,6 +918,11 @@ def fit(
                 if clip_norm is not None and not clip_in_loop:
                     grad_norm = optimizer.last_grad_norm
                 clipped = clip_norm is not None and grad_norm is not None and grad_norm > clip_norm
+                update_norm = None
+                if measuring:
+                    update_norm = steps_measured.norm()
+                    if verdict is not None and verdict.action != "step":
+                        update_norm = None  # skipped, rolled back or stopped: not the rule's step
 
                 trainer.step += 1
                 batches_done += len(micro_batches)
@@ -919,6 +941,7 @@ def fit(
                     examples_per_second=examples / max(now - tick, 1e-9),
                     elapsed=clock(),
                     total_steps=total_steps,
+                    update_norm=update_norm,
                 )
                 if verdict is not None and verdict.action != "step":
                     record.extra["safety"] = f"{verdict.action}: {verdict.reason}"

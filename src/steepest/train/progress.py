@@ -30,7 +30,7 @@ MODES: tuple[str, ...] = ("auto", "bar", "plain")
 _KNOWN_FIELDS = frozenset(
     {
         "step", "epoch", "batch_in_epoch", "loss", "lr", "grad_norm", "clipped", "examples",
-        "examples_per_second", "elapsed", "total_steps", "kind", "advice",
+        "examples_per_second", "elapsed", "total_steps", "kind", "advice", "update_norm",
     }
 )
 

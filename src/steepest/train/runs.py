@@ -299,6 +299,8 @@ class MetricsWriter:
         if record.step % self.every == 0 or is_last:
             line = record_to_dict(record)
             line.pop("total_steps", None)  # the same on every line; the config has it
+            if line.get("update_norm") is None:  # measured on some steps only (fit's track_grad_norm)
+                line.pop("update_norm", None)
             self._write(line)
 
     def on_evaluate(self, trainer: Any, record: Any) -> None:

@@ -124,7 +124,7 @@ _MEDIAN_EFFICIENCY = 1.2533  # standard error of a median / that of a mean (sqrt
 _FLOAT_COLUMNS = ("losses", "grad_norms", "update_ratios", "update_norms", "lrs")  # saved in state_dict
 # Loss swings this many times what the steps could cause to first order (gradient norm x step
 # length) are the batches' noise, not an oscillation the rate drives. Measured through fit on
-# digits, wine and the synthetic sets: rates 10-1000x too small swing 14-130x their steps' effect
+# digits, wine and the synthetic sets: rates 10-1000x too small swing 14-150x their steps' effect
 # (Lion at 1e-3 on wine, read "too large: try 5e-5"), rates 10-300x too large 0.3-7.5x.
 _NOISE_OVER_STEPS = 10.0
 

@@ -764,6 +764,18 @@ def test_diagnose_says_too_large_for_a_rate_past_the_stability_limit():
     assert len(result.history["regime"]) == len(result.history["fun"])
 
 
+def test_diagnose_reads_the_length_of_every_step():
+    # SGD's step is lr x the gradient, so what a step can do to the loss to first order,
+    # gradient norm x step length, is lr x ||g||^2: the monitor's window holds its median.
+    from steepest import problems
+
+    problem = problems.quadratic(20, 100.0)
+    result = minimize(problem, None, "sgd", lr=0.01, max_iter=40, gtol=None, diagnose=True)
+    grad_norms = np.array(result.history["grad_norm"][:20])
+    expected = np.median(0.01 * grad_norms**2)
+    assert result.diagnoses[0].evidence["step_effect"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_diagnose_says_too_small_for_a_crawling_rate():
     from steepest import problems
 

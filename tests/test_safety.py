@@ -354,3 +354,5 @@ def test_on_too_large_does_not_cut_a_rate_far_too_small_whose_batches_swing() ->
     )
     assert not [record.extra["safety"] for record in result.history if "safety" in record.extra]
     assert result.history[-1].lr == 1e-3
+    # fit records the guard's measurement of every step rather than measuring every fifth again
+    assert all(record.update_norm is not None and record.update_norm > 0 for record in result.history)

@@ -27,7 +27,7 @@ import torch
 from steepest import lr, problems, rules, schedules
 from steepest.init import initialize
 from steepest.train import TrainConfigError, command
-from steepest.train.config import add_train_arguments, configure
+from steepest.train.config import OPTIONS_BY_NAME, add_train_arguments, configure
 from steepest.train.data import DataSplits, load_dataset
 from steepest.train.fit import LOSSES
 from steepest.train.models import build_model
@@ -284,22 +284,19 @@ def _momentum_options(optimizer: str, momentum: float | None) -> dict[str, float
     """``{"momentum": momentum}`` for an optimizer that takes it; a UsageError for one that does not."""
     if momentum is None:
         return {}
-    takers = rules.taking("momentum")
-    if rules.by_name(optimizer).__name__.lower() not in takers:  # OPTIMIZERS' keys: class names
-        raise UsageError(
-            f"--momentum: {optimizer} takes no momentum (the optimizers that do: {', '.join(takers)})"
-        )
+    problem = rules.not_taking(optimizer, "momentum")
+    if problem is not None:
+        raise UsageError(f"--momentum: {problem}")
     return {"momentum": momentum}
 
 
 def momentum_value(text: str) -> float:
-    """Parse a momentum: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number in [0, 1), got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    """Parse a momentum as ``steepest train --momentum`` does (its schema row): a number in [0, 1)."""
+    option = OPTIONS_BY_NAME["momentum"]
+    value = option.parse_flag(text)
+    problem = option.validator(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
     return value
 
 

@@ -583,7 +583,10 @@ def minimize(
         else:  # (MoMo's Polyak step reads the loss at this point)
             optimizer.step(**rules.loss_keywords(optimizer, value))
         if monitor is not None and tracker is not None:
-            monitor.observe(iteration, fun_value, grad_norm, tracker.ratio(), lr=_learning_rate(optimizer))
+            length, ratio = tracker.measure()
+            monitor.observe(
+                iteration, fun_value, grad_norm, ratio, lr=_learning_rate(optimizer), update_norm=length
+            )
         iteration += 1
         with torch.no_grad():
             for kept, leaf in zip(previous, leaves):

@@ -615,9 +615,7 @@ class RegimeMonitor:
         first = self._first_loss
         annealing = m.lr_growth is not None and m.lr_growth <= _FALLING
         # the swings, in loss units, against what the steps could do: far more is the batches' noise
-        noise_not_steps = m.step_effect is not None and m.swing * abs(float(m.losses.mean())) > (
-            _NOISE_OVER_STEPS * m.step_effect
-        )
+        noise_not_steps = m.step_effect is not None and m.mean_change > _NOISE_OVER_STEPS * m.step_effect
         if (
             not annealing
             and not noise_not_steps
@@ -803,7 +801,8 @@ class _Measured:
     net_decrease: float  # Theil-Sen line: robust to two noisy end points
     efficiency: float  # net decrease / distance the loss travelled
     sign_changes: float
-    swing: float  # mean |step-to-step change| / mean loss
+    mean_change: float  # mean |step-to-step change|
+    swing: float  # mean_change / mean loss
     grad_fraction: float | None
     grad_change: float | None  # |d log(grad norm)| per step
     grad_vs_reference: float | None  # median gradient norm / its value when the rate took over
@@ -828,6 +827,7 @@ def _measure(window: _Window, first_grad_norm: float | None, reference_grad_norm
     scale = max(abs(start), abs(end), np.finfo(float).tiny)
     relative_change = (end - start) / scale
     moved = float(np.abs(differences).sum())
+    mean_change = moved / len(differences) if len(differences) else 0.0
     net_decrease = -_theil_sen_slope(losses) * (count - 1)
     signs = np.sign(differences[differences != 0])
     # The difference of two medians of `quarter` values each, noise s per value.
@@ -853,7 +853,8 @@ def _measure(window: _Window, first_grad_norm: float | None, reference_grad_norm
         net_decrease=net_decrease,
         efficiency=net_decrease / moved if moved > 0 else 0.0,
         sign_changes=float(np.mean(signs[1:] != signs[:-1])) if len(signs) > 1 else 0.0,
-        swing=float(np.abs(differences).mean()) / max(abs(float(losses.mean())), np.finfo(float).tiny),
+        mean_change=mean_change,
+        swing=mean_change / max(abs(float(losses.mean())), np.finfo(float).tiny),
         grad_fraction=None,
         grad_change=None,
         grad_vs_reference=None,

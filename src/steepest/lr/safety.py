@@ -232,7 +232,7 @@ class SafeStep:
         self._too_large_windows = 0
         self._monitor = None
         self._steps_measured = None  # the length of every step taken, for the diagnosis
-        self._last_update_norm: float | None = None
+        self.last_update_norm: float | None = None  # ||delta theta|| of the last step, if measured
         if self.on_too_large is not None:
             from steepest.lr.diagnosis import RegimeMonitor, UpdateTracker  # the live diagnosis
 
@@ -393,7 +393,7 @@ class SafeStep:
         """
         verdict = self.check(loss, grad_norm)
         if verdict.action != "step":
-            self._last_update_norm = None  # the next loss follows no step of the rule
+            self.last_update_norm = None  # the next loss follows no step of the rule
             return verdict
         # A rule that reads the loss (MoMo) is handed the one just checked.
         arguments: tuple[Any, ...] = () if closure is None else (closure,)
@@ -409,7 +409,7 @@ class SafeStep:
         else:
             self.optimizer.step(*arguments, **keywords)
         if self._steps_measured is not None:
-            self._last_update_norm = self._steps_measured.norm()
+            self.last_update_norm = self._steps_measured.norm()
         return verdict
 
     # -- internals -------------------------------------------------------------------------------
@@ -459,7 +459,7 @@ class SafeStep:
         # chance) from one crawling at a tiny rate; from the loss alone the two look alike.
         # (the length of the step before this loss: with the gradient norm, what it could do)
         diagnosis = self._monitor.observe(
-            step, value, grad_norm=norm, lr=self._lr(), update_norm=self._last_update_norm
+            step, value, grad_norm=norm, lr=self._lr(), update_norm=self.last_update_norm
         )
         if diagnosis is None:
             return None, "", 1.0

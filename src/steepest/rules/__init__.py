@@ -120,6 +120,20 @@ def taking(keyword: str, names: Any = None) -> tuple[str, ...]:
     return tuple(name for name in candidates if keyword in _inspect.signature(by_name(name)).parameters)
 
 
+def not_taking(optimizer: str, keyword: str, names: Any = None) -> str | None:
+    """None if the optimizer called ``optimizer`` takes ``keyword``, else why not, naming those
+    (of ``names``, default all) that do.
+
+    Example:
+        >>> not_taking("adam", "momentum", ["sgd", "adam", "rmsprop"])
+        'adam takes no momentum (the optimizers that do: sgd, rmsprop)'
+    """
+    takers = taking(keyword, names)
+    if by_name(optimizer) in [by_name(name) for name in takers]:
+        return None
+    return f"{optimizer} takes no {keyword} (the optimizers that do: {', '.join(takers)})"
+
+
 __all__ = [
     "SGD",
     "Adagrad",

@@ -477,12 +477,9 @@ def validate_config(
             raise ConfigError(f"{option.name} = {value!r}{where(option.name)}: {problem}")
         normalized[option.name] = value
     for name in optimizer_options(normalized):  # set, but does this optimizer take it?
-        takers = rules.taking(name, OPTIMIZER_CLASS_NAMES)
-        if normalized["optimizer"] not in takers:
-            raise ConfigError(
-                f"{name} = {normalized[name]!r}{where(name)}: {normalized['optimizer']} takes no "
-                f"{name} (the optimizers that do: {', '.join(takers)})"
-            )
+        problem = rules.not_taking(normalized["optimizer"], name, OPTIMIZER_CLASS_NAMES)
+        if problem is not None:
+            raise ConfigError(f"{name} = {normalized[name]!r}{where(name)}: {problem}")
     return normalized
 
 

@@ -79,7 +79,8 @@ class StepRecord:
     (None when not computed), ``elapsed`` seconds since the run started (resumed runs count
     their earlier parts), ``total_steps`` the planned number of steps (None if unknown),
     ``update_norm`` the length ||delta theta|| of the step (measured every fifth step with
-    ``track_grad_norm``; None otherwise, or when the safe-step policy did not take the step).
+    ``track_grad_norm``, every step under ``safety={"on_too_large": ...}``, whose guard measures
+    them; None otherwise, or when the safe-step policy did not take the step).
     """
 
     step: int
@@ -606,11 +607,6 @@ def fit(
     clip_in_loop = clip_norm is not None and not hasattr(optimizer, "clip_norm")
     # A rule that sets its own step size reports it (``effective_lr``, one per param group).
     reports_step_size = isinstance(getattr(optimizer, "effective_lr", None), list)
-    steps_measured = None
-    if track_grad_norm:
-        from steepest.lr import UpdateTracker
-
-        steps_measured = UpdateTracker(optimizer)
     autocast_dtype = PRECISIONS[precision]
     # float16's narrow range needs loss scaling; GradScaler works for any device type with
     # float16 autocast, the CPU included.
@@ -627,6 +623,14 @@ def fit(
             scaler=scaler,
             **dict(safety or {}),
         )
+    # The length of every fifth step; a guard that diagnoses the rate measures every step it
+    # takes already, and fit reads its measurement instead of copying the parameters again.
+    guard_measures = guard is not None and guard.on_too_large is not None
+    steps_measured = None
+    if track_grad_norm and not guard_measures:
+        from steepest.lr import UpdateTracker
+
+        steps_measured = UpdateTracker(optimizer)
 
     # A fresh context per forward pass; float32 needs none at all.
     autocast: Callable[[], Any] = (
@@ -921,8 +925,10 @@ def fit(
                 update_norm = None
                 if measuring:
                     update_norm = steps_measured.norm()
-                    if verdict is not None and verdict.action != "step":
-                        update_norm = None  # skipped, rolled back or stopped: not the rule's step
+                elif guard_measures:
+                    update_norm = guard.last_update_norm
+                if verdict is not None and verdict.action != "step":
+                    update_norm = None  # skipped, rolled back or stopped: not the rule's step
 
                 trainer.step += 1
                 batches_done += len(micro_batches)

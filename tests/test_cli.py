@@ -586,3 +586,28 @@ def test_a_rate_100x_the_default_with_backoff_reaches_the_default_runs_accuracy(
     assert at_200 < 0.02  # cut to about the good rate (the schedule alone: 0.43 at step 200)
     scores = json.loads((tmp_path / "big" / "test_metrics.json").read_text())
     assert scores["test_accuracy"] >= 0.975
+
+
+@pytest.mark.parametrize(
+    ("dataset", "model", "optimizer", "lr", "epochs", "wrong"),
+    [
+        # at its noise floor, descending (read "~10x too large: try 2e-3", which ends at 33%)
+        ("synthetic_classification", "softmax", "adagrad", "0.03", "20", "too large"),
+        # 10x too large: the CNN at chance, its weights jumping (read "~200x too small: try 2e0")
+        ("digits", "cnn", "rmsprop", "0.03", "5", "too small"),
+    ],
+)
+def test_the_diagnosis_gives_no_advice_backwards(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    dataset: str,
+    model: str,
+    optimizer: str,
+    lr: str,
+    epochs: str,
+    wrong: str,
+) -> None:
+    argv = run_args(tmp_path, "run", "--dataset", dataset, "--model", model, "--optimizer", optimizer)
+    assert cli.main([*argv, "--lr", lr, "--epochs", epochs, "--checkpoint-every", "0"]) == 0
+    out = capsys.readouterr().out
+    assert wrong not in out, out

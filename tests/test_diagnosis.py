@@ -745,3 +745,50 @@ def test_measure_update_ratio_from_zero_and_mismatches() -> None:
         measure_update_ratio([x, y], before)
     with pytest.raises(ValueError, match="params_before"):
         measure_update_ratio([x], [torch.zeros(3)])
+
+
+def with_and_without_step_lengths(
+    losses: np.ndarray, lr: float, step_length: float
+) -> tuple[list[Diagnosis], list[Diagnosis]]:
+    """The diagnoses of the same losses (gradient norm 1) with every step's length, and without."""
+    histories = []
+    for length in (step_length, None):
+        monitor = RegimeMonitor(window=WINDOW)
+        for step, loss in enumerate(losses):
+            monitor.observe(step, float(loss), grad_norm=1.0, lr=lr, update_norm=length)
+        histories.append(monitor.history)
+    return histories[0], histories[1]
+
+
+def test_a_level_still_making_new_lows_under_batch_noise_is_not_an_oscillation() -> None:
+    # Adagrad at 3e-2 (steepest train's default) on softmax regression of the label-noise
+    # synthetic classification set: batch losses swung 6x what the steps can do to the loss and
+    # changed direction at most steps, while each window's level sat 2.3 standard errors below
+    # the lowest before; "too large: try 2e-3" (which ends at 33% test accuracy, against 66.5%).
+    # The same losses without the step lengths still read as an oscillation: noise and steps
+    # cannot be told apart from the loss alone.
+    rng = np.random.default_rng(0)
+    # a fast first window, then levels falling 12% a window under 6% batch noise
+    levels = np.concatenate(
+        [np.geomspace(1.6, 1.3, WINDOW)] + [np.full(WINDOW, 1.25 * 0.88**k) for k in range(3)]
+    )
+    losses = levels * np.exp(
+        0.06 * (-1.0) ** np.arange(len(levels)) * np.abs(rng.normal(0.0, 1.0, len(levels)))
+    )
+    measured, unknown = with_and_without_step_lengths(losses, lr=0.01, step_length=0.02)
+    for d in measured[1:]:  # the premise: swings beyond the steps' effect, not 10x it
+        assert 1 < d.evidence["swing"] * d.evidence["loss_start"] / d.evidence["step_effect"] < 10
+    assert "too_large" not in [d.regime for d in measured], [str(d) for d in measured]
+    assert [d.regime for d in unknown[1:]] == ["too_large"] * 3
+
+
+def test_a_loss_that_ignores_large_steps_is_not_a_rate_too_small() -> None:
+    # RMSprop at 3e-2 on the digits CNN (10x its default): the network sits at chance (2.3)
+    # while steps of 0.4 in norm jump its weights about, so the loss neither falls nor follows
+    # the steps (it swings 0.07x what they could do to it); "~200x too small: try 2" was the
+    # advice. Rates 100x too small swing 1.2-450x their steps' effect.
+    rng = np.random.default_rng(0)
+    losses = 2.3 * np.exp(rng.normal(0.0, 0.01, 4 * WINDOW))
+    measured, unknown = with_and_without_step_lengths(losses, lr=0.03, step_length=0.4)
+    assert [d.regime for d in measured] == ["good"] * 4, [str(d) for d in measured]
+    assert [d.regime for d in unknown] == ["good", "good", "too_small", "too_small"]  # loss alone

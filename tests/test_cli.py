@@ -547,8 +547,11 @@ def test_momentum_and_weight_decay_reach_the_optimizer_and_the_run_folder(
     checkpoint = torch.load(sorted((folder / "checkpoints").glob("step-*.pt"))[-1], weights_only=True)
     group = checkpoint["state"]["optimizer"]["param_groups"][0]
     assert (group["momentum"], group["weight_decay"]) == (0.9, 1e-4)
-    # resumed with the settings it started with: one more epoch on top of the saved three
+    # resumed with the settings it started with: one more epoch on top of the saved three. The
+    # checkpoint's param groups would restore momentum whatever the resume built; the optimizer
+    # it names shows that the options came back from the run folder's configuration.
     assert cli.main(["train", "--resume", str(folder), "--epochs", "4", "--progress", "plain"]) == 0
+    assert "SGD (momentum=0.9, weight_decay=0.0001) on mlp" in capsys.readouterr().out
     checkpoint = torch.load(sorted((folder / "checkpoints").glob("step-*.pt"))[-1], weights_only=True)
     assert checkpoint["state"]["optimizer"]["param_groups"][0]["momentum"] == 0.9
 

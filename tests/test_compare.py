@@ -218,3 +218,14 @@ def test_three_regimes_of_a_closure_optimizer_choose_their_own_rate():
     comparison = three_regimes("rosenbrock", "lbfgs", steps=15)
     assert len(comparison.runs) == 3
     assert all(math.isfinite(run.final_loss) for run in comparison.runs[:2])
+
+
+@pytest.mark.parametrize("method", ["newton", "newtoncg"])
+def test_three_regimes_of_newton_give_its_closure_a_graph_to_differentiate_again(method: str) -> None:
+    # `steepest compare rosenbrock --optimizer newton --regimes` ended in a traceback: the range
+    # test behind the good rate called plain loss.backward(), freeing the graph Newton's
+    # Hessian needs ("Newton differentiates the loss twice, but its graph was freed").
+    comparison = three_regimes("rosenbrock", method, steps=15)
+    assert len(comparison.runs) == 3
+    assert all(math.isfinite(run.final_loss) for run in comparison.runs)
+    assert all(run.losses[-1] < run.losses[0] for run in comparison.runs)  # each one descends

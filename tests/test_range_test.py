@@ -413,3 +413,11 @@ def test_notes_when_the_range_is_too_narrow_or_starts_too_high() -> None:
     high = range_test(bowl, None, steepest.SGD, min_lr=0.05, max_lr=5.0, steps=30)
     assert any("never fell" in note for note in high.notes)
     assert high.consensus == pytest.approx(0.05)  # clipped to the sweep's start
+
+
+def test_a_rule_that_differentiates_the_loss_twice_gets_a_closure_that_keeps_the_graph() -> None:
+    # Newton's Hessian is the derivative of the closure's gradient: plain loss.backward()
+    # frees the graph, and every step raised RuntimeError.
+    result = range_test(steepest.problems.rosenbrock(), None, steepest.Newton, max_lr=10.0, steps=10)
+    assert np.isfinite(result.losses).all()
+    assert result.losses[0, -1] < result.losses[0, 0]

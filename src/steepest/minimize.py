@@ -511,7 +511,7 @@ def minimize(
         x,
         leaves,
         remember=driven_by_closure,
-        keep_graph=bool(getattr(optimizer, "closure_create_graph", False)),
+        keep_graph=rules.differentiates_twice(optimizer),
     )
 
     stochastic = bool(getattr(fun, "is_stochastic", False))

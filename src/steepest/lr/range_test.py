@@ -397,6 +397,9 @@ def _sweep(
     optimizer = task.make_optimizer(params)
     ratios = _group_ratios(optimizer)
     needs_closure = rules.requires_closure(optimizer)
+    # Newton differentiates the loss itself, twice: its closure hands it the loss with its graph
+    # (backward(create_graph=True) would tie each parameter and its gradient in a reference cycle)
+    differentiates_itself = rules.differentiates_twice(optimizer)
     batches = task.batches(seed)
     losses = np.full(len(lrs), np.nan)
     average, best = 0.0, math.inf
@@ -408,7 +411,8 @@ def _sweep(
         def closure(batch: Any = batch) -> Tensor:
             optimizer.zero_grad(set_to_none=True)
             loss = task.loss(params, batch)
-            loss.backward()
+            if not differentiates_itself:
+                loss.backward()
             return loss
 
         loss = closure()

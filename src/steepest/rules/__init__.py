@@ -81,6 +81,19 @@ def requires_loss(optimizer: _torch.optim.Optimizer) -> bool:
     return bool(getattr(optimizer, "requires_loss", False))
 
 
+def differentiates_twice(optimizer: _torch.optim.Optimizer) -> bool:
+    """Whether ``optimizer.step`` differentiates the closure's loss again (Newton's
+    Hessian-vector products): its closure must keep the graph, ``loss.backward(create_graph=True)``.
+
+    Declared by the class (``closure_create_graph = True``). minimize and the range test read it.
+
+    Example:
+        >>> differentiates_twice(steepest.Newton([torch.zeros(2, requires_grad=True)]))
+        True
+    """
+    return bool(getattr(optimizer, "closure_create_graph", False))
+
+
 def loss_keywords(optimizer: _torch.optim.Optimizer, loss: Any) -> dict[str, Any]:
     """The keyword arguments a loop passes to ``optimizer.step`` besides a closure:
     ``{"loss": loss}`` for a rule that reads it (:func:`requires_loss`), else none.

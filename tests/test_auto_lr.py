@@ -364,3 +364,28 @@ def test_trials_that_kill_the_network_do_not_end_the_walk(single_thread):
     assert len(dead) >= 2  # the premise: rates that kill the network and still count as trials
     assert 1e-3 <= choice.lr <= 1e-2, choice.reason  # Lion's good band here (its default is 1e-3)
     assert min(score for _, score in choice.trials) < 0.5
+
+
+@pytest.mark.parametrize(
+    ("method", "with_data", "expected"),
+    [
+        ("prodigy", True, 0.5),
+        ("prodigy", False, 1.0),
+        ("dadaptadam", True, 1.0),
+        ("dadaptsgd", False, 1.0),
+        ("momo", True, 1.0),
+    ],
+)
+def test_a_rule_that_sets_its_own_step_keeps_it_without_a_range_test(
+    method: str, with_data: bool, expected: float
+) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    data = (torch.randn(64, 4), torch.randint(0, 3, (64,))) if with_data else None
+    objective = steepest.problems.rosenbrock()
+    choice = choose_lr(model if with_data else objective, data, method, options={"weight_decay": 1e-4})
+    assert (choice.method, choice.policy, choice.lr) == (steepest.rules.by_name(method), "lr_free", expected)
+    assert choice.evaluations == 0 and choice.range_test is None and choice.trials == []
+    assert choice.options == {"weight_decay": 1e-4}
+    # asked for, the range test still sweeps the factor
+    assert choose_lr(objective, None, method, policy="range_test", steps=10).policy == "range_test"

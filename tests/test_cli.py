@@ -614,3 +614,33 @@ def test_the_diagnosis_gives_no_advice_backwards(
     assert cli.main([*argv, "--lr", lr, "--epochs", epochs, "--checkpoint-every", "0"]) == 0
     out = capsys.readouterr().out
     assert wrong not in out, out
+
+
+LEARNING_RATE_FREE = ["prodigy", "dadaptadam", "schedulefreesgd", "schedulefreeadamw", "momo"]
+
+
+@pytest.mark.parametrize("optimizer", LEARNING_RATE_FREE)
+def test_the_learning_rate_free_and_schedule_free_rules_train_and_resume_exactly(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], optimizer: str
+) -> None:
+    # Their state (Prodigy's d, schedule-free's z and averaging weights, MoMo's running loss)
+    # is in the checkpoint: two epochs and a resumed third end where three straight epochs end.
+    options = ["--optimizer", optimizer, "--model", "mlp", "--schedule", "constant"]
+    assert cli.main(run_args(tmp_path, "straight", *options, "--epochs", "3")) == 0
+    assert cli.main(run_args(tmp_path, "cut", *options, "--epochs", "2")) == 0
+    assert cli.main(["train", "--resume", str(tmp_path / "cut"), "--epochs", "3", "--progress", "plain"]) == 0
+    assert "learning rate looks" not in capsys.readouterr().out  # at their defaults: no advice
+    straight, resumed = final_parameters(tmp_path / "straight"), final_parameters(tmp_path / "cut")
+    for key in straight:
+        assert torch.equal(straight[key], resumed[key]), key
+    _, evals = read_metrics(tmp_path / "straight" / "metrics.jsonl")
+    assert evals[-1]["val_accuracy"] > 0.85  # at its default rate, three epochs learn the digits
+
+
+def test_lr_auto_keeps_the_step_of_a_rule_that_sets_its_own(tmp_path: Path) -> None:
+    # A range test of Prodigy's factor sweeps what Prodigy estimates: it chose 3.2 on this MLP.
+    argv = run_args(tmp_path, "auto", "--optimizer", "prodigy", "--lr", "auto", "--model", "mlp")
+    assert cli.main([*argv, "--epochs", "1", "--quiet"]) == 0
+    choice = json.loads((tmp_path / "auto" / "lr_choice.json").read_text())
+    assert (choice["method"], choice["policy"], choice["lr"]) == ("Prodigy", "lr_free", 0.5)
+    assert "no range test" in choice["reason"]

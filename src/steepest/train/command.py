@@ -153,17 +153,27 @@ def configured_optimizer(config: Mapping[str, Any]) -> str | partial:
     return partial(rules.by_name(OPTIMIZER_CLASS_NAMES[config["optimizer"]]), **options)
 
 
+# The optimizers whose momentum is heavy ball: their steps add up to lr / (1 - momentum) times a
+# steady gradient. (Schedule-free SGD's momentum interpolates where the gradient is taken; its
+# step is lr times the gradient whatever the momentum.)
+_HEAVY_BALL = frozenset({"sgd", "rmsprop"})
+
+
 def default_learning_rate(config: Mapping[str, Any]) -> float:
     """The rate a run takes when ``lr`` is not set: ``DEFAULT_LEARNING_RATES``, tuned without
-    momentum, times (1 - momentum): heavy ball's steps add up to lr / (1 - momentum) times a
-    steady gradient, so the product keeps the step the default was tuned for.
+    momentum, times (1 - momentum) for a heavy-ball momentum (sgd, rmsprop): its steps add up to
+    lr / (1 - momentum) times a steady gradient, so the product keeps the step the default was
+    tuned for.
 
     Example:
         >>> round(default_learning_rate({"optimizer": "sgd", "momentum": 0.9}), 6)
         0.03
     """
-    rate = DEFAULT_LEARNING_RATES.get(config["optimizer"], 1e-3)
-    return rate * (1.0 - (config.get("momentum") or 0.0))
+    name = config["optimizer"]
+    rate = DEFAULT_LEARNING_RATES.get(name, 1e-3)
+    if name in _HEAVY_BALL:
+        rate *= 1.0 - (config.get("momentum") or 0.0)
+    return rate
 
 
 def _describe(optimizer: Any) -> str:

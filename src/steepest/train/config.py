@@ -255,12 +255,14 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         keywords=("auto",),
     ),
     Option("momentum", float, None,
-           "momentum of sgd or rmsprop; the default lr then scales by (1 - momentum), as the "
-           "steps add up to lr / (1 - momentum) times the gradient (default: the optimizer's own, 0)",
+           "momentum of sgd, rmsprop or schedulefreesgd; for sgd and rmsprop the default lr then "
+           "scales by (1 - momentum), as the steps add up to lr / (1 - momentum) times the "
+           "gradient (default: the optimizer's own: 0, schedulefreesgd 0.9)",
            _momentum),
     Option("weight_decay", float, None,
-           "weight decay: an L2 term for sgd, adam, nadam, rmsprop, adagrad; decoupled for adamw "
-           "and lion (default: the optimizer's own)",
+           "weight decay, as the optimizer applies it: an L2 term for sgd, adam, nadam, rmsprop, "
+           "adagrad, dadaptadam, schedulefreesgd; decoupled for adamw, lion, prodigy, "
+           "schedulefreeadamw; momo's own (default: the optimizer's own)",
            _nonnegative_finite),
     Option("epochs", int, _RUN.epochs, "passes over the training data", at_least(1)),
     Option("batch_size", int, _RUN.batch_size, "examples per mini-batch", at_least(1)),

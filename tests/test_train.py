@@ -341,3 +341,14 @@ def test_clip_norm_and_init_reach_the_optimizer_and_the_model(monkeypatch: pytes
 def test_bad_schedule_clip_and_init_settings_are_refused(field: str, value: object) -> None:
     with pytest.raises(TrainConfigError, match=field):
         TrainConfig(**{field: value})
+
+
+def test_the_default_rate_scales_with_heavy_ball_momentum_only() -> None:
+    from steepest.train.command import default_learning_rate
+
+    # heavy ball's steps add up to lr / (1 - momentum) gradients: the product keeps the step
+    assert default_learning_rate({"optimizer": "sgd", "momentum": 0.9}) == pytest.approx(0.03)
+    assert default_learning_rate({"optimizer": "rmsprop", "momentum": 0.5}) == pytest.approx(1.5e-3)
+    assert default_learning_rate({"optimizer": "sgd"}) == DEFAULT_LEARNING_RATES["sgd"]
+    # schedule-free SGD's momentum moves where the gradient is taken, not the step's length
+    assert default_learning_rate({"optimizer": "schedulefreesgd", "momentum": 0.5}) == 1.0

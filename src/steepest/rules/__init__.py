@@ -83,7 +83,8 @@ def requires_loss(optimizer: _torch.optim.Optimizer) -> bool:
 
 def differentiates_twice(optimizer: _torch.optim.Optimizer) -> bool:
     """Whether ``optimizer.step`` differentiates the closure's loss again (Newton's
-    Hessian-vector products): its closure must keep the graph, ``loss.backward(create_graph=True)``.
+    Hessian-vector products): its closure returns the loss with its graph, without a plain
+    ``loss.backward()``, which would free it.
 
     Declared by the class (``closure_create_graph = True``). minimize and the range test read it.
 

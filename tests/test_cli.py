@@ -138,6 +138,7 @@ def test_help_exits_zero_with_usage(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     for flag in ("--optimizer", "--lr", "--epochs", "--batch-size", "--seed", "--config", "--resume"):
         assert flag in out
+    assert "schedulefreeadamw" in " ".join(out.split())  # the optimizers are listed, not guessed
 
 
 BAD_INPUTS = {

@@ -244,7 +244,14 @@ _RUN = TrainConfig()
 #: Every option of ``steepest train``, in the order ``--help`` and ``config.toml`` list them.
 TRAIN_OPTIONS: tuple[Option, ...] = (
     # what to train, and how
-    Option("optimizer", str, _RUN.optimizer, "update rule", one_of(_optimizer_names), lowercase=True),
+    Option(
+        "optimizer",
+        str,
+        _RUN.optimizer,
+        f"update rule: {', '.join(OPTIMIZER_CLASS_NAMES)}",
+        one_of(_optimizer_names),
+        lowercase=True,
+    ),
     Option(
         "lr",
         float,

@@ -629,6 +629,9 @@ class RegimeMonitor:
         Nor where the swings are over ``_NOISE_OVER_STEPS`` x what the steps can do to the loss
         to first order (the median of gradient norm x step length, where ``update_norm`` is
         reported): Lion at 1e-3 on wine, 100x too small, swung 15x that and read "too large".
+        Nor where the swings exceed that effect while the window's level is a new low for this
+        rate by ``_DESCENT_SIGNIFICANCE`` standard errors: a run descending through its batch
+        noise (Adagrad at 3e-2 on the label-noise synthetic set read "too large: try 2e-3").
         """
         first = self._first_loss
         annealing = m.lr_growth is not None and m.lr_growth <= _FALLING

@@ -347,26 +347,31 @@ def choose_lr(
     settings = dict(options or {})
     if "lr" in settings:
         raise ValueError(f"options must not hold lr (it is what is chosen), got options={settings!r}")
-    if policy == "lr_free" or (policy == "auto" and is_adam_family(cls)):
+    own_prodigy = issubclass(cls, Prodigy)  # asked for by name: it keeps its own step, as below
+    if policy == "lr_free" or (policy == "auto" and (is_adam_family(cls) or own_prodigy)):
         rate = _PRODIGY_LR[stochastic]
-        why = (
-            "asked for a learning-rate-free method"
-            if policy == "lr_free"
-            else f"{cls.__name__} is Adam-family: Prodigy estimates the step size itself and matched the "
-            "best constant Adam rate of a grid on measured problems, where a range test picks rates "
-            "25-270x too small"
-        )
+        if policy == "lr_free":
+            why = "asked for a learning-rate-free method"
+        elif own_prodigy:
+            why = "Prodigy estimates its step size itself, lr is a factor on it: no range test"
+        else:
+            why = (
+                f"{cls.__name__} is Adam-family: Prodigy estimates the step size itself and matched "
+                "the best constant Adam rate of a grid on measured problems, where a range test "
+                "picks rates 25-270x too small"
+            )
         if stochastic:
             why += (
                 "; lr=0.5 on mini-batches: at a constant rate lr=1 settles at a higher noise floor "
                 "(measured on the digits MLP: 2.1x the best Adam rate's steps to 97%, lr=0.5 1.16x)"
             )
-        kept, why = _taken_by(Prodigy, settings, f"Prodigy with lr={rate:g}: {why}")
-        return LRChoice(rate, Prodigy, "lr_free", why, evaluations=0, options=kept)
+        method = cls if own_prodigy else Prodigy
+        kept, why = _taken_by(method, settings, f"{method.__name__} with lr={rate:g}: {why}")
+        return LRChoice(rate, method, "lr_free", why, evaluations=0, options=kept)
     if "lr" not in _parameters(cls):
         raise ValueError(f"optimizer {cls.__name__} has no lr argument to choose")
     if policy == "auto" and _sets_its_own_step(cls):
-        return _own_step_choice(cls, settings, stochastic)
+        return _own_step_choice(cls, settings)
     if policy == "auto" and stochastic and _is_gradient_descent(cls):
         choice = _polyak_choice(objective_or_model, data, cls, settings, loss_fn)
         if choice is not None:
@@ -710,25 +715,18 @@ def _sets_its_own_step(cls: type) -> bool:
     return issubclass(cls, (DistanceEstimator, MoMo))
 
 
-def _own_step_choice(
-    cls: type[torch.optim.Optimizer], settings: dict[str, Any], stochastic: bool
-) -> LRChoice:
-    """``lr="auto"`` for a rule that sets its own step: no range test, the factor it was measured at.
+def _own_step_choice(cls: type[torch.optim.Optimizer], settings: dict[str, Any]) -> LRChoice:
+    """``lr="auto"`` for a rule that sets its own step (Prodigy aside, which the Adam family's
+    branch serves): no range test, its lr at the constructor's default.
 
     A range test of the factor sweeps what the rule estimates: Prodigy on the digits MLP chose
     3.2 by one, and ended 3 epochs at 96.7% test accuracy.
     """
-    from steepest.rules import MoMo, Prodigy
+    from steepest.rules import MoMo
 
-    if issubclass(cls, Prodigy):
-        rate = _PRODIGY_LR[stochastic]
-        why = "Prodigy estimates its step size itself; lr is a factor on it"
-        if stochastic:
-            why += " (0.5 on mini-batches, where lr=1 settles at a higher noise floor)"
-    else:
-        rate = float(inspect.signature(cls).parameters["lr"].default)
-        what = "takes a Polyak step; lr caps it" if issubclass(cls, MoMo) else "estimates its step size"
-        why = f"{cls.__name__} {what}; lr at its default"
+    rate = float(inspect.signature(cls).parameters["lr"].default)
+    what = "takes a Polyak step; lr caps it" if issubclass(cls, MoMo) else "estimates its step size"
+    why = f"{cls.__name__} {what}; lr at its default"
     return LRChoice(rate, cls, "lr_free", f"{why}: lr={rate:g}, no range test", options=settings)
 
 

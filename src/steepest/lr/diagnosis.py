@@ -635,13 +635,14 @@ class RegimeMonitor:
         """
         first = self._first_loss
         annealing = m.lr_growth is not None and m.lr_growth <= _FALLING
-        # the swings, in loss units, against what the steps could do: far more is the batches' noise
-        noise_not_steps = m.step_effect is not None and m.mean_change > _NOISE_OVER_STEPS * m.step_effect
+        # the swings against what the steps could do to the loss: far more is the batches' noise
+        ratio = m.swings_over_steps
+        noise_not_steps = ratio is not None and ratio > _NOISE_OVER_STEPS
         # swings beyond what the steps can do, over a level still making new lows: noisy descent
         lowest = self._lowest_level
         noisy_descent = (
-            m.step_effect is not None
-            and m.mean_change > m.step_effect
+            ratio is not None
+            and ratio > 1
             and lowest is not None
             and m.level is not None
             and lowest[0] - m.level > _DESCENT_SIGNIFICANCE * math.hypot(m.level_error, lowest[1])
@@ -749,8 +750,8 @@ class RegimeMonitor:
         # plateau). A steady crawl on a deterministic objective swings by cos(g, step) of that,
         # which is small for Adam's sign-like steps, but it falls.
         ignored = (
-            m.step_effect is not None
-            and m.mean_change < _LOSS_IGNORES_STEPS * m.step_effect
+            m.swings_over_steps is not None
+            and m.swings_over_steps < _LOSS_IGNORES_STEPS
             and not self._fell(m)
         )
         if (
@@ -850,13 +851,14 @@ class _Measured:
     net_decrease: float  # Theil-Sen line: robust to two noisy end points
     efficiency: float  # net decrease / distance the loss travelled
     sign_changes: float
-    mean_change: float  # mean |step-to-step change|
-    swing: float  # mean_change / mean loss
+    swing: float  # mean |step-to-step change| / mean loss
     grad_fraction: float | None
     grad_change: float | None  # |d log(grad norm)| per step
     grad_vs_reference: float | None  # median gradient norm / its value when the rate took over
     update_ratio: float | None
     step_effect: float | None  # median gradient norm x step length: the steps' first-order effect
+    # mean |step-to-step change| / step_effect (inf: swings without steps; nan: neither)
+    swings_over_steps: float | None
     lr_growth: float | None  # the learning rate at the window's end / at its start
     evidence: dict[str, float]
 
@@ -886,6 +888,7 @@ def _measure(window: _Window, first_grad_norm: float | None, reference_grad_norm
         logs = np.log(losses)
         level = float(np.median(logs))
         level_error = _MEDIAN_EFFICIENCY * _noise(np.diff(logs)) / math.sqrt(count)
+    step_effect = _finite_median(grads * np.asarray(window.update_norms, dtype=float))
     measured = _Measured(
         losses=losses,
         quarter=quarter,
@@ -902,16 +905,20 @@ def _measure(window: _Window, first_grad_norm: float | None, reference_grad_norm
         net_decrease=net_decrease,
         efficiency=net_decrease / moved if moved > 0 else 0.0,
         sign_changes=float(np.mean(signs[1:] != signs[:-1])) if len(signs) > 1 else 0.0,
-        mean_change=mean_change,
         swing=mean_change / max(abs(float(losses.mean())), np.finfo(float).tiny),
         grad_fraction=None,
         grad_change=None,
         grad_vs_reference=None,
         update_ratio=_finite_median(np.asarray(window.update_ratios, dtype=float)),
-        step_effect=_finite_median(grads * np.asarray(window.update_norms, dtype=float)),
+        step_effect=step_effect,
+        swings_over_steps=None,
         lr_growth=None,
         evidence={},
     )
+    if step_effect is not None:
+        measured.swings_over_steps = (
+            mean_change / step_effect if step_effect > 0 else (math.inf if mean_change > 0 else math.nan)
+        )
     first_lr, last_lr = window.lrs[0], window.lrs[-1]
     if math.isfinite(first_lr) and math.isfinite(last_lr) and first_lr > 0:
         measured.lr_growth = last_lr / first_lr

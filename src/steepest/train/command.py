@@ -29,7 +29,7 @@ from steepest.train.config import (
 )
 from steepest.train.data import DataSplits, load_dataset
 from steepest.train.fit import StepRecord, Trainer, fit
-from steepest.train.loop import DEFAULT_LEARNING_RATES, OPTIMIZER_CLASS_NAMES, build_schedule
+from steepest.train.loop import DEFAULT_LEARNING_RATES, HEAVY_BALL, OPTIMIZER_CLASS_NAMES, build_schedule
 from steepest.train.models import build_model
 from steepest.train.progress import Progress
 from steepest.train.report import write_report
@@ -153,12 +153,6 @@ def configured_optimizer(config: Mapping[str, Any]) -> str | partial:
     return partial(rules.by_name(OPTIMIZER_CLASS_NAMES[config["optimizer"]]), **options)
 
 
-# The optimizers whose momentum is heavy ball: their steps add up to lr / (1 - momentum) times a
-# steady gradient. (Schedule-free SGD's momentum interpolates where the gradient is taken; its
-# step is lr times the gradient whatever the momentum.)
-_HEAVY_BALL = frozenset({"sgd", "rmsprop"})
-
-
 def default_learning_rate(config: Mapping[str, Any]) -> float:
     """The rate a run takes when ``lr`` is not set: ``DEFAULT_LEARNING_RATES``, tuned without
     momentum, times (1 - momentum) for a heavy-ball momentum (sgd, rmsprop): its steps add up to
@@ -171,7 +165,7 @@ def default_learning_rate(config: Mapping[str, Any]) -> float:
     """
     name = config["optimizer"]
     rate = DEFAULT_LEARNING_RATES.get(name, 1e-3)
-    if name in _HEAVY_BALL:
+    if name in HEAVY_BALL:
         rate *= 1.0 - (config.get("momentum") or 0.0)
     return rate
 

@@ -35,6 +35,7 @@ from typing import Any
 from steepest import rules
 from steepest.train import data as _data_module
 from steepest.train.loop import (
+    HEAVY_BALL,
     INIT_SCHEMES,
     LEARNING_RATE_SCHEDULES,
     MAX_SEED,
@@ -262,9 +263,9 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         keywords=("auto",),
     ),
     Option("momentum", float, None,
-           "momentum of sgd, rmsprop or schedulefreesgd; for sgd and rmsprop the default lr then "
-           "scales by (1 - momentum), as the steps add up to lr / (1 - momentum) times the "
-           "gradient (default: the optimizer's own: 0, schedulefreesgd 0.9)",
+           f"momentum of {', '.join(rules.taking('momentum', OPTIMIZER_CLASS_NAMES))}; for "
+           f"{', '.join(sorted(HEAVY_BALL))} the default lr then scales by (1 - momentum), as the "
+           "steps add up to lr / (1 - momentum) times the gradient (default: the optimizer's own)",
            _momentum),
     Option("weight_decay", float, None,
            "weight decay, as the optimizer applies it: an L2 term for sgd, adam, nadam, rmsprop, "

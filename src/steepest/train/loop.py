@@ -54,6 +54,12 @@ OPTIMIZER_CLASS_NAMES: dict[str, str] = {
     "momo": "MoMo",
 }
 
+#: The optimizers whose momentum is heavy ball: their steps add up to lr / (1 - momentum) times a
+#: steady gradient, so ``steepest train`` scales their default rate by (1 - momentum).
+#: (Schedule-free SGD's momentum interpolates where the gradient is taken; its step is lr times
+#: the gradient whatever the momentum.)
+HEAVY_BALL: frozenset[str] = frozenset({"sgd", "rmsprop"})
+
 #: Learning rate used when ``TrainConfig.lr`` is None: the best of a grid of rates in ~3x steps,
 #: by mean test accuracy of the default 20-epoch run over seeds 0-3:
 #:   SGD       0.03: 95.7%  0.1: 97.6%  0.3: 98.0%  0.5: 98.5%  1.0: 62.0% (diverged on a seed)

@@ -65,7 +65,13 @@ Himmelblau (78 against 56); SGD-momentum 1.17x Beale, 1.41x Himmelblau (96 again
 0.00316); least squares 0.99x and 0.97x; Rosenbrock 0.97x and 0.59x. On these 40-80 step runs
 Prodigy's estimate d needs 12-15 steps to grow from 1e-6 to its plateau (0.39 on Beale, 1.09
 on Himmelblau, next to Adam's best rates 0.316 and 1), a fixed cost no d0 removes across
-problems (d0 = 1e-3: Himmelblau 68 but Beale 85, Rosenbrock 658 against 392).
+problems (d0 = 1e-3: Himmelblau 68 but Beale 85, Rosenbrock 658 against 392). Nor is the oracle
+of five starts merely lucky: with 25 (``--starts 25``, 1 minute) Adam's oracle is 66 steps on
+Beale (lr 1) and 57 on Himmelblau (0.316), and Prodigy still takes 1.52x and 1.63x; SGD-momentum
+1.14x and 1.49x. Tried and dropped (five starts): Prodigy with bias correction, lr 1-3, was
+slower on the extras (Beale 78-98 steps, Himmelblau 90-93, against 68 and 78 without); Adam at
+the best first step along -sign(g) (25 function evaluations) reached Beale in 61 and
+Himmelblau in 67, but took 133 on the quadratic and 583 on Rosenbrock (Prodigy: 103, 392).
 
 Run: ``python benchmarks/tuning_free.py`` (all problems, several minutes on one core),
 ``--quick`` (the three objectives only), ``--problems quadratic mlp``, ``--starts 5``.

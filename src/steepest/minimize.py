@@ -387,8 +387,8 @@ def _check_value(value: Any) -> None:
         raise TypeError(f"fun must return a scalar tensor, got {type(value).__name__}")
     if value.numel() != 1:
         raise ValueError(f"fun must return a scalar tensor, got shape {tuple(value.shape)}")
-    if not (value.is_floating_point() or value.is_complex()):
-        raise TypeError(f"fun must return a floating-point tensor, got dtype {value.dtype}")
+    if not value.is_floating_point():  # a complex value has no order to minimize
+        raise TypeError(f"fun must return a real floating-point tensor, got dtype {value.dtype}")
 
 
 # --------------------------------------------------------------------------- minimize
@@ -482,6 +482,10 @@ def minimize(
     originals = _leaves(x0)
     if not originals:
         raise ValueError("x0 holds no tensor to optimize")
+    if sum(tensor.numel() for tensor in originals) == 0:
+        raise ValueError(f"x0 holds no element to optimize, got x0={_describe(x0)}")
+    _check_settings(options, safety, on_nonfinite, on_spike)
+    monitor = _monitor(diagnose)
     leaves = [tensor.detach().clone().requires_grad_(True) for tensor in originals]
     x = _rebuild(x0, iter(leaves))
 
@@ -524,13 +528,13 @@ def minimize(
                 objective.forget()
 
     history: dict[str, list[Any]] = {"fun": [], "grad_norm": [], "lr": []}
-    monitor = _monitor(diagnose)
     tracker = UpdateTracker(optimizer) if monitor is not None else None
     if monitor is not None:
         history["regime"] = []
     guard = None
     if on_nonfinite is not None or on_spike is not None or safety:
-        guard = SafeStep(optimizer, on_nonfinite or "stop", on_spike, **dict(safety or {}))
+        policy = "stop" if on_nonfinite is None else on_nonfinite  # ("" is a typo, not "stop")
+        guard = SafeStep(optimizer, policy, on_spike, **dict(safety or {}))
     previous = [leaf.detach().clone() for leaf in leaves]  # x_{k-1}, for the step norm
     step_norm: float | None = None
     iteration = 0
@@ -628,6 +632,17 @@ def minimize(
         diagnoses=[] if monitor is None else monitor.history,
         safety=None if guard is None else guard.counts,
     )
+
+
+def _check_settings(options: Any, safety: Any, on_nonfinite: Any, on_spike: Any) -> None:
+    """The kinds of the settings that are only read later (after ``lr="auto"`` has chosen, or
+    when the guard is built), checked before anything runs; SafeStep checks their values."""
+    for name, value in (("options", options), ("safety", safety)):
+        if value is not None and not isinstance(value, Mapping):
+            raise TypeError(f"{name} must be a dict of keyword arguments or None, got {name}={value!r}")
+    for name, value in (("on_nonfinite", on_nonfinite), ("on_spike", on_spike)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a policy name or None, got {name}={value!r}")
 
 
 def _monitor(diagnose: bool | RegimeMonitor) -> RegimeMonitor | None:
@@ -728,6 +743,11 @@ def _stopping_test(
         criteria.append(extra)
     if max_iter is not None:
         criteria.append(stopping.max_iter(stopping._check_count("max_iter", max_iter)))
+    if len(criteria) == 1 + driven_by_closure:  # only the guards: a converging run never ends
+        raise ValueError(
+            "no criterion can end the run: max_iter, gtol, ftol, xtol and stopping are all None; "
+            "set at least one"
+        )
     return stopping.any_of(*criteria)
 
 

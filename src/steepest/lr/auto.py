@@ -131,7 +131,7 @@ import torch
 
 from steepest import clipping, rules
 from steepest.engine import validation
-from steepest.lr.range_test import RangeTestResult, _Task, is_pair, range_test
+from steepest.lr.range_test import RangeTestResult, _Task, check_sweep, is_pair, range_test
 
 __all__ = ["POLICIES", "LRChoice", "choose_lr", "is_adam_family", "stable_limit"]
 
@@ -329,6 +329,13 @@ def choose_lr(
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got policy={policy!r}")
     cls = _optimizer_class(optimizer)
+    # Every setting is checked whichever branch ends up using it: a typo must not pass because
+    # this problem happened not to need a range test.
+    min_lr, max_lr, steps, _, batch_size, seed = check_sweep(
+        min_lr, max_lr, steps, 1 if repeats is None else repeats, batch_size, seed
+    )
+    if options is not None and not isinstance(options, Mapping):
+        raise TypeError(f"options must be a dict of keyword arguments or None, got options={options!r}")
     if isinstance(max_spread, bool) or not isinstance(max_spread, (int, float)) or not max_spread >= 1:
         raise ValueError(f"max_spread must be a number >= 1, got max_spread={max_spread!r}")
     if not isinstance(noisy, bool):
@@ -347,6 +354,7 @@ def choose_lr(
     settings = dict(options or {})
     if "lr" in settings:
         raise ValueError(f"options must not hold lr (it is what is chosen), got options={settings!r}")
+    _check_options(cls, settings)
     own_prodigy = issubclass(cls, Prodigy)  # asked for by name: it keeps its own step, as below
     if policy == "lr_free" or (policy == "auto" and (is_adam_family(cls) or own_prodigy)):
         rate = _PRODIGY_LR[stochastic]
@@ -728,6 +736,22 @@ def _own_step_choice(cls: type[torch.optim.Optimizer], settings: dict[str, Any])
     what = "takes a Polyak step; lr caps it" if issubclass(cls, MoMo) else "estimates its step size"
     why = f"{cls.__name__} {what}; lr at its default"
     return LRChoice(rate, cls, "lr_free", f"{why}: lr={rate:g}, no range test", options=settings)
+
+
+def _check_options(cls: type[torch.optim.Optimizer], settings: Mapping[str, Any]) -> None:
+    """``cls`` takes every name in ``settings``: a misspelt option fails here, before a stand-in
+    (Prodigy, MoMo) drops the options it does not take. (Values are checked where the
+    optimizer is built.)"""
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    unknown = sorted(set(settings) - set(parameters))
+    if unknown:
+        taken = sorted(set(parameters) - {"params", "lr"})
+        raise TypeError(f"{cls.__name__} takes no option {unknown}; its options are {taken}")
 
 
 def _taken_by(method: type, settings: Mapping[str, Any], reason: str) -> tuple[dict[str, Any], str]:

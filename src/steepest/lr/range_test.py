@@ -341,14 +341,9 @@ def range_test(
     References: Smith 2017, "Cyclical Learning Rates for Training Neural Networks"; fastai's
     ``Learner.lr_find`` (smoothing, the ``valley`` rule, stopping at 4x the best loss).
     """
-    min_lr = validation.positive("min_lr", min_lr)
-    max_lr = validation.positive("max_lr", max_lr)
-    if max_lr <= min_lr:
-        raise ValueError(f"max_lr must be > min_lr, got min_lr={min_lr!r}, max_lr={max_lr!r}")
-    steps = _check_int("steps", steps, minimum=5)
-    repeats = _check_int("repeats", repeats, minimum=1)
-    batch_size = _check_int("batch_size", batch_size, minimum=1)
-    seed = _check_int("seed", seed, minimum=0)
+    min_lr, max_lr, steps, repeats, batch_size, seed = check_sweep(
+        min_lr, max_lr, steps, repeats, batch_size, seed
+    )
     if mode not in _MODES:
         raise ValueError(f"mode must be one of {_MODES}, got mode={mode!r}")
     smoothing = validation.unit_interval("smoothing", smoothing)
@@ -389,6 +384,22 @@ def range_test(
     return _analyse(lrs, losses, smoothed, stops, seeds, mode, smoothing, deterministic)
 
 
+def check_sweep(
+    min_lr: Any, max_lr: Any, steps: Any, repeats: Any, batch_size: Any, seed: Any
+) -> tuple[float, float, int, int, int, int]:
+    """The sweep's settings, checked and normalised (also for ``choose_lr``, before it decides
+    whether it sweeps at all)."""
+    min_lr = validation.positive("min_lr", min_lr)
+    max_lr = validation.positive("max_lr", max_lr)
+    if max_lr <= min_lr:
+        raise ValueError(f"max_lr must be > min_lr, got min_lr={min_lr!r}, max_lr={max_lr!r}")
+    steps = _check_int("steps", steps, minimum=5)
+    repeats = _check_int("repeats", repeats, minimum=1)
+    batch_size = _check_int("batch_size", batch_size, minimum=1)
+    seed = _check_int("seed", seed, minimum=0)
+    return min_lr, max_lr, steps, repeats, batch_size, seed
+
+
 def _sweep(
     task: _Task, lrs: np.ndarray, smoothing: float, diverge_factor: float | None, seed: int
 ) -> tuple[np.ndarray, int | None]:
@@ -419,6 +430,11 @@ def _sweep(
         value = float(loss.detach())
         losses[index] = value
         if not math.isfinite(value):
+            if index == 0:  # at min_lr's first step nothing has moved yet: no curve to read
+                raise ValueError(
+                    f"the loss is {value} at the starting point, before any step: "
+                    "there is no learning rate to find"
+                )
             return losses, index
         if needs_closure:
             optimizer.step(closure)
@@ -605,6 +621,11 @@ class _Task:
                 raise ValueError("data is required for a module: (input, target) batches or an (X, y) pair")
             if x0 is not None:
                 raise ValueError("x0 is for an objective; a module's starting point is its parameters")
+            if _mismatched_pair(data):
+                raise ValueError(
+                    "data looks like an (X, y) pair, but X and y hold different numbers of examples: "
+                    f"{len(data[0])} and {len(data[1])}"
+                )
             return cls(
                 model_or_objective, None, None, False, _Data(data, batch_size, steps),
                 factory, loss_fn or F.cross_entropy,
@@ -624,6 +645,8 @@ class _Task:
         point = [x0] if single else list(x0) if isinstance(x0, (list, tuple)) else None
         if not point or not all(isinstance(t, Tensor) and t.is_floating_point() for t in point):
             raise TypeError(f"x0 must be a floating-point Tensor or a list of them, got x0={x0!r}")
+        if sum(t.numel() for t in point) == 0:
+            raise ValueError(f"x0 holds no element to optimize, got x0={x0!r}")
         point = [t.detach().clone() for t in point]
         return cls(None, model_or_objective, point, single, _Data(data, batch_size, steps), factory, loss_fn)
 
@@ -661,11 +684,23 @@ class _Task:
             loss = self.objective(point) if batch is None else self.objective(point, batch)
         if not isinstance(loss, Tensor) or loss.numel() != 1:
             raise TypeError(f"the loss must be a scalar Tensor, got {loss!r:.80}")
+        if not loss.requires_grad:
+            raise ValueError("the loss does not depend on the parameters: it has no gradient to follow")
         return loss.reshape(())
 
     def restore(self) -> None:
         if self.snapshot is not None:
             self.snapshot.restore(grads=True)
+
+
+def _mismatched_pair(data: Any) -> bool:
+    """Two tensors that would be an (X, y) pair but for their numbers of examples."""
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, Tensor) and t.dim() > 0 for t in data)
+        and data[0].shape[0] != data[1].shape[0]
+    )
 
 
 def is_pair(data: Any) -> bool:
@@ -690,6 +725,8 @@ class _Data:
         if data is None:
             return
         if is_pair(data):
+            if len(data[0]) == 0:  # (a stream of batches from it would never yield one)
+                raise ValueError("data holds no examples: its (X, y) pair has 0 rows")
             self.pair = (data[0], data[1])
         elif isinstance(data, (list, tuple)):
             if not data:

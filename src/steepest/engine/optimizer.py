@@ -32,6 +32,8 @@ steps as usual. Policies that skip or back off are the business of ``steepest.lr
 
 from __future__ import annotations
 
+import copy
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -45,6 +47,15 @@ from steepest.engine import precision, validation
 from steepest.engine.tensorlist import TensorList
 
 ParamsT = Iterable[Tensor] | Iterable[dict[str, Any]] | Iterable[tuple[str, Tensor]]
+
+
+# The execution options every optimizer may take (and find in a torch.optim state_dict):
+# the engine's business, not a rule's, so they are checked here, once, for every rule.
+_EXECUTION_CHECKS: dict[str, validation.Check] = {
+    "foreach": validation.optional_boolean,
+    "fused": validation.optional_boolean,
+    "state_dtype": precision.check_state_dtype,
+}
 
 
 # torch.optim stores scalar state (``step``) as float32 CPU tensors unless the default
@@ -80,7 +91,10 @@ class Optimizer(torch.optim.Optimizer):
     A subclass supplies the rule and describes its state:
 
     * ``update``: the rule, a pure function (see the module docstring);
-    * ``_checks``: hyperparameter name -> check, run on every param group;
+    * ``_checks``: hyperparameter name -> check, run on every param group (``foreach``,
+      ``fused`` and ``state_dtype`` are checked by the shell for every rule);
+    * ``_shared_settings``: settings every param group must share (a setting of the method,
+      not of a group);
     * :meth:`_buffer_names`: the tensor state this group's settings need;
     * :meth:`_scalar_state`: CPU scalar state and its initial values (default ``step``);
     * :meth:`_coefficients`: this step's keyword arguments for ``update``.
@@ -94,6 +108,7 @@ class Optimizer(torch.optim.Optimizer):
 
     update: ClassVar[Callable[..., None]]
     _checks: ClassVar[dict[str, validation.Check]] = {}
+    _shared_settings: ClassVar[tuple[str, ...]] = ()
     #: The rule is elementwise with no return value, so it may be compiled (``fused=``).
     supports_fused: ClassVar[bool] = False
 
@@ -142,23 +157,43 @@ class Optimizer(torch.optim.Optimizer):
     def _check_group(self, group: dict[str, Any]) -> None:
         """Checks that involve several hyperparameters of one group (override)."""
 
+    def _check_params(self, params: list[Tensor], first_index: int) -> None:
+        """Checks of the tensors of a group about to be added, numbered from ``first_index``
+        across all groups (override to add to them).
+
+        Every optimizer moves its parameters by fractional steps, so an integer or bool
+        tensor is refused here, before it is added, rather than by a kernel mid-step.
+        """
+        for index, param in enumerate(params, start=first_index):
+            if not (param.is_floating_point() or param.is_complex()):
+                raise TypeError(
+                    f"parameter {index} must be floating point, got {param.dtype} "
+                    f"(shape {tuple(param.shape)})"
+                )
+
     # -- param groups --------------------------------------------------------------------
     def _check_hyperparameters(self, group: dict[str, Any]) -> None:
-        for name, check in self._checks.items():
-            if name in group:
-                check(name, group[name])
-        state_dtype = group.get("state_dtype")
-        if state_dtype is not None and state_dtype not in precision.LOW_PRECISION_STATE:
-            raise TypeError(
-                f"state_dtype must be None (the parameter's dtype) or one of "
-                f"{', '.join(map(str, precision.LOW_PRECISION_STATE))}, got {state_dtype!r}"
-            )
+        for checks in (_EXECUTION_CHECKS, self._checks):
+            for name, check in checks.items():
+                if name in group:
+                    check(name, group[name])
         if group.get("fused") and group.get("foreach"):
             raise ValueError("fused=True and foreach=True cannot both be set: pick one execution path")
         self._check_group(group)
 
+    def _check_shared_settings(self, group: dict[str, Any], first: dict[str, Any]) -> None:
+        """``group`` agrees with the first group on every setting of ``_shared_settings``."""
+        for name in self._shared_settings:
+            if name in group and group[name] != first.get(name):
+                raise ValueError(
+                    f"{name} must be {first.get(name)!r} as in the first param group (every group "
+                    f"of {type(self).__name__} shares it: a setting of the method, not of a "
+                    f"group), got {name}={group[name]!r}"
+                )
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group, checking its tensors and hyperparameters first."""
+        """Add a param group, checking its tensors and hyperparameters first: a group that is
+        refused leaves the optimizer as it was."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         params = param_group.get("params")
@@ -173,6 +208,7 @@ class Optimizer(torch.optim.Optimizer):
         for index, tensor in enumerate(tensors):
             if not isinstance(tensor, Tensor):
                 raise TypeError(f"params[{index}] must be a torch.Tensor, got {type(tensor).__name__}")
+        self._check_params(tensors, first_index=sum(len(group["params"]) for group in self.param_groups))
         seen: set[int] = {id(p) for group in self.param_groups for p in group["params"]}
         for index, tensor in enumerate(tensors):
             if id(tensor) in seen:
@@ -185,20 +221,27 @@ class Optimizer(torch.optim.Optimizer):
         schedules = _schedules_in(merged)
         resolved = self._evaluate(schedules, merged)
         self._check_hyperparameters(resolved)
+        if self.param_groups:
+            self._check_shared_settings(resolved, self.param_groups[0])
         super().add_param_group({**resolved, "params": params})
         self._schedules.append(schedules)
 
     # -- schedules -------------------------------------------------------------------------
-    def _evaluate(self, schedules: dict[str, Any], group: dict[str, Any]) -> dict[str, Any]:
-        """``group`` with each scheduled hyperparameter replaced by its value at this step."""
+    def _evaluate(
+        self, schedules: dict[str, Any], group: dict[str, Any], step: int | None = None
+    ) -> dict[str, Any]:
+        """``group`` with each scheduled hyperparameter replaced by its value at ``step``
+        (default: this step); a value that is not a number is refused, naming the step."""
+        step = self.step_count if step is None else step
         resolved = dict(group)
         for name, schedule in schedules.items():
             if isinstance(schedule, tuple):
                 resolved[name] = tuple(
-                    float(item(self.step_count)) if _is_schedule(item) else item for item in schedule
+                    _value_at(f"{name}[{position}]", item, step) if _is_schedule(item) else item
+                    for position, item in enumerate(schedule)
                 )
             else:
-                resolved[name] = float(schedule(self.step_count))
+                resolved[name] = _value_at(name, schedule, step)
         if "lr" in schedules:
             resolved["lr"] *= group.get("lr_scale", 1.0)
         return resolved
@@ -224,12 +267,18 @@ class Optimizer(torch.optim.Optimizer):
         Values are computed on the CPU from the optimizer's own step count, so torch
         tooling and users read the rate the next step will use in ``param_groups``, and a
         resumed run continues at exactly the same position. With ``check``, (at the start
-        of a step) a value out of range raises before anything is updated.
+        of a step) a value out of range or not a number raises before anything is updated;
+        without, such a value is left for that check (a step that is done stays done).
         """
         for group, schedules in zip(self.param_groups, self._schedules):
             if not schedules:
                 continue
-            resolved = self._evaluate(schedules, group)
+            try:
+                resolved = self._evaluate(schedules, group)
+            except TypeError:
+                if check:
+                    raise
+                continue
             if check:
                 try:
                     self._check_hyperparameters({name: resolved[name] for name in schedules})
@@ -250,15 +299,18 @@ class Optimizer(torch.optim.Optimizer):
                         found[f"{index}.{name}{suffix}"] = item
         return found
 
-    def report(self, metric: float) -> bool:
+    def report(self, metric: float | Tensor) -> bool:
         """Report a monitored metric (e.g. validation loss) to plateau-driven hyperparameters.
 
         Returns True when some hyperparameter was cut. Its new value is in ``param_groups``
-        at once and used from the next step on.
+        at once and used from the next step on. ``metric`` is a real number or a one-element
+        tensor; a NaN (a diverged evaluation) counts as no improvement, as in
+        torch.optim.lr_scheduler.ReduceLROnPlateau.
         """
+        value = validation.scalar("metric", metric, finite=False)
         cut = False
         for stateful in self._stateful_hyperparameters().values():
-            cut = stateful.report(metric, self.step_count) or cut
+            cut = stateful.report(value, self.step_count) or cut
         self._resolve_schedules()
         return cut
 
@@ -543,23 +595,33 @@ class Optimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict from steepest or from the torch.optim twin.
 
+        The whole state_dict is checked before anything changes, so one that is refused
+        leaves the optimizer as it was: the loaded groups' hyperparameters with the
+        constructor's checks, each state buffer the rule declares against its parameter's
+        shape (a fused kernel would read past a shorter one), the scalar state, the step
+        count and the saved state of plateau hyperparameters. (A pre-hook registered with
+        ``register_load_state_dict_pre_hook`` runs after these checks, inside torch's load.)
+        A loaded group that lacks some of this optimizer's hyperparameters or group state (a
+        state_dict from another optimizer, or from an older version) keeps this optimizer's
+        values for them (the constructor's, in a fresh one), as torch.optim fills in the
+        hyperparameters it added over time with their defaults.
+
         torch.optim casts every floating-point state entry but ``step`` to the parameter's
         dtype and device; scalar state such as NAdam's ``mu_product`` is moved back to the
         CPU scalar dtype it is computed in, so a resumed run continues bit-identically.
         Schedules resume at the saved step count (from a torch.optim state_dict, which has
         none, at the largest per-parameter ``step``).
         """
-        extra = state_dict.get("steepest")
+        step_count, missing = self._check_state_dict(state_dict)
         super().load_state_dict({k: v for k, v in state_dict.items() if k != "steepest"})
-        if extra is not None:
-            self.step_count = int(extra["step_count"])
-            stateful = self._stateful_hyperparameters()
-            for key, saved in extra.get("hyperparameters", {}).items():
-                if key in stateful:
-                    stateful[key].load_state_dict(saved)
-        else:
-            steps = [float(s["step"]) for s in self.state.values() if "step" in s]
-            self.step_count = int(max(steps, default=0))
+        for group, kept in zip(self.param_groups, missing):
+            for name, value in kept.items():
+                group.setdefault(name, value)
+        self.step_count = step_count
+        stateful = self._stateful_hyperparameters()
+        for key, saved in (state_dict.get("steepest") or {}).get("hyperparameters", {}).items():
+            if key in stateful:
+                stateful[key].load_state_dict(saved)
         self._resolve_schedules()
         for group in self.param_groups:
             scalar_names = self._scalar_state(group)
@@ -575,6 +637,94 @@ class Optimizer(torch.optim.Optimizer):
                     for name in self._buffer_names(group):
                         if name in state:
                             state[name] = state[name].to(state_dtype)
+
+    def _check_state_dict(self, state_dict: Any) -> tuple[int, list[dict[str, Any]]]:
+        """Check all of ``state_dict``, changing nothing; return the step count it resumes at
+        and, per param group, the entries the saved group lacks, with this optimizer's values."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        for key in ("state", "param_groups"):
+            if key not in state_dict:
+                raise ValueError(f"state_dict has no {key!r} entry: it is no optimizer's state_dict")
+        if not isinstance(state_dict["state"], dict):
+            raise TypeError(f"state_dict['state'] must be a dict, got {type(state_dict['state']).__name__}")
+        groups = state_dict["param_groups"]
+        if not isinstance(groups, (list, tuple)) or not all(
+            isinstance(group, dict) and isinstance(group.get("params"), (list, tuple)) for group in groups
+        ):
+            raise TypeError("state_dict['param_groups'] must be a list of dicts, each with a 'params' list")
+        step_count = self._saved_step_count(state_dict)
+        return step_count, self._check_saved_groups(state_dict, step_count)
+
+    def _saved_step_count(self, state_dict: dict[str, Any]) -> int:
+        """The step count ``state_dict`` resumes at, its ``"steepest"`` entry checked whole
+        (the saved state of plateau hyperparameters is tried on copies of them)."""
+        extra = state_dict.get("steepest")
+        if extra is None:  # from torch.optim: the largest per-parameter step
+            steps = [
+                validation.scalar(f"state_dict['state'][{key!r}]['step']", entry["step"])
+                for key, entry in state_dict["state"].items()
+                if isinstance(entry, dict) and "step" in entry
+            ]
+            return int(max(steps, default=0))
+        if not isinstance(extra, dict):
+            raise TypeError(f"state_dict['steepest'] must be a dict, got {type(extra).__name__}")
+        if "step_count" not in extra:
+            raise ValueError("state_dict['steepest'] has no 'step_count' entry")
+        name = "state_dict['steepest']['step_count']"
+        step_count = validation.integer(name, extra["step_count"], minimum=0)
+        saved = extra.get("hyperparameters", {})
+        if not isinstance(saved, dict):
+            raise TypeError(
+                f"state_dict['steepest']['hyperparameters'] must be a dict, got {type(saved).__name__}"
+            )
+        stateful = self._stateful_hyperparameters()
+        for key, item_state in saved.items():
+            if key in stateful:
+                try:
+                    copy.deepcopy(stateful[key]).load_state_dict(item_state)
+                except (KeyError, TypeError, ValueError) as error:
+                    kind = TypeError if isinstance(error, TypeError) else ValueError
+                    detail = f"it has no {error}" if isinstance(error, KeyError) else str(error)
+                    raise kind(
+                        f"state_dict['steepest']['hyperparameters'][{key!r}] cannot be loaded "
+                        f"into {stateful[key]!r}: {detail}"
+                    ) from None
+        return step_count
+
+    def _check_saved_groups(self, state_dict: dict[str, Any], step_count: int) -> list[dict[str, Any]]:
+        """Check the param groups and per-parameter state of ``state_dict`` as they will be
+        loaded; return, per group, the entries it lacks, with this optimizer's values."""
+        saved_groups, saved_state = state_dict["param_groups"], state_dict["state"]
+        sizes = [len(group["params"]) for group in self.param_groups]
+        saved_sizes = [len(group["params"]) for group in saved_groups]
+        if saved_sizes != sizes:
+            raise ValueError(
+                f"state_dict has param groups of {saved_sizes} parameters, this optimizer of {sizes}: "
+                "it was saved from another model"
+            )
+        missing, loaded = [], []
+        pairs = zip(saved_groups, self.param_groups, self._schedules)
+        for index, (saved, own, schedules) in enumerate(pairs):
+            missing.append({name: value for name, value in own.items() if name not in saved})
+            group = self._evaluate(schedules, {**missing[-1], **saved}, step_count)
+            try:
+                self._check_hyperparameters(group)
+                if loaded:
+                    self._check_shared_settings(group, loaded[0])
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{error} (in param group {index} of the state_dict)") from None
+            loaded.append(group)
+        position = 0  # the parameter's index across groups
+        for group, own in zip(loaded, self.param_groups):
+            buffer_names, scalar_names = self._buffer_names(group), tuple(self._scalar_state(group))
+            for key, param in zip(group["params"], own["params"]):
+                entry = saved_state.get(key)
+                if entry is not None:
+                    where = f"state_dict['state'][{key!r}]"
+                    _check_saved_state(where, entry, param, position, buffer_names, scalar_names)
+                position += 1
+        return missing
 
     # -- inspection ----------------------------------------------------------------------
     @torch.no_grad()
@@ -598,20 +748,79 @@ class Optimizer(torch.optim.Optimizer):
         return "\n".join(lines)
 
 
+def _check_saved_state(
+    where: str,
+    entry: Any,
+    param: Tensor,
+    position: int,
+    buffer_names: tuple[str, ...],
+    scalar_names: tuple[str, ...],
+) -> None:
+    """One parameter's saved state: each buffer the rule declares is a tensor of the
+    parameter's shape, each scalar state a real number."""
+    if not isinstance(entry, dict):
+        raise TypeError(f"{where} must be a dict, got {type(entry).__name__}")
+    for name in buffer_names:
+        if name not in entry:
+            continue  # created at the next step, as for a new parameter
+        buffer = entry[name]
+        if not isinstance(buffer, Tensor):
+            raise TypeError(f"{where}[{name!r}] must be a tensor, got {type(buffer).__name__}")
+        if buffer.shape != param.shape:
+            raise ValueError(
+                f"{where}[{name!r}] has shape {tuple(buffer.shape)}, but parameter {position} "
+                f"has shape {tuple(param.shape)}: it was saved from another model"
+            )
+    for name in scalar_names:
+        if name in entry:
+            validation.scalar(f"{where}[{name!r}]", entry[name])
+
+
 def _is_schedule(value: Any) -> bool:
     """A hyperparameter given as a function of the step rather than a number."""
     return callable(value) and not isinstance(value, type)
 
 
 def _schedules_in(group: dict[str, Any]) -> dict[str, Any]:
-    """The hyperparameters of ``group`` that are schedules (or tuples holding one)."""
+    """The hyperparameters of ``group`` that are schedules (or tuples holding one), each
+    checked to take the step."""
     found = {}
     for name, value in group.items():
         if name == "params":
             continue
-        if _is_schedule(value) or (isinstance(value, tuple) and any(_is_schedule(item) for item in value)):
+        if _is_schedule(value):
+            _check_takes_step(name, value)
+            found[name] = value
+        elif isinstance(value, tuple) and any(_is_schedule(item) for item in value):
+            for position, item in enumerate(value):
+                if _is_schedule(item):
+                    _check_takes_step(f"{name}[{position}]", item)
             found[name] = value
     return found
+
+
+def _check_takes_step(name: str, schedule: Callable[..., Any]) -> None:
+    """A schedule is called with the step alone: refuse one that cannot be, naming it."""
+    try:
+        signature = inspect.signature(schedule)
+    except (TypeError, ValueError):  # no signature to read (some builtins): the call will tell
+        return
+    try:
+        signature.bind(0)
+    except TypeError as error:
+        raise TypeError(
+            f"{name} must be a number or a schedule called with the step, {name}(step), got "
+            f"{name}={schedule!r}, which cannot be called so ({error})"
+        ) from None
+
+
+def _value_at(name: str, schedule: Callable[[int], Any], step: int) -> float:
+    """A schedule's value at ``step`` as a float; not a number: a TypeError naming all three."""
+    value = schedule(step)
+    try:
+        return validation.scalar(name, value, finite=False)  # the range is the checks' business
+    except TypeError as error:
+        raise TypeError(f"{error} (a schedule's value at step {step})") from None
 
 
 def _real_view(tensor: Tensor) -> Tensor:

@@ -17,11 +17,30 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
 #: Dtypes ``state_dtype`` accepts besides the parameter's own.
 LOW_PRECISION_STATE = (torch.bfloat16,)
+
+
+def check_state_dtype(name: str, value: Any) -> torch.dtype | None:
+    """``value`` is None (the parameter's dtype) or one of :data:`LOW_PRECISION_STATE`.
+
+    A floating-point dtype that is not among them (``torch.float16``) is a ValueError: the
+    right kind, an unsupported value; anything else (``"bf16"``, ``torch.int8``, which
+    cannot hold moments at all) is a TypeError.
+    """
+    if value is None or (isinstance(value, torch.dtype) and value in LOW_PRECISION_STATE):
+        return value
+    error = ValueError if isinstance(value, torch.dtype) and value.is_floating_point else TypeError
+    raise error(
+        f"{name} must be None (the parameter's dtype) or one of "
+        f"{', '.join(map(str, LOW_PRECISION_STATE))}, got {name}={value!r}"
+    )
+
 
 # 2**32 / golden ratio, as a signed 32-bit integer: frac(n * phi) is the most evenly spread
 # sequence there is (a Weyl sequence), so consecutive elements, and one element over

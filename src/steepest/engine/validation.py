@@ -16,18 +16,36 @@ import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import torch
+
 Check = Callable[[str, Any], Any]
 
 
-def real(name: str, value: Any) -> float:
-    """``value`` is a finite real number; returned as a float."""
+def real(name: str, value: Any, *, finite: bool = True) -> float:
+    """``value`` is a real number, finite unless ``finite=False``; returned as a float."""
     # bool is a numbers.Real, but lr=True is a bug, not a learning rate of 1.
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {name}={value!r} ({type(value).__name__})")
     result = float(value)
-    if not math.isfinite(result):
+    if finite and not math.isfinite(result):
         raise ValueError(f"{name} must be finite, got {name}={value!r}")
     return result
+
+
+def scalar(name: str, value: Any, *, finite: bool = True) -> float:
+    """``value`` is a real number or a one-element real tensor (a loss, a metric, a
+    schedule's value), finite unless ``finite=False``; returned as a float.
+
+    Reading a tensor that lives on an accelerator waits for it.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise TypeError(
+                f"{name} must be a real number or a one-element tensor, got a tensor of shape "
+                f"{tuple(value.shape)}"
+            )
+        value = value.detach().item()  # a Python bool or complex for such tensors: refused below
+    return real(name, value, finite=finite)
 
 
 def nonnegative(name: str, value: Any) -> float:
@@ -99,7 +117,9 @@ def boolean(name: str, value: Any) -> bool:
 
 def optional_boolean(name: str, value: Any) -> bool | None:
     """``value`` is None (let the engine choose), True or False."""
-    return None if value is None else boolean(name, value)
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"{name} must be None, True or False, got {name}={value!r}")
+    return value
 
 
 def positive_integer(name: str, value: Any) -> int:

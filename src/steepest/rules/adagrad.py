@@ -73,8 +73,6 @@ class Adagrad(Optimizer):
         "initial_accumulator_value": validation.nonnegative,
         "eps": validation.positive,
         "maximize": validation.boolean,
-        "foreach": validation.optional_boolean,
-        "fused": validation.optional_boolean,
     }
 
     def __init__(

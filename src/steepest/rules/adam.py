@@ -76,7 +76,6 @@ _ADAM_CHECKS = {
     "weight_decay": validation.nonnegative,
     "amsgrad": validation.boolean,
     "maximize": validation.boolean,
-    "foreach": validation.optional_boolean,
     "decoupled_weight_decay": validation.boolean,
 }
 

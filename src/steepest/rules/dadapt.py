@@ -88,7 +88,6 @@ DISTANCE_CHECKS = {
     "d0": validation.positive,
     "growth_rate": check_growth_rate,
     "maximize": validation.boolean,
-    "foreach": validation.optional_boolean,
 }
 
 

@@ -368,35 +368,20 @@ class ClosureOptimizer(Optimizer):
     """
 
     requires_closure: ClassVar[bool] = True
-    _shared_settings: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
-        super().__init__(params, defaults)
-        parameters = self._parameters()
-        first = parameters[0]
-        for index, p in enumerate(parameters):
+    def _check_params(self, params: list[Tensor], first_index: int) -> None:
+        """Floating point, and one dtype and device for all: the parameters form one vector."""
+        super()._check_params(params, first_index)
+        if not params:
+            return
+        first = next(iter(self._parameters()), params[0])
+        for index, p in enumerate(params, start=first_index):
             if p.dtype != first.dtype or p.device != first.device:
                 raise ValueError(
                     f"{type(self).__name__} treats all parameters as one vector, so they must "
                     f"share dtype and device; parameter 0 is {first.dtype} on {first.device}, "
                     f"parameter {index} is {p.dtype} on {p.device}"
                 )
-            if not (p.is_floating_point() or p.is_complex()):
-                raise TypeError(f"parameter {index} must be floating point, got {p.dtype}")
-
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a param group; only ``lr`` may differ from the first group's settings."""
-        if self.param_groups:
-            merged = {**self.defaults, **param_group}
-            first = self.param_groups[0]
-            for name in self._shared_settings:
-                if name in merged and merged[name] != first[name]:
-                    raise ValueError(
-                        f"{name} must be the same in every param group (it is a setting of "
-                        f"the method, not of a group): first group has {first[name]!r}, "
-                        f"new group has {merged[name]!r}"
-                    )
-        super().add_param_group(param_group)
 
     # -- flat views ----------------------------------------------------------------------
     def _parameters(self) -> list[Tensor]:

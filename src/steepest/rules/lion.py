@@ -71,8 +71,6 @@ class Lion(Optimizer):
         "betas": validation.betas,
         "weight_decay": validation.nonnegative,
         "maximize": validation.boolean,
-        "foreach": validation.optional_boolean,
-        "fused": validation.optional_boolean,
     }
 
     def __init__(

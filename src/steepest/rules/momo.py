@@ -21,6 +21,7 @@ so one model serves all groups; each group's ``lr`` caps the step and its ``weig
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -30,9 +31,6 @@ from torch import Tensor
 from steepest.engine import Optimizer, validation
 from steepest.engine.optimizer import ParamsT
 from steepest.rules.dadapt import inner_product, read_totals
-
-# Hyperparameters the one loss model of all groups shares: every group must agree on them.
-_SHARED = ("beta", "lower_bound", "bias_correction", "estimate_lower_bound")
 
 
 def momo_statistics(param: Tensor, grad: Tensor, *, grad_avg: Tensor, beta: float) -> Tensor:
@@ -89,6 +87,8 @@ class MoMo(Optimizer):
     #: ``step`` needs this step's loss (``step(loss=...)``) or a closure that returns it.
     requires_loss: ClassVar[bool] = True
     update = staticmethod(momo_update)
+    # The one model of the loss serves every group, so every group must agree on these.
+    _shared_settings = ("beta", "lower_bound", "bias_correction", "estimate_lower_bound")
     _checks: ClassVar[dict[str, validation.Check]] = {
         "lr": validation.nonnegative,
         "beta": validation.unit_interval,
@@ -96,7 +96,6 @@ class MoMo(Optimizer):
         "lower_bound": validation.real,
         "bias_correction": validation.boolean,
         "estimate_lower_bound": validation.boolean,
-        "foreach": validation.optional_boolean,
     }
 
     def __init__(
@@ -127,12 +126,6 @@ class MoMo(Optimizer):
         """Add a param group; it shares the first group's model of the loss (beta, its bound, ...)."""
         super().add_param_group(param_group)
         group, first = self.param_groups[-1], self.param_groups[0]
-        for name in _SHARED:
-            if group[name] != first[name]:
-                raise ValueError(
-                    f"every param group of MoMo shares one model of the loss: {name} must be "
-                    f"{first[name]!r} as in the first group, got {name}={group[name]!r}"
-                )
         group.setdefault("tau", 0.0)
         if group is first:
             first.update(loss_avg=0.0, grad_dot_param=0.0, k=0, lower_bound_estimate=first["lower_bound"])
@@ -153,7 +146,14 @@ class MoMo(Optimizer):
 
         Args:
             closure: optional; re-evaluates the model and returns the loss.
-            loss: the loss at the current parameters, whose gradients are in ``.grad``.
+            loss: the loss at the current parameters, whose gradients are in ``.grad``: a
+                real number or a one-element tensor.
+
+        A loss (or gradient) that is not finite is applied as given, as torch.optim applies a
+        non-finite gradient: the step is NaN and so are the parameters after it, which
+        ``all_finite()``, ``fit`` and ``minimize`` report (a Polyak step read off such a loss
+        once fell back to the full lr, and went on silently). Skipping such steps is a policy,
+        for :class:`steepest.lr.SafeStep`, which checks the loss before stepping.
         """
         if closure is not None:
             if loss is not None:
@@ -162,12 +162,14 @@ class MoMo(Optimizer):
                 loss = closure()
         if loss is None:
             raise TypeError("MoMo.step needs this step's loss: optimizer.step(loss=loss), or step(closure)")
-        self._run_step(loss)
+        self._run_step(validation.scalar("loss", loss, finite=False))
         return loss
 
-    def _step_groups(self, loss: float | Tensor) -> None:
-        """Statistics pass over every group, one synchronisation, the Polyak step, update pass."""
-        value = float(loss.detach()) if isinstance(loss, Tensor) else float(loss)
+    def _step_groups(self, loss: float) -> None:
+        """Statistics pass over every group, one synchronisation, the Polyak step, update pass.
+
+        ``loss`` is the step's loss as a float, checked by :meth:`step`.
+        """
         first = self.param_groups[0]
         beta, correct = float(first["beta"]), bool(first["bias_correction"])
         per_group = [(group, self._buckets(group)) for group in self.param_groups]
@@ -186,7 +188,7 @@ class MoMo(Optimizer):
         at_param, dot, norm = read_totals(partials)
         k = first["k"] + 1
         weight = beta if correct or k > 1 else 0.0
-        loss_avg = weight * first["loss_avg"] + (1 - weight) * value
+        loss_avg = weight * first["loss_avg"] + (1 - weight) * loss
         gamma = weight * first["grad_dot_param"] + (1 - weight) * at_param
         first.update(loss_avg=loss_avg, grad_dot_param=gamma, k=k)
         rho = 1.0 - beta**k if correct else 1.0
@@ -200,8 +202,11 @@ class MoMo(Optimizer):
                 if model < shrink * rho * bound:
                     bound = max(model / (2 * shrink * rho), floor)
             gap = shrink * (loss_avg - rho * bound - gamma) + dot
-            polyak = max(gap, 0.0) / norm if norm > 0 else 0.0
-            tau = min(lr / rho, polyak)
+            if math.isfinite(gap) and math.isfinite(norm):
+                polyak = max(gap, 0.0) / norm if norm > 0 else 0.0
+                tau = min(lr / rho, polyak)
+            else:  # a non-finite loss or gradient is applied as given, as torch.optim does:
+                tau = math.nan  # the parameters turn non-finite, which a run's guard sees
             group["tau"] = tau
             if estimate:  # the next bound: the model's value after this step
                 bound = max((loss_avg + dot - gamma - 0.5 * tau * norm) / rho, floor)

@@ -161,13 +161,13 @@ class _SecondOrderOptimizer(ClosureOptimizer):
     closure_create_graph: ClassVar[bool] = True
     _shared_settings = ("tolerance_grad", "line_search_fn")
 
-    def __init__(self, params: ParamsT, defaults: dict[str, Any]) -> None:
-        super().__init__(params, defaults)
-        for index, p in enumerate(self._parameters()):
+    def _check_params(self, params: list[Tensor], first_index: int) -> None:
+        for index, p in enumerate(params, start=first_index):
             if p.is_complex():
                 raise TypeError(
                     f"{type(self).__name__} needs real parameters; parameter {index} is {p.dtype}"
                 )
+        super()._check_params(params, first_index)
 
     def _differentiable_gradient(self, closure: Closure) -> tuple[Any, float, Tensor]:
         """Evaluate the closure; return (its loss, as a float, the flat gradient with graph)."""

@@ -88,8 +88,6 @@ class RMSprop(Optimizer):
         "momentum": validation.nonnegative,
         "centered": validation.boolean,
         "maximize": validation.boolean,
-        "foreach": validation.optional_boolean,
-        "fused": validation.optional_boolean,
     }
 
     def __init__(

@@ -263,7 +263,6 @@ _COMMON_CHECKS = {
     "r": validation.nonnegative,
     "weight_lr_power": validation.nonnegative,
     "maximize": validation.boolean,
-    "foreach": validation.optional_boolean,
 }
 
 

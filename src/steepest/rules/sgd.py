@@ -79,8 +79,6 @@ class SGD(Optimizer):
         "weight_decay": validation.nonnegative,
         "nesterov": validation.boolean,
         "maximize": validation.boolean,
-        "foreach": validation.optional_boolean,
-        "fused": validation.optional_boolean,
     }
 
     def __init__(

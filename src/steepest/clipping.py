@@ -6,7 +6,8 @@ Two layers, one set of formulas:
   ``scale_by_max_norm_``, ``scale_each_by_max_norm_``, ``clamp_by_value_``, ``unitwise_norm``,
   ``adaptive_clip_``). They take plain tensors, run a few ``torch._foreach_*`` kernels per
   (device, dtype) group, return tensors (never Python floats) and so never synchronize the
-  device with the host. The optimizer engine calls these inside its step.
+  device with the host. The optimizer engine calls these inside its step, so they check their
+  arguments in Python only (kinds and ranges of numbers, never a tensor's values).
 * Parameter-level functions (``clip_grad_norm_``, ``clip_grad_value_``,
   ``clip_grad_norm_per_tensor_``, ``clip_grad_agc_``) that read ``p.grad`` from an iterable of
   parameters, skip parameters whose grad is ``None``, validate their arguments and call the
@@ -28,10 +29,13 @@ Example::
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
+
+from steepest.engine import validation
 
 __all__ = [
     "adaptive_clip_",
@@ -63,35 +67,86 @@ _FOREACH_DEVICE_TYPES = frozenset({"cpu", "cuda", "xpu", "mtia"})
 # --------------------------------------------------------------------------------------------
 
 
-def _positive_finite(name: str, value: float) -> float:
-    number = float(value)
-    if not math.isfinite(number) or number <= 0.0:
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return number
+# The tensor-level functions run inside optimizer steps, so their checks look at Python values
+# and types only: nothing here reads a tensor's values (that would synchronize with the device).
+# A non-finite total norm is torch's business too: error_if_nonfinite opts into that check.
+
+_positive = validation.positive  # max_norm, clip_value, clipping, eps: finite and > 0
 
 
-def _checked_norm_type(norm_type: float) -> float:
+def _checked_norm_type(norm_type: float | str) -> float:
+    """p of a p-norm: a real number > 0, or inf (torch's clip_grad_norm_ also takes ``"inf"``)."""
+    if isinstance(norm_type, str) and norm_type == "inf":
+        return math.inf
+    if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real):
+        raise TypeError(
+            f"norm_type must be a real number > 0 or inf, got norm_type={norm_type!r} "
+            f"({type(norm_type).__name__})"
+        )
     number = float(norm_type)
     if not number > 0.0:  # also rejects nan
-        raise ValueError(f"norm_type must be > 0 (or inf), got {norm_type!r}")
+        raise ValueError(f"norm_type must be > 0 (or inf), got norm_type={norm_type!r}")
     return number
 
 
-def _as_list(parameters: ParamsOrTensor) -> list[Tensor]:
+def _tensor_list(name: str, tensors: Sequence[Tensor]) -> Sequence[Tensor]:
+    """``tensors`` if it is a list, tuple or other sequence (its items are checked where they
+    are grouped)."""
+    if isinstance(tensors, (str, bytes)) or not isinstance(tensors, Sequence):
+        raise TypeError(
+            f"{name} must be a list of tensors, got {name}={tensors!r:.80} ({type(tensors).__name__})"
+        )
+    return tensors
+
+
+def _with_grads(parameters: ParamsOrTensor) -> list[Tensor]:
+    """The parameters whose grad is not None; a TypeError names anything that is not a tensor
+    with a floating-point (or complex) gradient."""
     if isinstance(parameters, Tensor):
-        return [parameters]
-    return list(parameters)
+        parameters = [parameters]
+    elif isinstance(parameters, (str, bytes)) or not isinstance(parameters, Iterable):
+        raise TypeError(
+            f"parameters must be a tensor or an iterable of tensors, got parameters={parameters!r:.80} "
+            f"({type(parameters).__name__})"
+        )
+    with_grads = []
+    for index, param in enumerate(parameters):
+        if not isinstance(param, Tensor):
+            raise TypeError(
+                f"parameters must be tensors, got parameters[{index}]={param!r:.80} ({type(param).__name__})"
+            )
+        grad = param.grad
+        if grad is not None:
+            if not (grad.is_floating_point() or grad.is_complex()):
+                raise TypeError(f"parameters[{index}].grad must be floating point, got dtype {grad.dtype}")
+            with_grads.append(param)
+    return with_grads
 
 
 def _grads_of(parameters: ParamsOrTensor) -> list[Tensor]:
-    return [p.grad for p in _as_list(parameters) if p.grad is not None]
+    return [p.grad for p in _with_grads(parameters)]
 
 
-def _group_indices(tensors: Sequence[Tensor]) -> dict[tuple[torch.device, torch.dtype], list[int]]:
-    """Indices of ``tensors`` grouped by (device, dtype), groups in order of first appearance."""
+def _group_indices(
+    tensors: Sequence[Tensor], name: str = "grads"
+) -> dict[tuple[torch.device, torch.dtype], list[int]]:
+    """Indices of ``tensors`` grouped by (device, dtype), groups in order of first appearance.
+
+    Also the check, at no cost to a good call, that they are floating-point tensors: a
+    non-tensor fails the attribute lookup, and the dtype is looked at once per group.
+    """
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    for index, tensor in enumerate(tensors):
-        groups.setdefault((tensor.device, tensor.dtype), []).append(index)
+    try:
+        for index, tensor in enumerate(tensors):
+            groups.setdefault((tensor.device, tensor.dtype), []).append(index)
+    except AttributeError:
+        index, item = next((i, t) for i, t in enumerate(tensors) if not isinstance(t, Tensor))
+        raise TypeError(
+            f"{name} must be tensors, got {name}[{index}]={item!r:.80} ({type(item).__name__})"
+        ) from None
+    for (_, dtype), indices in groups.items():
+        if not (dtype.is_floating_point or dtype.is_complex):
+            raise TypeError(f"{name} must be floating point, got {name}[{indices[0]}] of dtype {dtype}")
     return groups
 
 
@@ -101,6 +156,7 @@ def _use_foreach(foreach: bool | None, tensors: Sequence[Tensor], device: torch.
     Like torch, ``foreach=None`` takes the foreach path only for plain dense tensors (tensor
     subclasses such as DTensor go through their own per-tensor ops).
     """
+    validation.optional_boolean("foreach", foreach)
     device_ok = device.type in _FOREACH_DEVICE_TYPES
     if foreach is None:
         return device_ok and all(type(t) is Tensor for t in tensors)
@@ -129,14 +185,18 @@ def tensor_norms(
         >>> tensor_norms([torch.tensor([3.0, 4.0]), torch.tensor([-2.0])])
         [tensor(5.), tensor(2.)]
     """
-    norm_type = float(norm_type)
+    return _tensor_norms(_tensor_list("tensors", tensors), _checked_norm_type(norm_type), foreach)
+
+
+def _tensor_norms(tensors: Sequence[Tensor], norm_type: float, foreach: bool | None) -> list[Tensor]:
+    """tensor_norms once its arguments are checked (global_norm checks them only once too)."""
 
     def group_norms(group: Sequence[Tensor], device: torch.device) -> list[Tensor]:
         if _use_foreach(foreach, group, device):
             return list(torch._foreach_norm(group, norm_type))
         return [torch.linalg.vector_norm(t, norm_type) for t in group]
 
-    groups = _group_indices(tensors)
+    groups = _group_indices(tensors, "tensors")
     if len(groups) == 1:  # one device and dtype, the usual case: no regrouping (every step)
         ((device, _),) = groups
         return group_norms(tensors, device)
@@ -161,11 +221,11 @@ def global_norm(
         >>> global_norm([torch.tensor([3.0]), torch.tensor([4.0])])
         tensor(5.)
     """
-    if len(tensors) == 0:
+    norm_type = _checked_norm_type(norm_type)
+    if len(_tensor_list("tensors", tensors)) == 0:
         return torch.tensor(0.0)
-    norm_type = float(norm_type)
+    norms = _tensor_norms(tensors, norm_type, foreach)
     first_device = tensors[0].device
-    norms = tensor_norms(tensors, norm_type, foreach=foreach)
     if any(norm.device != first_device for norm in norms):
         norms = [norm.to(first_device) for norm in norms]
     return torch.linalg.vector_norm(torch.stack(norms), norm_type)
@@ -194,8 +254,12 @@ def scale_by_max_norm_(
         >>> scale_by_max_norm_(g, 1.0, global_norm(g))
         tensor(0.2000)
     """
-    coefficient = torch.clamp(float(max_norm) / (total_norm + NORM_EPS), max=1.0)
-    for (device, _), indices in _group_indices(grads).items():
+    max_norm = _positive("max_norm", max_norm)
+    if not isinstance(total_norm, Tensor):
+        raise TypeError(f"total_norm must be a tensor (global_norm's), got total_norm={total_norm!r:.80}")
+    groups = _group_indices(_tensor_list("grads", grads))
+    coefficient = torch.clamp(max_norm / (total_norm + NORM_EPS), max=1.0)
+    for (device, _), indices in groups.items():
         group = [grads[i] for i in indices]
         coefficient_here = coefficient.to(device)
         if _use_foreach(foreach, group, device):
@@ -228,11 +292,12 @@ def scale_each_by_max_norm_(
         >>> scale_each_by_max_norm_(g, 1.0, tensor_norms(g))
         [tensor(0.2000), tensor(1.)]
     """
-    if len(grads) != len(norms):
+    max_norm = _positive("max_norm", max_norm)
+    if len(_tensor_list("grads", grads)) != len(_tensor_list("norms", norms)):
         raise ValueError(f"got {len(grads)} grads but {len(norms)} norms")
-    max_norm = float(max_norm)
+    groups = _group_indices(grads)
     coefficients: list[Tensor | None] = [None] * len(grads)
-    for (device, _), indices in _group_indices(grads).items():
+    for (device, _), indices in groups.items():
         group = [grads[i] for i in indices]
         # One stacked vector per group: three kernels whatever the number of tensors.
         group_norms = torch.stack([norms[i].to(device) for i in indices])
@@ -262,8 +327,8 @@ def clamp_by_value_(
         >>> g[0]
         tensor([-1.0000,  0.5000,  1.0000])
     """
-    clip_value = float(clip_value)
-    for (device, _), indices in _group_indices(grads).items():
+    clip_value = _positive("clip_value", clip_value)
+    for (device, _), indices in _group_indices(_tensor_list("grads", grads)).items():
         group = [grads[i] for i in indices]
         if _use_foreach(foreach, group, device):
             torch._foreach_clamp_min_(group, -clip_value)
@@ -287,6 +352,9 @@ def unitwise_norm(x: Tensor, norm_type: float = 2.0) -> Tensor:
         tensor([[5.],
                 [1.]])
     """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be a tensor, got x={x!r:.80} ({type(x).__name__})")
+    norm_type = _checked_norm_type(norm_type)
     if x.ndim <= 1:
         return torch.linalg.vector_norm(x, norm_type)
     return torch.linalg.vector_norm(x, norm_type, dim=tuple(range(1, x.ndim)), keepdim=True)
@@ -320,10 +388,15 @@ def adaptive_clip_(
     Reference: Brock et al. 2021, "High-Performance Large-Scale Image Recognition Without
     Normalization" (NFNets), section 4.1.
     """
-    if len(grads) != len(params):
+    clipping = _positive("clipping", clipping)
+    eps = _positive("eps", eps)
+    norm_type = _checked_norm_type(norm_type)
+    if len(_tensor_list("grads", grads)) != len(_tensor_list("params", params)):
         raise ValueError(f"got {len(grads)} grads but {len(params)} params")
+    groups = _group_indices(grads)
+    _group_indices(params, "params")  # checked (floating-point tensors) before any grad changes
     coefficients: list[Tensor | None] = [None] * len(grads)
-    for _, indices in _group_indices(grads).items():
+    for _, indices in groups.items():
         group = [grads[i] for i in indices]
         max_norms = [unitwise_norm(params[i].detach(), norm_type) for i in indices]
         torch._foreach_clamp_min_(max_norms, eps)
@@ -359,8 +432,10 @@ def clip_grad_norm_(
     Args:
         parameters: parameters (or one tensor) whose ``.grad`` is clipped in place; grads that
             are ``None`` are skipped.
-        max_norm: largest allowed global norm, positive and finite.
-        norm_type: p of the p-norm, > 0; ``float("inf")`` for the max-abs norm. Default 2.
+        max_norm: largest allowed global norm, a positive finite number (not a tensor, which
+            would be read back from the device at every call).
+        norm_type: p of the p-norm, > 0; ``float("inf")`` (or ``"inf"``, as torch takes it)
+            for the max-abs norm. Default 2.
         error_if_nonfinite: raise ``RuntimeError`` if the total norm is nan or inf (this
             check synchronizes with the device). Default False.
         foreach: use the multi-tensor kernels (None: where available).
@@ -375,8 +450,10 @@ def clip_grad_norm_(
         >>> clip_grad_norm_([w], 1.0)
         tensor(5.)
     """
-    max_norm = _positive_finite("max_norm", max_norm)
+    max_norm = _positive("max_norm", max_norm)
     norm_type = _checked_norm_type(norm_type)
+    validation.boolean("error_if_nonfinite", error_if_nonfinite)
+    validation.optional_boolean("foreach", foreach)
     grads = _grads_of(parameters)
     total_norm = global_norm(grads, norm_type, foreach=foreach)
     if error_if_nonfinite and not bool(torch.isfinite(total_norm)):
@@ -406,7 +483,8 @@ def clip_grad_value_(
         >>> w.grad
         tensor([-1.0000,  0.5000])
     """
-    clip_value = _positive_finite("clip_value", clip_value)
+    clip_value = _positive("clip_value", clip_value)
+    validation.optional_boolean("foreach", foreach)
     clamp_by_value_(_grads_of(parameters), clip_value, foreach=foreach)
 
 
@@ -433,8 +511,9 @@ def clip_grad_norm_per_tensor_(
         >>> a.grad, b.grad
         (tensor([0.6000, 0.8000]), tensor([0.5000]))
     """
-    max_norm = _positive_finite("max_norm", max_norm)
+    max_norm = _positive("max_norm", max_norm)
     norm_type = _checked_norm_type(norm_type)
+    validation.optional_boolean("foreach", foreach)
     grads = _grads_of(parameters)
     norms = tensor_norms(grads, norm_type, foreach=foreach)
     scale_each_by_max_norm_(grads, max_norm, norms, foreach=foreach)
@@ -479,8 +558,8 @@ def clip_grad_agc_(
     Reference: Brock et al. 2021, "High-Performance Large-Scale Image Recognition Without
     Normalization", arXiv:2102.06171.
     """
-    clipping = _positive_finite("clipping", clipping)
-    eps = _positive_finite("eps", eps)
+    clipping = _positive("clipping", clipping)
+    eps = _positive("eps", eps)
     norm_type = _checked_norm_type(norm_type)
-    with_grads = [p for p in _as_list(parameters) if p.grad is not None]
+    with_grads = _with_grads(parameters)
     return adaptive_clip_([p.grad for p in with_grads], with_grads, clipping, eps, norm_type)

@@ -31,6 +31,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from steepest.engine import validation
+
 __all__ = [
     "InitReport",
     "InitSummary",
@@ -46,6 +48,9 @@ Distribution = Literal["uniform", "normal"]
 
 SCHEMES: tuple[str, ...] = ("xavier", "he", "lecun", "orthogonal", "auto")
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "normal")
+
+# The seeds torch.Generator.manual_seed takes (negative ones are mapped onto the unsigned range).
+_SEEDS = (-(2**63), 2**64 - 1)
 
 # The layers whose weights are initialized.
 LAYER_TYPES: tuple[type[nn.Module], ...] = (
@@ -227,6 +232,23 @@ def initialized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
 
 
+def _checked_generator(generator: Any) -> torch.Generator | int | None:
+    """A torch.Generator, None, or an integer seed in the range torch.Generator.manual_seed takes."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return generator
+    try:
+        seed = validation.integer("generator", generator)
+    except TypeError:
+        raise TypeError(
+            f"generator must be a torch.Generator, an int seed or None, got generator={generator!r}"
+        ) from None
+    if not _SEEDS[0] <= seed <= _SEEDS[1]:
+        raise ValueError(
+            f"generator must be a seed in [-2**63, 2**64 - 1] (torch's range), got generator={seed}"
+        )
+    return seed
+
+
 def _generator_for(
     generator: torch.Generator | int | None, device: torch.device,
     made: dict[torch.device, torch.Generator],
@@ -297,19 +319,22 @@ def initialize(
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     if distribution not in DISTRIBUTIONS:
         raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution!r}")
-    if generator is not None and (
-        isinstance(generator, bool) or not isinstance(generator, torch.Generator | int)
-    ):
-        raise TypeError(
-            f"generator must be a torch.Generator, an int seed or None, got {generator!r}"
-        )
+    generator = _checked_generator(generator)
 
+    # Every layer is checked before the first is touched, so that an error changes nothing.
+    # (A model without such layers is left as it is: steepest train initializes every model.)
     layers = initialized_layers(model)
     for name, layer in layers:
         if isinstance(layer.weight, nn.parameter.UninitializedParameter):
             raise ValueError(
                 f"layer {name!r} ({type(layer).__name__}) is lazy and not materialized yet: "
                 "run one forward pass before initialize()"
+            )
+        if not (isinstance(layer.weight, Tensor) and layer.weight.is_floating_point()):
+            found = layer.weight.dtype if isinstance(layer.weight, Tensor) else type(layer.weight).__name__
+            raise TypeError(
+                f"layer {name!r} ({type(layer).__name__}) has a weight of {found}: "
+                "only floating-point weights can be initialized"
             )
     following = _activation_after(model) if scheme == "auto" else {}
     made: dict[torch.device, torch.Generator] = {}
@@ -444,6 +469,14 @@ def _random_probe_loss(output: Tensor) -> Tensor:
     return (output.float() * direction.to(output.device)).sum() / batch
 
 
+def _check_loss(loss: Any) -> None:
+    """loss_fn's result is what autograd can start from: a tensor holding one number."""
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"loss_fn must return a scalar tensor, got {loss!r:.80} ({type(loss).__name__})")
+    if loss.numel() != 1:
+        raise ValueError(f"loss_fn must return a scalar tensor, got a tensor of shape {tuple(loss.shape)}")
+
+
 def _std(tensor: Tensor) -> Tensor:
     return tensor.detach().float().std() if tensor.numel() > 1 else tensor.detach().float().abs()
 
@@ -497,17 +530,21 @@ def init_report(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    inputs = (batch,) if isinstance(batch, Tensor) else tuple(batch)
-    if not inputs or not all(isinstance(x, Tensor) for x in inputs):
+    inputs = (batch,) if isinstance(batch, Tensor) else batch
+    if not (isinstance(inputs, Sequence) and inputs and all(isinstance(x, Tensor) for x in inputs)):
         raise TypeError(
-            f"batch must be a tensor or a sequence of tensors, got {type(batch).__name__}"
+            f"batch must be a tensor or a non-empty sequence of tensors, got batch={batch!r:.80} "
+            f"({type(batch).__name__})"
         )
+    inputs = tuple(inputs)
     if loss_fn is not None and not callable(loss_fn):
         raise TypeError(f"loss_fn must be callable or None, got {loss_fn!r}")
-    if not 0 < vanishing_ratio < exploding_ratio:
+    vanishing_ratio = validation.positive("vanishing_ratio", vanishing_ratio)
+    exploding_ratio = validation.positive("exploding_ratio", exploding_ratio)
+    if not vanishing_ratio < exploding_ratio:
         raise ValueError(
-            f"need 0 < vanishing_ratio < exploding_ratio, got {vanishing_ratio!r} and "
-            f"{exploding_ratio!r}"
+            f"need vanishing_ratio < exploding_ratio, got vanishing_ratio={vanishing_ratio!r} and "
+            f"exploding_ratio={exploding_ratio!r}"
         )
     layers = initialized_layers(model)
     if not layers:
@@ -544,6 +581,7 @@ def init_report(
                 loss = _random_probe_loss(output)
             else:
                 loss = loss_fn(output) if target is None else loss_fn(output, target)
+                _check_loss(loss)
             ran = [by_id[i] for i in outputs]
             trainable = [m for m in ran if m.weight.requires_grad]
             grads = (torch.autograd.grad(loss, [m.weight for m in trainable], allow_unused=True)

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from steepest.engine import validation
+from steepest.stopping import Check, _check_real, _checked_state, _count
 
 
 class ReduceOnPlateau:
@@ -139,11 +140,10 @@ class ReduceOnPlateau:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.scale = float(state["scale"])
-        self.best = float(state["best"])
-        self.bad_reports = int(state["bad_reports"])
-        self.cooldown_left = int(state["cooldown_left"])
-        self.reductions = int(state["reductions"])
+        """Resume from :meth:`state_dict`'s output; a bad dict raises and changes nothing."""
+        checked = _checked_state("state", state, "ReduceOnPlateau", _STATE_FIELDS)
+        for name, value in checked.items():
+            setattr(self, name, value)
 
     def __repr__(self) -> str:
         return (
@@ -151,6 +151,16 @@ class ReduceOnPlateau:
             f"threshold={self.threshold}, cooldown={self.cooldown}, min_value={self.min_value}, "
             f"mode={self.mode!r}; scale={self.scale})"
         )
+
+
+# How load_state_dict checks each field of the state.
+_STATE_FIELDS: dict[str, Check] = {
+    "scale": validation.nonnegative,
+    "best": _check_real,  # +-inf before the first report
+    "bad_reports": _count,
+    "cooldown_left": _count,
+    "reductions": _count,
+}
 
 
 def reduce_on_plateau(

@@ -55,7 +55,8 @@ import dataclasses
 import itertools
 import math
 import numbers
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -121,11 +122,31 @@ def _check_step(step: Any) -> int:
     return validation.integer("step", step, minimum=0)
 
 
+def _steps_to_sample(steps: Any) -> list[int]:
+    """The steps of ``values`` and ``plot``, each checked: an int n means ``range(n)``."""
+    if isinstance(steps, Iterable) and not isinstance(steps, (str, bytes)):
+        return [_check_step(step) for step in steps]
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise TypeError(
+            f"steps must be a number of steps (an int) or an iterable of int steps, got "
+            f"steps={steps!r} ({type(steps).__name__})"
+        )
+    return list(range(_check_integer("steps", steps, minimum=0)))
+
+
 def _check_not_after(first: str, first_value: int, second: str, second_value: int) -> None:
     if first_value > second_value:
         raise ValueError(
             f"{first} must be <= {second}, got {first}={first_value}, {second}={second_value}"
         )
+
+
+def _check_sequence(name: str, value: Any, what: str = "a sequence") -> tuple[Any, ...]:
+    """``value`` as a tuple: a list, tuple, range or other ordered collection of items. Not a
+    string, nor a dict or a set: their order is not one the caller wrote down."""
+    if isinstance(value, (str, bytes, Mapping, AbstractSet)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be {what}, got {name}={value!r}")
+    return tuple(value)
 
 
 def _set(instance: object, name: str, value: Any) -> None:
@@ -186,9 +207,10 @@ class Schedule:
     def _closed_form(self, step: int) -> float:
         raise NotImplementedError
 
-    def values(self, steps: Iterable[int]) -> list[float]:
-        """The values at each of ``steps`` (a range or any iterable of ints), as floats."""
-        return [self(step) for step in steps]
+    def values(self, steps: int | Iterable[int]) -> list[float]:
+        """The values at each of ``steps`` (a range or any iterable of ints), as floats; an
+        int n means ``range(n)``, as in :func:`plot`."""
+        return [self._closed_form(step) for step in _steps_to_sample(steps)]
 
     def __mul__(self, other: ScheduleLike) -> Product:
         if not _is_schedule_like(other):
@@ -227,15 +249,8 @@ class Schedule:
         """
         if not isinstance(data, dict) or "name" not in data:
             raise ValueError(f"data must be a dict with a 'name' key, got data={data!r}")
-        name = data["name"]
-        if name not in _DECODABLE:
-            raise ValueError(f"unknown schedule name={name!r}; known: {sorted(_DECODABLE)}")
-        kind = _DECODABLE[name]
-        known = {field.name for field in dataclasses.fields(kind)}
         arguments = {key: value for key, value in data.items() if key != "name"}
-        unknown = sorted(set(arguments) - known)
-        if unknown:
-            raise ValueError(f"unknown argument(s) {unknown} for schedule name={name!r}")
+        kind = _kind_for(data["name"], arguments, _DECODABLE)
         return kind(**{key: _decode(value) for key, value in arguments.items()})
 
 
@@ -341,12 +356,9 @@ class MultiStep(Schedule):
 
     def __post_init__(self) -> None:
         _set(self, "peak", _check_real("peak", self.peak))
-        if isinstance(self.milestones, (str, bytes)) or not isinstance(self.milestones, Iterable):
-            raise TypeError(
-                f"milestones must be a sequence of ints, got milestones={self.milestones!r}"
-            )
         milestones = tuple(
-            _check_integer("milestones", milestone, minimum=0) for milestone in self.milestones
+            _check_integer("milestones", milestone, minimum=0)
+            for milestone in _check_sequence("milestones", self.milestones, "a sequence of ints")
         )
         for earlier, later in itertools.pairwise(milestones):
             if later <= earlier:
@@ -863,13 +875,12 @@ class Join(Schedule):
     boundaries: tuple[int, ...]
 
     def __post_init__(self) -> None:
-        for argument in ("schedules", "boundaries"):
-            value = getattr(self, argument)
-            if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
-                raise TypeError(f"{argument} must be a sequence, got {argument}={value!r}")
-        schedules = tuple(as_schedule(schedule) for schedule in self.schedules)
+        schedules = tuple(
+            as_schedule(schedule) for schedule in _check_sequence("schedules", self.schedules)
+        )
         boundaries = tuple(
-            _check_integer("boundaries", boundary, minimum=1) for boundary in self.boundaries
+            _check_integer("boundaries", boundary, minimum=1)
+            for boundary in _check_sequence("boundaries", self.boundaries)
         )
         if not schedules:
             raise ValueError("schedules must not be empty, got schedules=()")
@@ -1014,9 +1025,20 @@ def by_name(name: str, **arguments: Any) -> Schedule:
     >>> by_name("cosine", peak=3e-3, total=10_000)
     cosine(peak=0.003, total=10000, floor=0.0)
     """
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule name={name!r}; known: {sorted(SCHEDULES)}")
-    kind = SCHEDULES[name]
+    return _kind_for(name, arguments, SCHEDULES)(**arguments)
+
+
+def _kind_for(
+    name: Any, arguments: Mapping[str, Any], registry: Mapping[str, type[Schedule]]
+) -> type[Schedule]:
+    """The class registered as ``name``, once ``arguments`` are known to name exactly what it
+    takes: each misfit (a name that is not a string, unknown, an argument too many or missing)
+    gets its own message, for by_name and from_dict alike."""
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a schedule's name (a str), got name={name!r} ({type(name).__name__})")
+    if name not in registry:
+        raise ValueError(f"unknown schedule name={name!r}; known: {sorted(registry)}")
+    kind = registry[name]
     known = [field.name for field in dataclasses.fields(kind)]
     unknown = sorted(set(arguments) - set(known))
     if unknown:
@@ -1030,7 +1052,7 @@ def by_name(name: str, **arguments: Any) -> Schedule:
     ]
     if missing:
         raise ValueError(f"missing argument(s) {missing} for {name}; it takes {known}")
-    return kind(**arguments)
+    return kind
 
 
 # ---------------------------------------------------------------------------- step helpers
@@ -1057,7 +1079,7 @@ def steps_per_epoch(
     num_examples = _check_integer("num_examples", num_examples, minimum=0)
     batch_size = _check_integer("batch_size", batch_size, minimum=1)
     accumulation = _check_integer("accumulation", accumulation, minimum=1)
-    if drop_last:
+    if validation.boolean("drop_last", drop_last):
         batches = num_examples // batch_size
     else:
         batches = -(-num_examples // batch_size)  # integer ceil, no float rounding
@@ -1116,11 +1138,9 @@ def plot(
     if not items:
         raise ValueError("schedules must not be empty, got schedules=[]")
     resolved = [as_schedule(item) for item in items]
-    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):
-        steps = range(_check_integer("steps", steps, minimum=1))
-    sampled = [_check_step(step) for step in steps]
+    sampled = _steps_to_sample(steps)
     if not sampled:
-        raise ValueError("steps must not be empty")
+        raise ValueError(f"steps must not be empty, got steps={steps!r}")
     if labels is None:
         labels = [repr(schedule) for schedule in resolved]
     elif len(labels) != len(resolved):

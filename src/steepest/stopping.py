@@ -149,6 +149,16 @@ class Observation:
     gradients: Callable[[], Sequence[Tensor]] | None = field(default=None, repr=False)
     metrics: Mapping[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # A training loop builds its observations by hand: an objective that is not a number
+        # is refused here, named, not deep inside whichever criterion reads it first.
+        fun = self.fun
+        if isinstance(fun, Tensor):
+            if fun.numel() != 1:
+                raise ValueError(f"fun must be a single number, got a tensor of shape {tuple(fun.shape)}")
+        elif isinstance(fun, bool) or not isinstance(fun, numbers.Real):
+            raise TypeError(f"fun must be a real number, got fun={fun!r:.80} ({type(fun).__name__})")
+
     def gradient_norm(self, ord: float = 2.0) -> float | None:
         """The ``ord``-norm of the whole gradient (all tensors as one vector), None if unknown.
 
@@ -205,6 +215,68 @@ def _norm_name(ord: float) -> str:
     return "inf" if math.isinf(ord) else f"{ord:g}"
 
 
+# ------------------------------------------------------------------- checking a state_dict
+# load_state_dict checks every field before it sets any, so that a bad dict raises with the
+# field named and leaves the object as it was. ReduceOnPlateau and SafeStep use these too.
+
+Check = validation.Check
+
+
+def _count(name: str, value: Any) -> int:
+    return validation.integer(name, value, minimum=0)
+
+
+def _optional(check: Check) -> Check:
+    """``check``, letting None through."""
+
+    def check_optional(name: str, value: Any) -> Any:
+        return None if value is None else check(name, value)
+
+    return check_optional
+
+
+def _list_of(check: Check) -> Check:
+    """A list (or tuple) whose every item passes ``check``; returned as a new list."""
+
+    def check_each(name: str, value: Any) -> list[Any]:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{name} must be a list, got {name}={value!r:.80} ({type(value).__name__})")
+        return [check(f"{name}[{index}]", item) for index, item in enumerate(value)]
+
+    return check_each
+
+
+def _tensor(name: str, value: Any) -> Tensor:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {name}={value!r:.80} ({type(value).__name__})")
+    return value
+
+
+def _checked_state(
+    name: str,
+    state: Any,
+    owner: str,
+    fields: Mapping[str, Check],
+    defaults: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``fields`` of the state_dict ``state``, each checked; raises before anything is loaded.
+
+    ``name`` is the argument's name in the messages (``state_dict['best'] must be ...``),
+    ``owner`` what the state belongs to. A field in ``defaults`` may be missing (a
+    checkpoint written before the field existed) and then takes its default.
+    """
+    defaults = defaults or {}
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{name} must be the dict {owner}.state_dict() returns, got {type(state).__name__}")
+    missing = [key for key in fields if key not in state and key not in defaults]
+    if missing:
+        raise ValueError(f"{name} is not the state of a {owner}: it lacks {missing}")
+    return {
+        key: check(f"{name}[{key!r}]", state[key]) if key in state else defaults[key]
+        for key, check in fields.items()
+    }
+
+
 # ----------------------------------------------------------------------------- base class
 
 
@@ -227,19 +299,44 @@ class Criterion:
     def _state(self) -> dict[str, Any]:
         return {}
 
+    def _state_fields(self) -> dict[str, Check]:
+        """How each field of :meth:`_state` is checked on loading (none for stateless ones)."""
+        return {}
+
+    # Fields a state_dict may lack, with the value they then take.
+    _state_defaults: ClassVar[Mapping[str, Any]] = {}
+
+    def _checked_state(self, state_dict: Any, name: str = "state_dict") -> dict[str, Any]:
+        """``state_dict``'s fields, checked: a ValueError or TypeError here leaves ``self`` as it was.
+
+        ``name`` is what the messages call the dict (a part of a combination's is nested).
+        """
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(
+                f"{name} must be the dict {self.kind}.state_dict() returns, got {type(state_dict).__name__}"
+            )
+        if state_dict.get("kind") != self.kind:
+            found = state_dict.get("kind")
+            raise ValueError(f"{name} is not the state of a {self.kind} criterion (kind={found!r})")
+        owner = f"{self.kind} criterion"
+        checked = _checked_state(name, state_dict, owner, self._state_fields(), self._state_defaults)
+        # Over the whole dict: a subclass that declares no fields still gets its state as saved.
+        return {**state_dict, **checked}
+
     def _load_state(self, state: Mapping[str, Any]) -> None:
-        pass
+        """Set the state from :meth:`_checked_state`'s output (which cannot fail half-way)."""
 
     def state_dict(self) -> dict[str, Any]:
         """The state as a plain dict (``kind`` and Python numbers; tensors only for patience)."""
         return {"kind": self.kind, **self._state()}
 
     def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
-        """Resume from :meth:`state_dict`'s output; the kinds must match."""
-        if not isinstance(state_dict, Mapping) or state_dict.get("kind") != self.kind:
-            found = state_dict.get("kind") if isinstance(state_dict, Mapping) else state_dict
-            raise ValueError(f"state_dict is not the state of a {self.kind} criterion (kind={found!r})")
-        self._load_state(state_dict)
+        """Resume from :meth:`state_dict`'s output; the kinds must match.
+
+        Every field is checked before any is set: a bad dict raises a ValueError or
+        TypeError naming the field and changes nothing.
+        """
+        self._load_state(self._checked_state(state_dict))
 
     def __repr__(self) -> str:
         settings = ", ".join(f"{key}={value!r}" for key, value in self._settings().items())
@@ -356,8 +453,11 @@ class FunctionTolerance(Criterion):
     def _state(self) -> dict[str, Any]:
         return {"values": list(self._values)}
 
+    def _state_fields(self) -> dict[str, Check]:
+        return {"values": _list_of(_check_real)}  # non-finite values are kept, as observed
+
     def _load_state(self, state: Mapping[str, Any]) -> None:
-        self._values = deque((float(v) for v in state["values"]), maxlen=2 * self.window)
+        self._values = deque(state["values"], maxlen=2 * self.window)
 
     def __call__(self, observation: Observation) -> Stop | None:
         self._values.append(float(observation.fun))
@@ -592,12 +692,21 @@ class Patience(Criterion):
             "best_params": best_params,
         }
 
+    _state_defaults = {"best_params": None}
+
+    def _state_fields(self) -> dict[str, Check]:
+        return {
+            "best": _check_real,  # +-inf before the first finite value
+            "best_iteration": _optional(_count),
+            "checks_without_improvement": _count,
+            "best_params": _optional(_list_of(_tensor)),
+        }
+
     def _load_state(self, state: Mapping[str, Any]) -> None:
-        self.best = float(state["best"])
-        best_iteration = state["best_iteration"]
-        self.best_iteration = None if best_iteration is None else int(best_iteration)
-        self.checks_without_improvement = int(state["checks_without_improvement"])
-        best_params = state.get("best_params")
+        self.best = state["best"]
+        self.best_iteration = state["best_iteration"]
+        self.checks_without_improvement = state["checks_without_improvement"]
+        best_params = state["best_params"]
         self.best_params = None if best_params is None else [t.clone() for t in best_params]
 
     def _monitored(self, observation: Observation) -> float:
@@ -696,9 +805,12 @@ class Divergence(Criterion):
     def _state(self) -> dict[str, Any]:
         return {"initial": self.initial, "best": self.best}
 
+    def _state_fields(self) -> dict[str, Check]:
+        return {"initial": _optional(_check_real), "best": _optional(_check_real)}
+
     def _load_state(self, state: Mapping[str, Any]) -> None:
-        self.initial = None if state["initial"] is None else float(state["initial"])
-        self.best = None if state["best"] is None else float(state["best"])
+        self.initial = state["initial"]
+        self.best = state["best"]
 
     def __call__(self, observation: Observation) -> Stop | None:
         value = float(observation.fun)
@@ -762,8 +874,11 @@ class Stalled(Criterion):
     def _state(self) -> dict[str, Any]:
         return {"unchanged": self.unchanged}
 
+    def _state_fields(self) -> dict[str, Check]:
+        return {"unchanged": _count}
+
     def _load_state(self, state: Mapping[str, Any]) -> None:
-        self.unchanged = int(state["unchanged"])
+        self.unchanged = state["unchanged"]
 
     def __call__(self, observation: Observation) -> Stop | None:
         if observation.step_norm is None:
@@ -828,15 +943,35 @@ class _Combination(Criterion):
             }
         }
 
-    def _load_state(self, state: Mapping[str, Any]) -> None:
-        saved = state["criteria"]
+    def _state_fields(self) -> dict[str, Check]:
+        return {"criteria": self._check_parts}
+
+    def _check_parts(self, name: str, saved: Any) -> dict[str, Any]:
+        """Every part checked before any is loaded: the criteria of this module in full, a
+        user-written part's state taken as it is (its own load_state_dict is all it gets)."""
+        if not isinstance(saved, Mapping):
+            raise TypeError(f"{name} must be a dict of states by name, got {type(saved).__name__}")
         if sorted(saved) != sorted(self._names):
             raise ValueError(
                 f"state_dict holds criteria {sorted(saved)}, this {self.kind} has {sorted(self._names)}"
             )
+        return {
+            part: criterion._checked_state(saved[part], f"{name}[{part!r}]")
+            if isinstance(criterion, Criterion)
+            else saved[part]
+            for part, criterion in zip(self._names, self.criteria)
+        }
+
+    def _load_state(self, state: Mapping[str, Any]) -> None:
+        parts = state["criteria"]
+        # User-written parts first: their loading is the only check they get, so if one fails
+        # the checked parts, which cannot fail, have not been loaded yet.
         for name, criterion in zip(self._names, self.criteria):
-            if hasattr(criterion, "load_state_dict"):
-                criterion.load_state_dict(saved[name])
+            if not isinstance(criterion, Criterion) and hasattr(criterion, "load_state_dict"):
+                criterion.load_state_dict(parts[name])
+        for name, criterion in zip(self._names, self.criteria):
+            if isinstance(criterion, Criterion):
+                criterion._load_state(parts[name])
 
     def _decisions(self, observation: Observation) -> list[Stop | None]:
         return [criterion(observation) for criterion in self.criteria]

@@ -57,7 +57,8 @@ class RunSpec:
         optimizer: a steepest method name (``"sgd"``, ``"adam"``, ``"L-BFGS"``) or an
             optimizer class.
         lr: the learning rate; None keeps the optimizer's default.
-        options: other keyword arguments of the optimizer (``{"momentum": 0.9}``).
+        options: other keyword arguments of the optimizer (``{"momentum": 0.9}``); None
+            means none.
         label: the name of the run in the legend and the table (default: none; the table
             shows the optimizer and the rate anyway).
 
@@ -69,6 +70,16 @@ class RunSpec:
     lr: float | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     label: str | None = None
+
+    def __post_init__(self) -> None:
+        # None reads as "no options", as three_regimes(options=None) does: (optimizer, lr, None).
+        if self.options is None:
+            object.__setattr__(self, "options", {})
+        elif not isinstance(self.options, Mapping):
+            raise TypeError(
+                f"options must be a dict of the optimizer's keyword arguments or None, "
+                f"got options={self.options!r} ({type(self.options).__name__})"
+            )
 
     @property
     def optimizer_name(self) -> str:
@@ -401,7 +412,10 @@ def _check_runs(runs: Sequence[RunSpec | tuple], x0: Tensor) -> list[RunSpec]:
     for index, run in enumerate(runs):
         name = f"runs[{index}]"
         if isinstance(run, tuple) and len(run) in (2, 3):
-            run = RunSpec(*run)
+            try:
+                run = RunSpec(*run)
+            except TypeError as error:
+                raise TypeError(f"{name}: {error}") from None
         if not isinstance(run, RunSpec):
             raise TypeError(f"{name} must be a RunSpec or an (optimizer, lr) pair, got {name}={run!r}")
         cls = run.optimizer

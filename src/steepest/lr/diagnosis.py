@@ -91,7 +91,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -101,6 +101,7 @@ from torch import Tensor
 
 from steepest import clipping
 from steepest.engine import validation
+from steepest.stopping import Check, _check_real, _checked_state, _count, _list_of, _optional
 
 __all__ = ["REGIMES", "Diagnosis", "RegimeMonitor", "UpdateTracker", "measure_update_ratio"]
 
@@ -459,38 +460,23 @@ class RegimeMonitor:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume from :meth:`state_dict`; the window size must match."""
-        if not isinstance(state, dict):
+        """Resume from :meth:`state_dict`; the window size must match.
+
+        Every field is checked before any is set: a bad dict raises a ValueError or TypeError
+        naming the field and changes nothing.
+        """
+        if not isinstance(state, Mapping):
             raise TypeError(f"state must be a dict from RegimeMonitor.state_dict, got {type(state).__name__}")
         if state.get("window") != self.window:
             raise ValueError(
                 f"state was saved with window={state.get('window')!r}, this monitor has window={self.window}"
             )
-        current = state["current"]
-        missing = [math.nan] * len(current["steps"])  # a column added after the state was saved
-        self._current = _Window(
-            steps=[int(s) for s in current["steps"]],
-            **{name: [float(v) for v in current.get(name, missing)] for name in _FLOAT_COLUMNS},
-        )
-        self._first_loss = _optional_float(state["first_loss"])
-        self._first_grad_norm = _optional_float(state["first_grad_norm"])
-        self._reference_loss = _optional_float(state["reference_loss"])
-        # "reference_lr" in states saved before rates were compared step to step
-        self._previous_lr = _optional_float(state.get("previous_lr", state.get("reference_lr")))
-        self._slow_windows = int(state["slow_windows"])
-        self._recent = [float(v) for v in state["recent"]]
-        self._history = [Diagnosis.from_dict(record) for record in state["history"]]
-        # Added later: a state saved before these existed resumes as if nothing was seen yet.
-        self._last_grad_norm = _optional_float(state.get("last_grad_norm"))
-        self._largest_gradient_step = _optional_float(state.get("largest_gradient_step"))
-        self._reference_grad_norm = _optional_float(state.get("reference_grad_norm"))
-        self._stuck_windows = int(state.get("stuck_windows", 0))
-        self._fast_seen = bool(state.get("fast_seen", False))
-        too_large_at = state.get("too_large_at")
-        self._too_large_at = None if too_large_at is None else (int(too_large_at[0]), int(too_large_at[1]))
-        lowest = state.get("lowest_level")
-        self._lowest_level = None if lowest is None else (float(lowest[0]), float(lowest[1]))
-        self._recent_grad_norms = [float(v) for v in state.get("recent_grad_norms", [])]
+        if "previous_lr" not in state:  # "reference_lr" in states saved before rates were compared
+            state = {**state, "previous_lr": state.get("reference_lr")}
+        checked = _checked_state("state", state, "RegimeMonitor", _MONITOR_FIELDS, _MONITOR_DEFAULTS)
+        del checked["window"]
+        for name, value in checked.items():
+            setattr(self, f"_{name}", value)
 
     # -- the decision -------------------------------------------------------------------------
     def _classify(self, window: _Window) -> Diagnosis:
@@ -953,15 +939,92 @@ def _measure(window: _Window, first_grad_norm: float | None, reference_grad_norm
     return measured
 
 
+# -- checking a RegimeMonitor's state ----------------------------------------------------------
+def _check_window(name: str, value: Any) -> _Window:
+    """The window being filled: its steps and a float column of the same length for each of
+    _FLOAT_COLUMNS (NaN where a column added later is missing)."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict of columns, got {name}={value!r:.80}")
+    if "steps" not in value:
+        raise ValueError(f"{name} lacks ['steps']")
+    steps = _list_of(validation.integer)(f"{name}['steps']", value["steps"])
+    missing = [math.nan] * len(steps)
+    columns = {
+        column: _list_of(_check_real)(f"{name}[{column!r}]", value.get(column, missing))
+        for column in _FLOAT_COLUMNS
+    }
+    for column, values in columns.items():
+        if len(values) != len(steps):
+            raise ValueError(f"{name}[{column!r}] has {len(values)} values for {len(steps)} steps")
+    return _Window(steps=steps, **columns)
+
+
+def _check_diagnosis(name: str, value: Any) -> Diagnosis:
+    try:
+        return Diagnosis.from_dict(value)
+    except (AttributeError, IndexError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{name} is not a Diagnosis.to_dict() record ({error!r}), got {name}={value!r:.80}"
+        ) from None
+
+
+def _pair_of(check: Check) -> Check:
+    def check_pair(name: str, value: Any) -> tuple[Any, Any]:
+        items = _list_of(check)(name, value)
+        if len(items) != 2:
+            raise ValueError(f"{name} must be a pair, got {name}={value!r}")
+        return items[0], items[1]
+
+    return check_pair
+
+
+# load_state_dict checks each field of the state, then sets the attribute named "_" + field.
+_MONITOR_FIELDS: dict[str, Check] = {
+    "window": validation.positive_integer,
+    "current": _check_window,
+    "first_loss": _optional(_check_real),
+    "first_grad_norm": _optional(_check_real),
+    "last_grad_norm": _optional(_check_real),
+    "largest_gradient_step": _optional(_check_real),
+    "reference_loss": _optional(_check_real),
+    "reference_grad_norm": _optional(_check_real),
+    "previous_lr": _optional(_check_real),
+    "slow_windows": _count,
+    "stuck_windows": _count,
+    "fast_seen": validation.boolean,
+    "too_large_at": _optional(_pair_of(validation.integer)),
+    "lowest_level": _optional(_pair_of(_check_real)),
+    "recent": _list_of(_check_real),
+    "recent_grad_norms": _list_of(_check_real),
+    "history": _list_of(_check_diagnosis),
+}
+# Fields added later: a state saved before they existed resumes as if nothing was seen yet.
+_MONITOR_DEFAULTS: dict[str, Any] = {
+    "last_grad_norm": None,
+    "largest_gradient_step": None,
+    "reference_grad_norm": None,
+    "stuck_windows": 0,
+    "fast_seen": False,
+    "too_large_at": None,
+    "lowest_level": None,
+    "recent_grad_norms": [],
+}
+
+
 # -- measuring the update ratio ------------------------------------------------------------------
 def _parameters_of(source: torch.optim.Optimizer | Iterable[Tensor]) -> list[Tensor]:
+    """The tensors of the argument ``optimizer``: an optimizer's, or the tensors themselves."""
     if isinstance(source, torch.optim.Optimizer):
         return [p for group in source.param_groups for p in group["params"]]
     if isinstance(source, Tensor):
         return [source]
+    wanted = "optimizer must be an optimizer or an iterable of tensors"
+    if isinstance(source, (str, bytes)) or not isinstance(source, Iterable):
+        raise TypeError(f"{wanted}, got optimizer={source!r:.80} ({type(source).__name__})")
     params = list(source)
-    if not all(isinstance(p, Tensor) for p in params):
-        raise TypeError("expected an optimizer or an iterable of Tensors")
+    for index, param in enumerate(params):
+        if not isinstance(param, Tensor):
+            raise TypeError(f"{wanted}, got optimizer[{index}]={param!r:.80} ({type(param).__name__})")
     return params
 
 
@@ -1040,7 +1103,14 @@ class UpdateTracker:
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer | Iterable[Tensor]) -> None:
-        self._source = optimizer
+        # Parameters given directly are listed once (a generator such as model.parameters()
+        # would be spent by the first snapshot); an optimizer is read at each snapshot, so that
+        # a param group added later is measured too.
+        self._source: torch.optim.Optimizer | list[Tensor] = optimizer
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            self._source = _parameters_of(optimizer)
+            if not self._source:
+                raise ValueError(f"optimizer must hold at least one tensor, got optimizer={optimizer!r:.80}")
         self._buffers: list[Tensor] | None = None
         self._ready = False
 
@@ -1107,10 +1177,6 @@ def _growth_per_step(losses: np.ndarray) -> float | None:
     if len(tail) < 2 or tail[0] <= 0 or tail[-1] <= tail[0]:
         return None
     return float((tail[-1] / tail[0]) ** (1.0 / (len(tail) - 1)))
-
-
-def _optional_float(value: Any) -> float | None:
-    return None if value is None else float(value)
 
 
 def _positive(values: Iterable[float]) -> list[float]:

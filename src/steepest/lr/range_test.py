@@ -358,7 +358,7 @@ def range_test(
         lrs = np.linspace(min_lr, max_lr, steps)
     task = _Task.build(model_or_objective, data, optimizer, loss_fn, batch_size, x0, steps, min_lr)
 
-    saved_random = _RandomState.capture()
+    saved_random = RandomState.capture()
     try:
         rows: list[np.ndarray] = []
         stops: list[int | None] = []
@@ -813,7 +813,7 @@ class _ModuleSnapshot:
 
 
 @dataclass
-class _RandomState:
+class RandomState:
     """torch (CPU and initialised CUDA devices), numpy and Python random states."""
 
     torch_cpu: Tensor
@@ -822,7 +822,7 @@ class _RandomState:
     python: Any
 
     @classmethod
-    def capture(cls) -> _RandomState:
+    def capture(cls) -> RandomState:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
         return cls(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate())
 

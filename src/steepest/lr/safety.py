@@ -63,6 +63,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,7 @@ from torch import Tensor
 
 from steepest import clipping, rules
 from steepest.engine import validation
+from steepest.stopping import Check, _checked_state, _count, _list_of, _optional
 
 __all__ = ["ACTIONS", "SafeStep", "Verdict"]
 
@@ -256,27 +258,15 @@ class SafeStep:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`; a snapshot is taken at the next good step."""
-        if not isinstance(state, dict):
-            raise TypeError(f"state must be a dict, got {type(state).__name__}")
-        missing = {"calls", "skips", "backoffs", "spikes", "recent"} - set(state)
-        if missing:
-            raise ValueError(f"state is not a SafeStep state_dict: missing {sorted(missing)}")
-        for name in (
-            "calls",
-            "good_steps",
-            "skips",
-            "backoffs",
-            "spikes",
-            "nonfinite",
-            "scaler_skips",
-            "consecutive_skips",
-        ):
-            setattr(self, name, int(state.get(name, 0)))
-        self.lr_cut = float(state.get("lr_cut", 1.0))
-        first = state.get("first_loss")
-        self.first_loss = None if first is None else float(first)
-        self._recent = [float(v) for v in state["recent"]]
+        """Inverse of :meth:`state_dict`; a snapshot is taken at the next good step.
+
+        Every field is checked before any is set: a bad dict raises a ValueError or TypeError
+        naming the field and changes nothing.
+        """
+        checked = _checked_state("state", state, "SafeStep", _STATE_FIELDS, _STATE_DEFAULTS)
+        self._recent = checked.pop("recent")
+        for name, value in checked.items():
+            setattr(self, name, value)
         self._snapshot = None
         self._snapshot_due = True
 
@@ -313,10 +303,11 @@ class SafeStep:
                 With a ``scaler`` a non-finite norm is the scaler's business, and a finite one
                 still informs the ``on_too_large`` diagnosis.
         """
-        value = _loss_value(loss)
+        value = _number("loss", loss)
+        given_norm = _given_grad_norm(grad_norm)
         step = self.calls
         self.calls += 1
-        norm = self._gradient_norm(value, None if grad_norm is None else float(grad_norm))
+        norm = self._gradient_norm(value, given_norm)
         event, reason = self._event(value, step, norm)
         if event is None:
             event, reason, factor = self._regime(value, step, norm)
@@ -590,17 +581,52 @@ class SafeStep:
         return int(getattr(self.optimizer, "step_count", calls))
 
 
-def _loss_value(loss: Any) -> float:
-    if isinstance(loss, Tensor):
-        if loss.numel() != 1:
-            raise ValueError(f"loss must be a scalar, got a tensor of shape {tuple(loss.shape)}")
-        return float(loss.detach())
-    if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-        return float(loss)
-    raise TypeError(f"loss must be a float or a one-element tensor, got loss={loss!r:.80}")
+def _number(name: str, value: Any) -> float:
+    """A float or a one-element tensor (read once: a device sync) as a float; nan and inf pass."""
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
+        return float(value.detach())
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return float(value)
+    raise TypeError(f"{name} must be a float or a one-element tensor, got {name}={value!r:.80}")
+
+
+def _given_grad_norm(grad_norm: Any) -> float | None:
+    """The caller's gradient norm: None, or >= 0 (nan and inf are events the guard acts on)."""
+    if grad_norm is None:
+        return None
+    norm = _number("grad_norm", grad_norm)
+    if norm < 0:
+        raise ValueError(f"grad_norm must be >= 0 (a norm), got grad_norm={norm!r}")
+    return norm
 
 
 _int = validation.integer  # (name, value, minimum): the library's one integer check
+
+# How load_state_dict checks each field of the state; the losses kept are the accepted ones,
+# so finite. Fields a state_dict may lack, written before they existed, and their values then.
+_STATE_FIELDS: dict[str, Check] = {
+    "calls": _count,
+    "good_steps": _count,
+    "skips": _count,
+    "backoffs": _count,
+    "spikes": _count,
+    "nonfinite": _count,
+    "scaler_skips": _count,
+    "consecutive_skips": _count,
+    "lr_cut": validation.positive,
+    "first_loss": _optional(validation.real),
+    "recent": _list_of(validation.real),
+}
+_STATE_DEFAULTS: dict[str, Any] = {
+    "good_steps": 0,
+    "nonfinite": 0,
+    "scaler_skips": 0,
+    "consecutive_skips": 0,
+    "lr_cut": 1.0,
+    "first_loss": None,
+}
 
 
 def _real(name: str, value: Any, *, low: float, low_open: bool = False, high: float | None = None) -> float:

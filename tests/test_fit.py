@@ -445,7 +445,7 @@ def test_resume_refuses_a_different_batch_size(tmp_path: Path) -> None:
         ({"optimizer": "nope"}, ValueError, "optimizer='nope'"),
         ({"loss": "hinge"}, ValueError, "loss='hinge'"),
         ({"batch_size": 0}, ValueError, "batch_size=0"),
-        ({"accumulate": 1.5}, ValueError, "accumulate=1.5"),
+        ({"accumulate": 1.5}, TypeError, "accumulate=1.5"),
         ({"eval_every": "often"}, ValueError, "eval_every='often'"),
         ({"precision": "int8"}, ValueError, "precision='int8'"),
         ({"resume": True}, ValueError, "checkpoint_dir"),

@@ -17,12 +17,15 @@ Example:
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
+import os
 import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -37,6 +40,8 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from steepest import clipping, rules
 from steepest import stopping as stopping_criteria
+from steepest.engine import validation
+from steepest.lr.range_test import RandomState
 from steepest.train import checkpoint as checkpoints
 
 __all__ = ["LOSSES", "EvalRecord", "FitResult", "StepRecord", "Trainer", "fit"]
@@ -65,6 +70,8 @@ EVALUATION_BATCH_SIZE = 1024
 # a window's median, for which 4 steps of 20 do; measuring every step cost 13-20% of the steps
 # per second of the digits MLP (benchmarks/fit_overhead.py).
 STEP_LENGTH_EVERY = 5
+#: The events a callback can have methods for; fit refuses a callback that has none of them.
+CALLBACK_EVENTS = ("on_fit_start", "on_step_end", "on_evaluate", "on_checkpoint", "on_fit_end")
 
 
 # ------------------------------------------------------------------------------ records
@@ -302,52 +309,92 @@ def _class_and_options(optimizer: Any) -> tuple[type[torch.optim.Optimizer], dic
     return None
 
 
-def _build_optimizer(
-    optimizer: Any, params: list[Tensor], lr: Any, clip_norm: float | None
-) -> torch.optim.Optimizer:
-    """A name, a class (or a partial of one), a factory ``params -> optimizer`` or an instance."""
-    from steepest.engine import Optimizer as SteepestOptimizer
+def _check_optimizer(optimizer: Any, lr: Any, clip_norm: float | None, params: list[Tensor]) -> None:
+    """Refuse what ``_build_optimizer`` could not build or fit could not drive, before anything changes.
 
-    preset: dict[str, Any] = {}
+    A factory's optimizer exists only once built: ``_build_optimizer`` checks it then.
+    """
     if (class_and_options := _class_and_options(optimizer)) is not None:
-        optimizer, preset = class_and_options
+        cls, preset = class_and_options
+        if not issubclass(cls, torch.optim.Optimizer):
+            raise TypeError(f"optimizer must be a torch.optim.Optimizer subclass, got {cls.__name__}")
         if lr is not None and "lr" in preset:
             raise ValueError(f"lr is given twice: lr={lr!r} and the partial's lr={preset['lr']!r}")
-    if isinstance(optimizer, torch.optim.Optimizer):
+        # rules.requires_closure reads a class as it reads an instance: its declaration, or
+        # its step's signature.
+        if rules.requires_closure(cls):
+            raise TypeError(f"fit cannot drive {cls.__name__}: it needs a closure; use steepest.minimize")
+    elif isinstance(optimizer, torch.optim.Optimizer):
         if lr is not None:
             raise ValueError(
                 "lr configures an optimizer given by name or class; this optimizer "
                 f"instance has its own, got lr={lr!r}"
             )
-        built = optimizer
-    if isinstance(optimizer, type):
-        if not issubclass(optimizer, torch.optim.Optimizer):
-            raise TypeError(f"optimizer must be a torch.optim.Optimizer subclass, got {optimizer.__name__}")
-        options: dict[str, Any] = dict(preset) if lr is None else {**preset, "lr": lr}
-        if clip_norm is not None and issubclass(optimizer, SteepestOptimizer):
-            options["clip_norm"] = clip_norm
-        built = optimizer(params, **options)
-    elif not isinstance(optimizer, torch.optim.Optimizer):
-        if not callable(optimizer):
-            raise TypeError(f"optimizer must be a name, a class, a factory or an instance, got {optimizer!r}")
+        _check_built(optimizer, clip_norm, params)
+    elif callable(optimizer):
         if lr is not None:
             raise ValueError(
                 f"lr configures an optimizer given by name or class; a factory sets its own, got lr={lr!r}"
             )
+    else:
+        raise TypeError(f"optimizer must be a name, a class, a factory or an instance, got {optimizer!r}")
+
+
+def _check_built(optimizer: torch.optim.Optimizer, clip_norm: float | None, params: list[Tensor]) -> None:
+    """An optimizer instance fit can drive on the model's parameters ``params``.
+
+    It may hold a subset of them (the parameters it leaves out stay frozen), but at least one
+    that requires grad, and nothing else: an optimizer built for other tensors would step
+    them and leave the model as it was.
+    """
+    from steepest.engine import Optimizer as SteepestOptimizer
+
+    name = type(optimizer).__name__
+    if rules.requires_closure(optimizer):
+        raise TypeError(f"fit cannot drive {name}: it needs a closure; use steepest.minimize")
+    own = optimizer.clip_norm if isinstance(optimizer, SteepestOptimizer) else None
+    if clip_norm is not None and own is not None and own != clip_norm:
+        raise ValueError(f"clip_norm={clip_norm!r} differs from the optimizer's own clip_norm={own!r}")
+    model_params = {id(param) for param in params}
+    held = [param for group in optimizer.param_groups for param in group["params"]]
+    foreign = [param for param in held if id(param) not in model_params]
+    if foreign:
+        raise ValueError(
+            f"optimizer={name} holds {len(foreign)} of {len(held)} tensors that are not parameters "
+            f"of the model (the first of shape {tuple(foreign[0].shape)}); build it on "
+            "model.parameters()"
+        )
+    if not any(param.requires_grad for param in held):
+        raise ValueError(
+            f"optimizer={name} holds none of the model's trainable parameters; build it on model.parameters()"
+        )
+
+
+def _build_optimizer(
+    optimizer: Any, params: list[Tensor], lr: Any, clip_norm: float | None
+) -> torch.optim.Optimizer:
+    """Build what ``_check_optimizer`` accepted: a name, a class (or a partial of one), a
+    factory ``params -> optimizer``, or an instance (kept as it is)."""
+    from steepest.engine import Optimizer as SteepestOptimizer
+
+    if (class_and_options := _class_and_options(optimizer)) is not None:
+        cls, options = class_and_options
+        if lr is not None:
+            options["lr"] = lr
+        if clip_norm is not None and issubclass(cls, SteepestOptimizer):
+            options["clip_norm"] = clip_norm
+        built = cls(params, **options)
+    elif isinstance(optimizer, torch.optim.Optimizer):
+        built = optimizer
+    else:
         built = optimizer(params)
         if not isinstance(built, torch.optim.Optimizer):
             raise TypeError(
                 f"the optimizer factory must return a torch.optim.Optimizer, got {type(built).__name__}"
             )
-    if getattr(built, "requires_closure", False):
-        raise TypeError(f"fit cannot drive {type(built).__name__}: it needs a closure; use steepest.minimize")
-    if clip_norm is not None and isinstance(built, SteepestOptimizer):
-        if built.clip_norm is None:
-            built.clip_norm = clip_norm
-        elif built.clip_norm != clip_norm:
-            raise ValueError(
-                f"clip_norm={clip_norm!r} differs from the optimizer's own clip_norm={built.clip_norm!r}"
-            )
+    _check_built(built, clip_norm, params)
+    if clip_norm is not None and isinstance(built, SteepestOptimizer) and built.clip_norm is None:
+        built.clip_norm = clip_norm
     return built
 
 
@@ -356,22 +403,179 @@ def _resolve_loss(loss: str | LossFunction) -> LossFunction:
         if loss not in LOSSES:
             raise ValueError(f"unknown loss={loss!r}; choose from {', '.join(LOSSES)} or pass a function")
         return LOSSES[loss]
+    if isinstance(loss, type):
+        # nn.CrossEntropyLoss is callable too, but calling it builds a loss instead of computing one.
+        prefix = "nn." if loss.__module__.startswith("torch.nn") else ""
+        raise TypeError(
+            f"loss must be a name or a function (outputs, targets) -> loss, got the class "
+            f"{loss.__name__}; pass an instance: {prefix}{loss.__name__}()"
+        )
     if not callable(loss):
         raise TypeError(f"loss must be a name or a function (outputs, targets) -> loss, got {loss!r}")
     return loss
 
 
+def _check_loss_value(value: Any) -> None:
+    """What the loss function returned is something ``backward`` can start from: a scalar tensor."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"loss must return a scalar tensor, got {type(value).__name__}: {value!r:.80}")
+    if value.numel() != 1:
+        raise ValueError(
+            f"loss must return a scalar tensor (the mean over the batch), got a tensor of shape "
+            f"{tuple(value.shape)}"
+        )
+    if not value.is_floating_point():
+        raise TypeError(f"loss must return a floating-point tensor, got dtype {value.dtype}")
+
+
 def _check_every(name: str, value: Any) -> str | int:
-    if value == "epoch" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+    if isinstance(value, str):
+        if value != "epoch":
+            raise ValueError(f"{name} must be 'epoch' or a positive number of steps, got {name}={value!r}")
         return value
-    raise ValueError(f"{name} must be 'epoch' or a positive number of steps, got {name}={value!r}")
+    return validation.positive_integer(name, value)
 
 
-def _check_positive_int(name: str, value: Any, optional: bool = False) -> None:
-    if optional and value is None:
+def _check_seed(seed: Any) -> int:
+    seed = validation.integer("seed", seed)
+    # torch.manual_seed's range; numpy is seeded with seed mod 2**32, Python's random takes any int.
+    if not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must be in [-2**63, 2**64), got seed={seed}")
+    return seed
+
+
+def _check_device(device: Any) -> torch.device:
+    if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
+        raise TypeError(f"device must be a torch.device or its name ('cpu', 'cuda:0'), got device={device!r}")
+    try:
+        checked = torch.device(device)
+        torch.empty(0, device=checked)  # allocates nothing; fails where tensors cannot live
+    except (RuntimeError, AssertionError, NotImplementedError) as error:
+        raise ValueError(f"device={device!r} cannot be used here: {error}") from None
+    if checked.type == "meta":
+        raise ValueError("device='meta' holds shapes without values: fit cannot train there")
+    return checked
+
+
+def _check_path(name: str, value: Any) -> None:
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"{name} must be a path (a str or a pathlib.Path), got {name}={value!r}")
+
+
+def _check_callbacks(callbacks: Any) -> list[Any]:
+    """None (no callbacks) or an iterable of objects with methods for some ``CALLBACK_EVENTS``."""
+    if callbacks is None:
+        return []
+    if isinstance(callbacks, (str, bytes)) or not isinstance(callbacks, Iterable):
+        raise TypeError(f"callbacks must be a list of callback objects, got callbacks={callbacks!r:.80}")
+    callbacks = list(callbacks)
+    for index, callback in enumerate(callbacks):
+        if not any(callable(getattr(callback, event, None)) for event in CALLBACK_EVENTS):
+            raise TypeError(
+                f"callbacks[{index}]={callback!r:.80} has none of the methods {', '.join(CALLBACK_EVENTS)}"
+            )
+    return callbacks
+
+
+def _check_metrics(metrics: Any) -> tuple[str, ...]:
+    """None (none), one metric's name, or an iterable of names."""
+    if metrics is None:
+        return ()
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    if not isinstance(metrics, Iterable):
+        raise TypeError(f"metrics must be a list of metric names, got metrics={metrics!r}")
+    metrics = tuple(metrics)
+    for name in metrics:
+        if name != "accuracy":
+            raise ValueError(f"unknown metric {name!r} in metrics={metrics!r}; fit knows 'accuracy'")
+    return metrics
+
+
+def _check_safety(on_nonfinite: Any, on_spike: Any, safety: Any) -> None:
+    """The safe-step settings, checked as minimize checks them, and by SafeStep itself."""
+    from steepest.lr import SafeStep
+    from steepest.minimize import _check_settings
+
+    _check_settings(None, safety, on_nonfinite, on_spike)
+    options = dict(safety or {})
+    if on_nonfinite is None and on_spike is None and not options:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {name}={value!r}")
+    # fit passes the scaler itself; on_nonfinite and on_spike are its own arguments.
+    known = [
+        parameter.name
+        for parameter in inspect.signature(SafeStep).parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.name != "scaler"
+    ]
+    for key in options:
+        if key not in known:
+            raise TypeError(f"safety has no option {key!r}; SafeStep's options: {', '.join(known)}")
+    # SafeStep checks the values when fit builds it around the optimizer, after the model has
+    # moved; built now around a stand-in optimizer, it checks them before anything changes.
+    stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)])
+    SafeStep(stand_in, "raise" if on_nonfinite is None else on_nonfinite, on_spike, **options)
+
+
+def _check_not_empty(batches: _TensorBatches | _LoaderBatches, name: str) -> None:
+    """Data without a batch would loop over empty epochs forever (with ``max_steps``)."""
+    try:
+        count = len(batches)
+    except TypeError:  # an iterable dataset of unknown length: the loop notices an empty epoch
+        return
+    if count > 0:
+        return
+    if isinstance(batches, _TensorBatches):
+        inputs, targets = tuple(batches.inputs.shape), tuple(batches.targets.shape)
+        raise ValueError(f"{name} holds no examples: inputs of shape {inputs}, targets of shape {targets}")
+    raise ValueError(f"{name} holds no examples: its DataLoader yields no batch")
+
+
+def _checkpoint_to_resume(
+    resume: bool | str | Path, checkpoint_dir: str | Path | None, settings: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The state that ``resume`` names (None: start afresh), refused if taken with other ``settings``."""
+    if not resume:
+        return None
+    source = Path(checkpoint_dir) if resume is True else Path(resume)
+    if resume is not True and not source.exists():
+        raise ValueError(f"resume={str(resume)!r}: no such checkpoint file or folder")
+    if source.is_file():
+        resumed = checkpoints.load_checkpoint(source)
+    else:
+        # A missing or empty folder starts afresh, so that one command both starts and resumes.
+        checkpoints.remove_temporary_files(source)
+        found = checkpoints.latest_checkpoint(source)
+        resumed = None if found is None else found[1]
+    if resumed is not None:
+        for key, value in settings.items():
+            if resumed["config"][key] != value:
+                raise ValueError(
+                    f"cannot resume exactly with {key}={value!r}: the checkpoint was taken "
+                    f"with {key}={resumed['config'][key]!r}"
+                )
+    return resumed
+
+
+class _StateBefore:
+    """What fit changes before its first step, as it was: the global random generators, the
+    model's device and its train/eval modes. ``restore`` puts them back when fit fails before
+    that step (an optimizer refusing its options, a model that does not fit the data, a loss
+    that is not a scalar), so that the error leaves the caller's state as it was.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.random = RandomState.capture()
+        self.modes = [(module, module.training) for module in model.modules()]
+        devices = {tensor.device for tensor in itertools.chain(model.parameters(), model.buffers())}
+        self.device = devices.pop() if len(devices) == 1 else None
+
+    def restore(self) -> None:
+        self.random.restore()
+        for module, training in self.modes:
+            module.training = training
+        if self.device is not None:
+            self.model.to(self.device)
 
 
 @torch.no_grad()
@@ -481,7 +685,9 @@ def fit(
             ``(outputs, targets) -> mean loss``.
         optimizer: a steepest optimizer name (any case, e.g. ``"adamw"``), an optimizer class,
             a class with options (``functools.partial(steepest.SGD, momentum=0.9)``), a
-            factory ``params -> optimizer``, or an instance (default ``"adamw"``).
+            factory ``params -> optimizer``, or an instance (default ``"adamw"``). What a
+            factory or an instance holds must be the model's parameters, or some of them
+            (those left out stay as they are), at least one trainable.
         lr: learning rate, a float or a schedule ``step -> rate``; None keeps the optimizer's
             default; ``"auto"`` chooses one (``steepest.lr.choose_lr``). Only for a name, a
             class or a partial of a class.
@@ -505,15 +711,17 @@ def fit(
         compile: run the forward pass through ``torch.compile(model)``.
         callbacks: objects with any of ``on_fit_start``, ``on_step_end``, ``on_evaluate``,
             ``on_checkpoint``, ``on_fit_end`` (and optionally ``state_dict``/``load_state_dict``,
-            checkpointed under their ``name``, default the class name).
+            checkpointed under their ``name``, default the class name); None: none.
         checkpoint_dir: folder for ``step-000123.pt`` checkpoints; None writes none.
         checkpoint_every: ``"epoch"`` (default) or a number of steps.
         keep_last: checkpoints to keep (default 3).
         resume: True continues from the newest valid checkpoint in ``checkpoint_dir`` (and
             starts afresh if there is none); a path names a checkpoint file or folder.
-        seed: seeds torch, numpy, Python's random and the shuffling (default 0).
+        seed: seeds torch, numpy, Python's random and the shuffling (default 0; an integer
+            in torch's range, [-2**63, 2**64)).
         device: where to train (default ``"cpu"``).
-        metrics: ``("accuracy",)`` (default) adds ``val_accuracy`` for class labels; ``()``.
+        metrics: ``("accuracy",)`` (default) or ``"accuracy"`` adds ``val_accuracy`` for
+            class labels; ``()`` or None: none.
         on_nonfinite, on_spike: the safe-step policy (``steepest.lr.SafeStep``): ``"raise"``,
             ``"skip"``, ``"backoff"`` or ``"stop"`` on a non-finite loss or gradient, and on a
             loss spike; None (default) stops the run when the loss is not finite. ``safety``:
@@ -522,6 +730,13 @@ def fit(
             and the length ||delta theta|| of every fifth step (a copy of the parameters kept,
             one more pass over them on those steps), which with the gradient norm bounds what a
             step can do to the loss (the regime diagnosis reads it); None means on CPU only.
+
+    Raises:
+        ValueError, TypeError: a bad argument (empty data included), named with its value,
+            before anything changes. What fails only once running (an optimizer refusing its
+            options, a model that does not fit the data, a loss that is not a scalar tensor)
+            fails before the first step, and fit puts back the random generators, the
+            model's device and its train/eval modes first.
 
     Returns:
         A FitResult: the records, the final metrics, why it stopped, and the model.
@@ -532,32 +747,46 @@ def fit(
         >>> result.steps
         8
     """
-    # -- check the arguments ------------------------------------------------------------------
-    _check_positive_int("epochs", epochs, optional=True)
-    _check_positive_int("max_steps", max_steps, optional=True)
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("accumulate", accumulate)
-    _check_positive_int("keep_last", keep_last)
+    # -- check the arguments, before anything changes ------------------------------------------
+    # Every check runs before fit seeds the random generators or moves the model, so that an
+    # error leaves the model, the generators and the files as they were.
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}: {model!r:.80}")
+    if not any(param.requires_grad for param in model.parameters()):
+        raise ValueError(f"model has no trainable parameters (none requires grad): {type(model).__name__}")
+    epochs = validation.optional_positive_integer("epochs", epochs)
+    max_steps = validation.optional_positive_integer("max_steps", max_steps)
+    batch_size = validation.positive_integer("batch_size", batch_size)
+    accumulate = validation.positive_integer("accumulate", accumulate)
+    keep_last = validation.positive_integer("keep_last", keep_last)
     eval_every = _check_every("eval_every", eval_every)
     checkpoint_every = _check_every("checkpoint_every", checkpoint_every)
     if epochs is None and max_steps is None:
         epochs = 10
+    seed = _check_seed(seed)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got precision={precision!r}")
-    device = torch.device(device)
-    if resume and checkpoint_dir is None and not isinstance(resume, (str, Path)):
+    device = _check_device(device)
+    compile = validation.boolean("compile", compile)
+    track_grad_norm = validation.optional_boolean("track_grad_norm", track_grad_norm)
+    if track_grad_norm is None:
+        track_grad_norm = device.type == "cpu"
+    if clip_norm is not None:
+        clip_norm = validation.positive("clip_norm", clip_norm)
+    if checkpoint_dir is not None:
+        _check_path("checkpoint_dir", checkpoint_dir)
+    if not isinstance(resume, bool):
+        _check_path("resume", resume)
+    elif resume and checkpoint_dir is None:
         raise ValueError("resume=True needs checkpoint_dir, the folder to resume from")
     if stopping is not None and not callable(stopping):
         raise TypeError(f"stopping must be a criterion (a callable Observation -> Stop), got {stopping!r}")
-    for name in metrics:
-        if name != "accuracy":
-            raise ValueError(f"unknown metric {name!r}; fit knows 'accuracy'")
+    callbacks = _check_callbacks(callbacks)
+    metrics = _check_metrics(metrics)
     loss_function = _resolve_loss(loss)
-    if track_grad_norm is None:
-        track_grad_norm = device.type == "cpu"
-
-    lr_choice = None
-    if isinstance(lr, str):
+    _check_safety(on_nonfinite, on_spike, safety)
+    choosing_lr = isinstance(lr, str)
+    if choosing_lr:
         if lr != "auto":
             raise ValueError(f"lr must be a number, a schedule or 'auto', got lr={lr!r}")
         class_and_options = _class_and_options(optimizer)
@@ -566,33 +795,46 @@ def fit(
                 "lr='auto' needs an optimizer given by name, class or functools.partial(class, "
                 f"**options), to build its own; got {optimizer!r}"
             )
-        cls, options = class_and_options
-        if "lr" in options:
-            raise ValueError(f"lr='auto' chooses lr, but the partial sets lr={options['lr']!r}")
+        if "lr" in class_and_options[1]:
+            raise ValueError(f"lr='auto' chooses lr, but the partial sets lr={class_and_options[1]['lr']!r}")
+    _check_optimizer(optimizer, None if choosing_lr else lr, clip_norm, list(model.parameters()))
+    # The shuffling has a generator of its own, seeded with ``seed``: nothing else drawing
+    # random numbers can change the batch order.
+    shuffle_generator = torch.Generator().manual_seed(seed)
+    train_batches = _as_batches(data, "data", batch_size, True, shuffle_generator)
+    _check_not_empty(train_batches, "data")
+    val_batches = None
+    if val_data is not None:
+        val_batches = _as_batches(val_data, "val_data", EVALUATION_BATCH_SIZE, False, None)
+        _check_not_empty(val_batches, "val_data")
+    resumed = _checkpoint_to_resume(
+        resume, checkpoint_dir, {"batch_size": batch_size, "accumulate": accumulate, "seed": seed}
+    )
+
+    lr_choice = None
+    if choosing_lr:
         # A short range test (it restores the model and every random state afterwards) or a
         # learning-rate-free method; see steepest.lr.choose_lr for the policy. The options
         # (momentum, ...) shape the choice; the choice says how to build what runs (its options:
         # the caller's, or those a stand-in takes, or their translation).
         from steepest.lr import choose_lr
 
+        cls, options = class_and_options
         lr_choice = choose_lr(
             model, data, cls, options=options, loss_fn=loss_function, batch_size=batch_size, seed=seed
         )
         lr = lr_choice.lr
         optimizer = partial(lr_choice.method, **lr_choice.options)
 
-    # -- set up: seeds, data, optimizer, mixed precision -------------------------------------
+    # -- set up: seeds, model, optimizer, mixed precision -------------------------------------
+    # From here fit changes things; what it changes before its first step it puts back if it
+    # fails before that step (the optimizer refusing its options, the first forward pass).
+    before = _StateBefore(model)
     # One seed fixes the initial random state of everything (dropout, numpy, Python) and,
-    # through its own generator, the batch order: nothing else drawing random numbers can
-    # change the order.
+    # through its own generator, the batch order.
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-    shuffle_generator = torch.Generator().manual_seed(seed)
-    train_batches = _as_batches(data, "data", batch_size, True, shuffle_generator)
-    val_batches = (
-        None if val_data is None else _as_batches(val_data, "val_data", EVALUATION_BATCH_SIZE, False, None)
-    )
 
     model.to(device)
     # Batches of tensors that already live on the device need no transfer; a DataLoader's may.
@@ -602,7 +844,11 @@ def fit(
         and train_batches.targets.device == device
     )
     forward = torch.compile(model) if compile else model
-    optimizer = _build_optimizer(optimizer, list(model.parameters()), lr, clip_norm)
+    try:
+        optimizer = _build_optimizer(optimizer, list(model.parameters()), lr, clip_norm)
+    except BaseException:
+        before.restore()
+        raise
     # torch.optim optimizers have no clip_norm of their own: fit clips for them.
     clip_in_loop = clip_norm is not None and not hasattr(optimizer, "clip_norm")
     # A rule that sets its own step size reports it (``effective_lr``, one per param group).
@@ -618,7 +864,7 @@ def fit(
 
         guard = SafeStep(
             optimizer,
-            on_nonfinite=on_nonfinite or "raise",
+            on_nonfinite="raise" if on_nonfinite is None else on_nonfinite,
             on_spike=on_spike,
             scaler=scaler,
             **dict(safety or {}),
@@ -716,26 +962,8 @@ def fit(
         path = checkpoints.save_checkpoint(loop_state(), checkpoint_dir, trainer.step, keep_last)
         trainer.notify("on_checkpoint", path)
 
-    # -- resume --------------------------------------------------------------------------------
-    resumed: dict[str, Any] | None = None
-    if resume:
-        source = Path(checkpoint_dir) if resume is True else Path(resume)
-        if resume is not True and not source.exists():
-            raise ValueError(f"resume={str(resume)!r}: no such checkpoint file or folder")
-        if source.is_file():
-            resumed = checkpoints.load_checkpoint(source)
-        else:
-            # A missing or empty folder starts afresh, so that one command both starts and resumes.
-            checkpoints.remove_temporary_files(source)
-            found = checkpoints.latest_checkpoint(source)
-            resumed = None if found is None else found[1]
+    # -- resume (the checkpoint was read and matched to the arguments above) -------------------
     if resumed is not None:
-        for key in ("batch_size", "accumulate", "seed"):
-            if resumed["config"][key] != config[key]:
-                raise ValueError(
-                    f"cannot resume exactly with {key}={config[key]!r}: the checkpoint was taken "
-                    f"with {key}={resumed['config'][key]!r}"
-                )
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         if scaler is not None and resumed["scaler"] is not None:
@@ -817,18 +1045,18 @@ def fit(
             if decision.restore_best(list(model.parameters())):
                 evaluate_now()  # the final metrics are those of the restored parameters
 
-    trainer.notify("on_fit_start")
-    model.train()
-    if stopped_by is None and rules.has_modes(optimizer):
-        # Gradients are taken in train mode: an optimizer an earlier fit left in eval mode
-        # trains again. (A resumed run that a criterion ended, saved in eval mode after
-        # restoring its best parameters, takes no step and keeps them bit for bit.)
-        optimizer.train()
-
     # -- the loop: epochs of steps of micro-batches ---------------------------------------------
-    tick = time.perf_counter()
     ctrl_c = _CtrlC()  # Ctrl-C finishes the current step, then the run ends with a checkpoint
+    loss_checked = False
     try:
+        trainer.notify("on_fit_start")
+        model.train()
+        if stopped_by is None and rules.has_modes(optimizer):
+            # Gradients are taken in train mode: an optimizer an earlier fit left in eval mode
+            # trains again. (A resumed run that a criterion ended, saved in eval mode after
+            # restoring its best parameters, takes no step and keeps them bit for bit.)
+            optimizer.train()
+        tick = time.perf_counter()
         while stopped_by is None:
             if epochs is not None and epochs_done >= epochs:
                 stopped_by, success, ended_by_limit = f"completed epochs={epochs}", True, True
@@ -881,6 +1109,9 @@ def fit(
                         )
                     with autocast():
                         micro_loss = loss_function(forward(inputs), targets)
+                    if not loss_checked:  # once: what the loss function returns does not change
+                        _check_loss_value(micro_loss)
+                        loss_checked = True
                     if accumulating:
                         micro_loss = micro_loss * (len(targets) / examples)
                     (micro_loss if scaler is None else scaler.scale(micro_loss)).backward()
@@ -982,6 +1213,13 @@ def fit(
                 tick = time.perf_counter()
             else:
                 # The epoch ran to its end.
+                if batches_done == 0:
+                    # Data of unknown length that yields no batch: without a step, another epoch
+                    # would follow, and another, forever.
+                    if trainer.step == 0:
+                        raise ValueError("data holds no examples: its first epoch yielded no batch")
+                    stopped_by = f"the data ran out: epoch {trainer.epoch} yielded no batch"
+                    break
                 epochs_done += 1
                 batches_done = 0
                 if eval_every == "epoch":
@@ -989,6 +1227,10 @@ def fit(
                 if stopped_by is None and checkpoint_every == "epoch":
                     save()
                 tick = time.perf_counter()
+    except BaseException:
+        if trainer.step == 0:
+            before.restore()
+        raise
     finally:
         ctrl_c.restore()
 

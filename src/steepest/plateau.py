@@ -26,7 +26,6 @@ from collections.abc import Callable
 from typing import Any
 
 from steepest.engine import validation
-from steepest.stopping import Check, _check_real, _checked_state, _count
 
 
 class ReduceOnPlateau:
@@ -141,7 +140,7 @@ class ReduceOnPlateau:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from :meth:`state_dict`'s output; a bad dict raises and changes nothing."""
-        checked = _checked_state("state", state, "ReduceOnPlateau", _STATE_FIELDS)
+        checked = validation.state_fields("state", state, "ReduceOnPlateau", _STATE_FIELDS)
         for name, value in checked.items():
             setattr(self, name, value)
 
@@ -154,12 +153,12 @@ class ReduceOnPlateau:
 
 
 # How load_state_dict checks each field of the state.
-_STATE_FIELDS: dict[str, Check] = {
+_STATE_FIELDS: dict[str, validation.Check] = {
     "scale": validation.nonnegative,
-    "best": _check_real,  # +-inf before the first report
-    "bad_reports": _count,
-    "cooldown_left": _count,
-    "reductions": _count,
+    "best": validation.any_real,  # +-inf before the first report
+    "bad_reports": validation.count,
+    "cooldown_left": validation.count,
+    "reductions": validation.count,
 }
 
 

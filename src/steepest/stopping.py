@@ -179,11 +179,7 @@ CriterionLike = Callable[[Observation], "Stop | None"]
 # User errors raise ValueError / TypeError naming the argument and its value, never assert.
 
 
-def _check_real(name: str, value: Any) -> float:
-    # bool is a numbers.Real, but tol=True is a mistake, not a tolerance of 1.
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {name}={value!r}")
-    return float(value)
+_check_real = validation.any_real  # (the checks below say which non-finite values they take)
 
 
 def _check_nonnegative(name: str, value: Any) -> float:
@@ -220,61 +216,6 @@ def _norm_name(ord: float) -> str:
 # field named and leaves the object as it was. ReduceOnPlateau and SafeStep use these too.
 
 Check = validation.Check
-
-
-def _count(name: str, value: Any) -> int:
-    return validation.integer(name, value, minimum=0)
-
-
-def _optional(check: Check) -> Check:
-    """``check``, letting None through."""
-
-    def check_optional(name: str, value: Any) -> Any:
-        return None if value is None else check(name, value)
-
-    return check_optional
-
-
-def _list_of(check: Check) -> Check:
-    """A list (or tuple) whose every item passes ``check``; returned as a new list."""
-
-    def check_each(name: str, value: Any) -> list[Any]:
-        if not isinstance(value, (list, tuple)):
-            raise TypeError(f"{name} must be a list, got {name}={value!r:.80} ({type(value).__name__})")
-        return [check(f"{name}[{index}]", item) for index, item in enumerate(value)]
-
-    return check_each
-
-
-def _tensor(name: str, value: Any) -> Tensor:
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a tensor, got {name}={value!r:.80} ({type(value).__name__})")
-    return value
-
-
-def _checked_state(
-    name: str,
-    state: Any,
-    owner: str,
-    fields: Mapping[str, Check],
-    defaults: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The ``fields`` of the state_dict ``state``, each checked; raises before anything is loaded.
-
-    ``name`` is the argument's name in the messages (``state_dict['best'] must be ...``),
-    ``owner`` what the state belongs to. A field in ``defaults`` may be missing (a
-    checkpoint written before the field existed) and then takes its default.
-    """
-    defaults = defaults or {}
-    if not isinstance(state, Mapping):
-        raise TypeError(f"{name} must be the dict {owner}.state_dict() returns, got {type(state).__name__}")
-    missing = [key for key in fields if key not in state and key not in defaults]
-    if missing:
-        raise ValueError(f"{name} is not the state of a {owner}: it lacks {missing}")
-    return {
-        key: check(f"{name}[{key!r}]", state[key]) if key in state else defaults[key]
-        for key, check in fields.items()
-    }
 
 
 # ----------------------------------------------------------------------------- base class
@@ -319,7 +260,7 @@ class Criterion:
             found = state_dict.get("kind")
             raise ValueError(f"{name} is not the state of a {self.kind} criterion (kind={found!r})")
         owner = f"{self.kind} criterion"
-        checked = _checked_state(name, state_dict, owner, self._state_fields(), self._state_defaults)
+        checked = validation.state_fields(name, state_dict, owner, self._state_fields(), self._state_defaults)
         # Over the whole dict: a subclass that declares no fields still gets its state as saved.
         return {**state_dict, **checked}
 
@@ -454,7 +395,7 @@ class FunctionTolerance(Criterion):
         return {"values": list(self._values)}
 
     def _state_fields(self) -> dict[str, Check]:
-        return {"values": _list_of(_check_real)}  # non-finite values are kept, as observed
+        return {"values": validation.list_of(_check_real)}  # non-finite values are kept, as observed
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
         self._values = deque(state["values"], maxlen=2 * self.window)
@@ -697,9 +638,9 @@ class Patience(Criterion):
     def _state_fields(self) -> dict[str, Check]:
         return {
             "best": _check_real,  # +-inf before the first finite value
-            "best_iteration": _optional(_count),
-            "checks_without_improvement": _count,
-            "best_params": _optional(_list_of(_tensor)),
+            "best_iteration": validation.optional(validation.count),
+            "checks_without_improvement": validation.count,
+            "best_params": validation.optional(validation.list_of(validation.tensor)),
         }
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
@@ -806,7 +747,7 @@ class Divergence(Criterion):
         return {"initial": self.initial, "best": self.best}
 
     def _state_fields(self) -> dict[str, Check]:
-        return {"initial": _optional(_check_real), "best": _optional(_check_real)}
+        return {"initial": validation.optional(_check_real), "best": validation.optional(_check_real)}
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
         self.initial = state["initial"]
@@ -875,7 +816,7 @@ class Stalled(Criterion):
         return {"unchanged": self.unchanged}
 
     def _state_fields(self) -> dict[str, Check]:
-        return {"unchanged": _count}
+        return {"unchanged": validation.count}
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
         self.unchanged = state["unchanged"]

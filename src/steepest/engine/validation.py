@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import numbers
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -130,3 +130,66 @@ def positive_integer(name: str, value: Any) -> int:
 def optional_positive_integer(name: str, value: Any) -> int | None:
     """``value`` is None or an integer >= 1."""
     return None if value is None else positive_integer(name, value)
+
+
+# -- the saved state of a stateful object (load_state_dict checks it whole, then loads it) --
+def any_real(name: str, value: Any) -> float:
+    """``value`` is a real number, inf and nan included (a recorded loss, a best-so-far)."""
+    return real(name, value, finite=False)
+
+
+def count(name: str, value: Any) -> int:
+    """``value`` is an integer >= 0 (a counter in a saved state)."""
+    return integer(name, value, minimum=0)
+
+
+def optional(check: Check) -> Check:
+    """``check``, letting None through."""
+
+    def check_optional(name: str, value: Any) -> Any:
+        return None if value is None else check(name, value)
+
+    return check_optional
+
+
+def list_of(check: Check) -> Check:
+    """A list (or tuple) whose every item passes ``check``; returned as a new list."""
+
+    def check_each(name: str, value: Any) -> list[Any]:
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(f"{name} must be a list, got {name}={value!r:.80} ({type(value).__name__})")
+        return [check(f"{name}[{index}]", item) for index, item in enumerate(value)]
+
+    return check_each
+
+
+def tensor(name: str, value: Any) -> torch.Tensor:
+    """``value`` is a tensor."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor, got {name}={value!r:.80} ({type(value).__name__})")
+    return value
+
+
+def state_fields(
+    name: str,
+    state: Any,
+    owner: str,
+    fields: Mapping[str, Check],
+    defaults: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``fields`` of the state_dict ``state``, each checked; raises before anything is loaded.
+
+    ``name`` is the argument's name in the messages (``state_dict['best'] must be ...``),
+    ``owner`` what the state belongs to. A field in ``defaults`` may be missing (a
+    checkpoint written before the field existed) and then takes its default.
+    """
+    defaults = defaults or {}
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{name} must be the dict {owner}.state_dict() returns, got {type(state).__name__}")
+    missing = [key for key in fields if key not in state and key not in defaults]
+    if missing:
+        raise ValueError(f"{name} is not the state of a {owner}: it lacks {missing}")
+    return {
+        key: check(f"{name}[{key!r}]", state[key]) if key in state else defaults[key]
+        for key, check in fields.items()
+    }

@@ -101,7 +101,6 @@ from torch import Tensor
 
 from steepest import clipping
 from steepest.engine import validation
-from steepest.stopping import Check, _check_real, _checked_state, _count, _list_of, _optional
 
 __all__ = ["REGIMES", "Diagnosis", "RegimeMonitor", "UpdateTracker", "measure_update_ratio"]
 
@@ -473,7 +472,7 @@ class RegimeMonitor:
             )
         if "previous_lr" not in state:  # "reference_lr" in states saved before rates were compared
             state = {**state, "previous_lr": state.get("reference_lr")}
-        checked = _checked_state("state", state, "RegimeMonitor", _MONITOR_FIELDS, _MONITOR_DEFAULTS)
+        checked = validation.state_fields("state", state, "RegimeMonitor", _MONITOR_FIELDS, _MONITOR_DEFAULTS)
         del checked["window"]
         for name, value in checked.items():
             setattr(self, f"_{name}", value)
@@ -947,10 +946,10 @@ def _check_window(name: str, value: Any) -> _Window:
         raise TypeError(f"{name} must be a dict of columns, got {name}={value!r:.80}")
     if "steps" not in value:
         raise ValueError(f"{name} lacks ['steps']")
-    steps = _list_of(validation.integer)(f"{name}['steps']", value["steps"])
+    steps = validation.list_of(validation.integer)(f"{name}['steps']", value["steps"])
     missing = [math.nan] * len(steps)
     columns = {
-        column: _list_of(_check_real)(f"{name}[{column!r}]", value.get(column, missing))
+        column: validation.list_of(validation.any_real)(f"{name}[{column!r}]", value.get(column, missing))
         for column in _FLOAT_COLUMNS
     }
     for column, values in columns.items():
@@ -968,9 +967,9 @@ def _check_diagnosis(name: str, value: Any) -> Diagnosis:
         ) from None
 
 
-def _pair_of(check: Check) -> Check:
+def _pair_of(check: validation.Check) -> validation.Check:
     def check_pair(name: str, value: Any) -> tuple[Any, Any]:
-        items = _list_of(check)(name, value)
+        items = validation.list_of(check)(name, value)
         if len(items) != 2:
             raise ValueError(f"{name} must be a pair, got {name}={value!r}")
         return items[0], items[1]
@@ -979,24 +978,24 @@ def _pair_of(check: Check) -> Check:
 
 
 # load_state_dict checks each field of the state, then sets the attribute named "_" + field.
-_MONITOR_FIELDS: dict[str, Check] = {
+_MONITOR_FIELDS: dict[str, validation.Check] = {
     "window": validation.positive_integer,
     "current": _check_window,
-    "first_loss": _optional(_check_real),
-    "first_grad_norm": _optional(_check_real),
-    "last_grad_norm": _optional(_check_real),
-    "largest_gradient_step": _optional(_check_real),
-    "reference_loss": _optional(_check_real),
-    "reference_grad_norm": _optional(_check_real),
-    "previous_lr": _optional(_check_real),
-    "slow_windows": _count,
-    "stuck_windows": _count,
+    "first_loss": validation.optional(validation.any_real),
+    "first_grad_norm": validation.optional(validation.any_real),
+    "last_grad_norm": validation.optional(validation.any_real),
+    "largest_gradient_step": validation.optional(validation.any_real),
+    "reference_loss": validation.optional(validation.any_real),
+    "reference_grad_norm": validation.optional(validation.any_real),
+    "previous_lr": validation.optional(validation.any_real),
+    "slow_windows": validation.count,
+    "stuck_windows": validation.count,
     "fast_seen": validation.boolean,
-    "too_large_at": _optional(_pair_of(validation.integer)),
-    "lowest_level": _optional(_pair_of(_check_real)),
-    "recent": _list_of(_check_real),
-    "recent_grad_norms": _list_of(_check_real),
-    "history": _list_of(_check_diagnosis),
+    "too_large_at": validation.optional(_pair_of(validation.integer)),
+    "lowest_level": validation.optional(_pair_of(validation.any_real)),
+    "recent": validation.list_of(validation.any_real),
+    "recent_grad_norms": validation.list_of(validation.any_real),
+    "history": validation.list_of(_check_diagnosis),
 }
 # Fields added later: a state saved before they existed resumes as if nothing was seen yet.
 _MONITOR_DEFAULTS: dict[str, Any] = {

@@ -74,7 +74,6 @@ from torch import Tensor
 
 from steepest import clipping, rules
 from steepest.engine import validation
-from steepest.stopping import Check, _checked_state, _count, _list_of, _optional
 
 __all__ = ["ACTIONS", "SafeStep", "Verdict"]
 
@@ -263,7 +262,7 @@ class SafeStep:
         Every field is checked before any is set: a bad dict raises a ValueError or TypeError
         naming the field and changes nothing.
         """
-        checked = _checked_state("state", state, "SafeStep", _STATE_FIELDS, _STATE_DEFAULTS)
+        checked = validation.state_fields("state", state, "SafeStep", _STATE_FIELDS, _STATE_DEFAULTS)
         self._recent = checked.pop("recent")
         for name, value in checked.items():
             setattr(self, name, value)
@@ -606,18 +605,18 @@ _int = validation.integer  # (name, value, minimum): the library's one integer c
 
 # How load_state_dict checks each field of the state; the losses kept are the accepted ones,
 # so finite. Fields a state_dict may lack, written before they existed, and their values then.
-_STATE_FIELDS: dict[str, Check] = {
-    "calls": _count,
-    "good_steps": _count,
-    "skips": _count,
-    "backoffs": _count,
-    "spikes": _count,
-    "nonfinite": _count,
-    "scaler_skips": _count,
-    "consecutive_skips": _count,
+_STATE_FIELDS: dict[str, validation.Check] = {
+    "calls": validation.count,
+    "good_steps": validation.count,
+    "skips": validation.count,
+    "backoffs": validation.count,
+    "spikes": validation.count,
+    "nonfinite": validation.count,
+    "scaler_skips": validation.count,
+    "consecutive_skips": validation.count,
     "lr_cut": validation.positive,
-    "first_loss": _optional(validation.real),
-    "recent": _list_of(validation.real),
+    "first_loss": validation.optional(validation.real),
+    "recent": validation.list_of(validation.real),
 }
 _STATE_DEFAULTS: dict[str, Any] = {
     "good_steps": 0,

@@ -327,3 +327,15 @@ def test_an_error_before_the_first_step_moves_the_model_back() -> None:
         loss=nn.CrossEntropyLoss(reduction="none"),
         device="cuda",
     )
+
+
+def test_a_spike_policy_keeps_the_default_for_a_non_finite_loss() -> None:
+    # on_nonfinite=None stops the run when the loss is not finite; asking for a spike policy once
+    # turned that default into "raise" (FloatingPointError out of fit)
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    inputs[20] = float("nan")
+    result = steepest.fit(
+        nn.Linear(4, 3), (inputs, targets), "cross_entropy", "sgd", epochs=2, batch_size=16, on_spike="skip"
+    )
+    assert result.stopped_by.startswith("stopped by the safe-step policy"), result.stopped_by

@@ -513,7 +513,7 @@ def _check_safety(on_nonfinite: Any, on_spike: Any, safety: Any) -> None:
     # SafeStep checks the values when fit builds it around the optimizer, after the model has
     # moved; built now around a stand-in optimizer, it checks them before anything changes.
     stand_in = torch.optim.SGD([torch.zeros(1, requires_grad=True)])
-    SafeStep(stand_in, "raise" if on_nonfinite is None else on_nonfinite, on_spike, **options)
+    SafeStep(stand_in, "stop" if on_nonfinite is None else on_nonfinite, on_spike, **options)
 
 
 def _check_not_empty(batches: _TensorBatches | _LoaderBatches, name: str) -> None:
@@ -864,7 +864,8 @@ def fit(
 
         guard = SafeStep(
             optimizer,
-            on_nonfinite="raise" if on_nonfinite is None else on_nonfinite,
+            # (a guard asked for spikes or the rate keeps the default for a non-finite loss: stop)
+            on_nonfinite="stop" if on_nonfinite is None else on_nonfinite,
             on_spike=on_spike,
             scaler=scaler,
             **dict(safety or {}),

@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import sys
+import textwrap
 import typing
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 
 from steepest import lr, problems, rules, schedules
 from steepest.init import initialize
+from steepest.lr.range_test import check_sweep
 from steepest.train import TrainConfigError, command
 from steepest.train.config import OPTIONS_BY_NAME, add_train_arguments, configure
 from steepest.train.data import DataSplits, load_dataset
@@ -88,6 +90,20 @@ def nonnegative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}")
+    return value
+
+
+def sweep_steps(text: str) -> int:
+    """Parse lr-find's ``--steps``: a whole number the range test accepts.
+
+    The range test's own check decides (it needs a few steps to read a curve), so its minimum
+    is stated once, in the library.
+    """
+    value = positive_int(text)
+    try:
+        check_sweep(min_lr=1.0, max_lr=2.0, steps=value, repeats=1, batch_size=1, seed=0)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return value
 
 
@@ -179,6 +195,20 @@ def _schedule_arguments(name: str, flags: Sequence[str]) -> dict[str, object]:
     return arguments
 
 
+#: A schedule plot samples at most this many steps, evenly spaced, the first and the last
+#: included: a 1000-pixel-wide picture shows no more, and a schedule of 10**9 steps would
+#: otherwise take minutes and hundreds of GB to evaluate at every step.
+PLOT_POINTS = 2000
+
+
+def plotted_steps(steps: int, points: int = PLOT_POINTS) -> range | list[int]:
+    """The steps a plot of ``steps`` steps samples: all of them, or ``points`` evenly spaced."""
+    if steps <= points:
+        return range(steps)
+    # integer arithmetic: exact for any step count, first step 0 and last step steps - 1
+    return [index * (steps - 1) // (points - 1) for index in range(points)]
+
+
 def run_schedule_plot(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """``steepest schedule plot NAME --arg value ... -o lr.png``: draw a schedule to a PNG."""
     arguments = _schedule_arguments(args.name, extra)
@@ -189,9 +219,27 @@ def run_schedule_plot(args: argparse.Namespace, extra: Sequence[str]) -> int:
     steps = args.steps or arguments.get("total") or 1000
     if not isinstance(steps, int) or steps < 1:
         raise UsageError(f"--steps must be a positive integer, got {steps!r}")
-    output = args.output or f"{args.name}.png"
-    schedules.plot(schedule, steps, path=output)
-    values = schedule.values(range(steps))
+    output = args.output if args.output is not None else f"{args.name}.png"
+    check_plot_output(output)
+    sampled = plotted_steps(steps)
+    try:
+        values = schedule.values(sampled)
+    except OverflowError:  # float ** float raises rather than returning inf (exponential growth)
+        raise UsageError(f"{schedule!r} grows past the largest float within {steps} steps") from None
+    # The library takes any real value on purpose (a schedule may drive momentum, or rise from
+    # "peak" to "floor", both kept); as a learning rate, a negative or infinite one is nonsense.
+    bad = next(
+        ((step, value) for step, value in zip(sampled, values) if not (math.isfinite(value) and value >= 0)),
+        None,
+    )
+    if bad is not None:
+        raise UsageError(
+            f"{schedule!r} is {bad[1]:g} at step {bad[0]}: a learning rate must be finite and >= 0"
+        )
+    # Each line of the legend is the schedule's repr, which can be wider than the figure:
+    # wrapped, constrained layout fits it instead of warning that it cannot.
+    label = textwrap.fill(repr(schedule), width=90)
+    schedules.plot(schedule, sampled, path=output, labels=[label])
     print(f"{schedule!r}: start {values[0]:.4g}, max {max(values):.4g}, end {values[-1]:.4g}")
     print(f"wrote {output}")
     return 0
@@ -215,22 +263,27 @@ def data_and_model(config: dict[str, typing.Any]) -> tuple[DataSplits, torch.nn.
 
 def run_lr_find(args: argparse.Namespace) -> int:
     """``steepest lr-find``: a range test on the data and model of ``train``; print and plot it."""
-    check_output_folder(args.output)
+    check_plot_output(args.output)
     flags = {name: value for name, value in vars(args).items() if name in LR_FIND_OPTIONS}
     config = configure(flags, args.config)
     data, model = data_and_model(config)
-    result = lr.range_test(
-        model,
-        data.train,
-        command.configured_optimizer(config),
-        loss_fn=LOSSES["cross_entropy" if data.task == "classification" else "mse"],
-        min_lr=args.min_lr,
-        max_lr=args.max_lr,
-        steps=args.steps,
-        repeats=args.repeats,
-        batch_size=config["batch_size"],
-        seed=config["seed"],
-    )
+    try:
+        result = lr.range_test(
+            model,
+            data.train,
+            command.configured_optimizer(config),
+            loss_fn=LOSSES["cross_entropy" if data.task == "classification" else "mse"],
+            min_lr=args.min_lr,
+            max_lr=args.max_lr,
+            steps=args.steps,
+            repeats=args.repeats,
+            batch_size=config["batch_size"],
+            seed=config["seed"],
+        )
+    except ValueError as error:
+        # The range test raises ValueError only for what it was given: the data (a NaN
+        # feature makes the loss NaN before any step), the model, the settings.
+        raise UsageError(f"lr-find: {error}") from None
     print(lr.lr_find_summary(result))
     result.plot(args.output)
     print(f"wrote {args.output}")
@@ -244,9 +297,32 @@ def check_output_folder(output: str) -> None:
         raise UsageError(f"-o {output}: folder {folder} does not exist")
 
 
+def check_plot_output(output: str) -> None:
+    """Refuse, before any work, a picture file that matplotlib would not write as asked.
+
+    The name must end in a format matplotlib writes (``.png``, ``.pdf``, ``.svg``, ...):
+    without one it would silently add ``.png`` (``-o ''`` writes a hidden ``.png``, ``-o
+    DIR`` writes ``DIR.png``), and with an unknown one it fails after the work is done.
+    """
+    from matplotlib.figure import Figure
+
+    if not output:
+        raise UsageError("-o: give a file name, e.g. -o plot.png")
+    if Path(output).is_dir():
+        raise UsageError(f"-o {output}: is a folder; give a file name, e.g. -o {Path(output) / 'plot.png'}")
+    check_output_folder(output)
+    formats = Figure().canvas.get_supported_filetypes()
+    suffix = Path(output).suffix.lower().removeprefix(".")
+    if suffix not in formats:
+        raise UsageError(
+            f"-o {output}: the name must end in a picture format: "
+            + ", ".join(f".{name}" for name in sorted(formats))
+        )
+
+
 def run_compare(args: argparse.Namespace) -> int:
     """``steepest compare PROBLEM --optimizer ... --lr ...``: runs side by side, a table and a PNG."""
-    check_output_folder(args.output)
+    check_plot_output(args.output)
     if args.regimes:
         if len(args.optimizer) != 1 or (args.lr is not None and len(args.lr) != 1):
             raise UsageError(
@@ -260,9 +336,12 @@ def run_compare(args: argparse.Namespace) -> int:
             )
         good = None if args.lr is None else args.lr[0]
         options = _momentum_options(args.optimizer[0], args.momentum[0] if args.momentum else None)
-        comparison = lr.three_regimes(
-            args.problem, args.optimizer[0], good, steps=args.steps, options=options
-        )
+        try:
+            comparison = lr.three_regimes(
+                args.problem, args.optimizer[0], good, steps=args.steps, options=options
+            )
+        except ValueError as error:  # the rates it derives from --lr (x30) are checked there
+            raise UsageError(f"--regimes: {error}") from None
     else:
         # every optimizer at every rate and momentum; without --lr, each at its own default rate
         runs = [
@@ -271,7 +350,10 @@ def run_compare(args: argparse.Namespace) -> int:
             for rate in args.lr or [None]
             for momentum in args.momentum or [None]
         ]
-        comparison = lr.compare(args.problem, runs, steps=args.steps)
+        try:
+            comparison = lr.compare(args.problem, runs, steps=args.steps)
+        except ValueError as error:  # runs it cannot make (settings the optimizer rejects)
+            raise UsageError(str(error)) from None
     for note in comparison.notes:
         print(note)
     print(comparison.summary())
@@ -357,7 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     plot_parser.add_argument("name", help="schedule name")
-    plot_parser.add_argument("-o", "--output", default=None, help="PNG to write (default: NAME.png)")
+    plot_parser.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="picture to write, its format named by its extension: .png, .pdf, .svg, ... (default: NAME.png)",
+    )
     plot_parser.add_argument(
         "--steps", type=positive_int, default=None, help="steps to draw (default: total, or 1000)"
     )
@@ -381,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     find_parser.add_argument(
         "--max-lr", type=positive_float, default=10.0, help="last rate of the sweep (default: 10)"
     )
-    find_parser.add_argument("--steps", type=positive_int, default=100, help="steps per sweep (default: 100)")
+    find_parser.add_argument("--steps", type=sweep_steps, default=100, help="steps per sweep (default: 100)")
     find_parser.add_argument(
         "--repeats", type=positive_int, default=3, help="sweeps (batch orders) (default: 3)"
     )
@@ -389,7 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
         "-o",
         "--output",
         default="lr_find.png",
-        help="PNG of the curve, with the suggestions and the spread marked (default: lr_find.png)",
+        help="picture of the curve, with the suggestions and the spread marked; a file name ending "
+        "in .png, .pdf, .svg, ... (not a folder) (default: lr_find.png)",
     )
     find_parser.set_defaults(run=run_lr_find)
 
@@ -432,7 +520,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--regimes", action="store_true", help="the three regimes: too small, good, too large"
     )
     compare_parser.add_argument("--steps", type=positive_int, default=500, help="iterations per run")
-    compare_parser.add_argument("-o", "--output", default="compare.png", help="PNG to write")
+    compare_parser.add_argument(
+        "-o",
+        "--output",
+        default="compare.png",
+        help="picture to write: a file name ending in .png, .pdf, .svg, ... (default: compare.png)",
+    )
     compare_parser.set_defaults(run=run_compare)
     return parser
 

@@ -24,6 +24,9 @@ import base64
 import html
 import io
 import math
+import os
+import unicodedata
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +53,10 @@ _OTHER_REGIME_COLOR = "#bbbbbb"
 #: Beyond this many points a line is thinned to every k-th point: the PNG cannot show more
 #: detail than its pixels, and drawing a million points would take seconds per plot.
 _MAX_POINTS = 4000
+#: Values beyond +-this (and NaN, inf) are left out of the curves: a diverged run logs losses
+#: and rates up to 1e308, and matplotlib's axis arithmetic (margins, ticks, log decades)
+#: overflows near the float limit. Measured: 1e200 draws on linear and log axes alike.
+_DRAWABLE = 1e200
 
 
 @dataclass
@@ -67,16 +74,28 @@ class RunData:
     def __post_init__(self) -> None:
         self.label = str(self.config.get("label") or self.name)
 
+    @property
+    def plot_label(self) -> str:
+        """The label as the plots draw it (see ``_plot_text``)."""
+        return _plot_text(self.label)
+
 
 def load_run(path: str | Path) -> RunData:
     """Read a run folder's config.toml and metrics.jsonl.
 
     Raises:
-        ConfigError: the folder does not exist or has no metrics.jsonl.
+        ConfigError: the folder does not exist, has no metrics.jsonl, or it cannot be read
+            (not UTF-8 text, no permission).
     """
     folder = open_run_folder(path)
     steps, evals, end = [], [], None
-    for record in read_records(folder.metrics_path):
+    try:
+        records = read_records(folder.metrics_path)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{folder.metrics_path} is not UTF-8 text: not a metrics file") from None
+    except OSError as error:
+        raise ConfigError(f"cannot read {folder.metrics_path}: {error.strerror or error}") from None
+    for record in records:
         kind = record.get("kind", "step")
         if kind == "step":
             steps.append(record)
@@ -90,13 +109,19 @@ def load_run(path: str | Path) -> RunData:
 # --------------------------------------------------------------------------- plots
 
 
+def _drawable(value: Any) -> bool:
+    """Whether ``value`` is a number a plot can draw: finite, within +-_DRAWABLE, not a bool."""
+    return (
+        isinstance(value, (int, float)) and not isinstance(value, bool) and abs(float(value)) <= _DRAWABLE
+    )  # NaN fails the comparison
+
+
 def _series(records: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
-    """(steps, values) of the records that have a number under ``key``, thinned to _MAX_POINTS."""
+    """(steps, values) of the records with a drawable number under ``key``, thinned to _MAX_POINTS."""
     points = [
         (record["step"], float(record[key]))
         for record in records
-        if isinstance(record.get(key), (int, float)) and not isinstance(record.get(key), bool)
-        and "step" in record
+        if _drawable(record.get(key)) and isinstance(record.get("step"), (int, float))
     ]
     stride = max(1, math.ceil(len(points) / _MAX_POINTS))
     if stride > 1:
@@ -108,8 +133,28 @@ def _png_data_uri(figure: Figure) -> str:
     """Render ``figure`` on an Agg canvas (no pyplot, no global state) as a base64 PNG data URI."""
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
+    with warnings.catch_warnings():
+        # A run label in a script the font lacks (CJK, emoji) draws as boxes: the HTML table
+        # still shows it, so the warning, one per glyph, is only noise on the run's output.
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from", category=UserWarning)
+        figure.savefig(buffer, format="png", dpi=100)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _plot_text(text: str) -> str:
+    """``text`` as matplotlib should draw it literally: control characters escaped (``\\x01``;
+    no font has a glyph for them) and ``$`` escaped (it would start mathtext, and an
+    unbalanced or unknown expression fails to draw)."""
+    return "".join(
+        char.encode("unicode_escape").decode("ascii") if unicodedata.category(char) == "Cc" else char
+        for char in text
+    ).replace("$", r"\$")
+
+
+def _legend(axes: Any) -> None:
+    # A fixed corner: loc="best" tests every placement against every point drawn, seconds
+    # (and a warning) on a long run's curves.
+    axes.legend(fontsize="small", loc="upper right")
 
 
 def _new_axes(title: str, ylabel: str) -> tuple[Figure, Any]:
@@ -141,16 +186,16 @@ def plot_loss(runs: list[RunData]) -> Figure | None:
     for index, run in enumerate(runs):
         steps, values = _series(run.steps, "loss")
         if steps:
-            axes.plot(steps, values, color=_color(index), linewidth=1, label=f"{run.label} train")
+            axes.plot(steps, values, color=_color(index), linewidth=1, label=f"{run.plot_label} train")
         eval_steps, eval_values = _series(run.evals, "val_loss")
         if eval_steps:
             axes.plot(eval_steps, eval_values, "o--", color=_color(index), markersize=3,
-                      label=f"{run.label} val")
+                      label=f"{run.plot_label} val")
         everything += values + eval_values
     if not everything:
         return None
     _positive_log_scale(axes, everything)
-    axes.legend(fontsize="small")
+    _legend(axes)
     return figure
 
 
@@ -165,11 +210,11 @@ def plot_accuracy(runs: list[RunData]) -> Figure | None:
                 steps, values = _series(records, key)
                 if steps:
                     axes.plot(steps, values, style, color=_color(index), markersize=3, linewidth=1,
-                              label=f"{run.label} {key}")
+                              label=f"{run.plot_label} {key}")
                     drawn = True
     if not drawn:
         return None
-    axes.legend(fontsize="small")
+    _legend(axes)
     return figure
 
 
@@ -180,12 +225,12 @@ def plot_learning_rate(runs: list[RunData]) -> Figure | None:
     for index, run in enumerate(runs):
         steps, values = _series(run.steps, "lr")
         if steps:
-            axes.plot(steps, values, color=_color(index), linewidth=1.2, label=run.label)
+            axes.plot(steps, values, color=_color(index), linewidth=1.2, label=run.plot_label)
             everything += values
     if not everything:
         return None
     _positive_log_scale(axes, everything)
-    axes.legend(fontsize="small")
+    _legend(axes)
     return figure
 
 
@@ -197,20 +242,20 @@ def plot_gradient_norm(runs: list[RunData]) -> Figure | None:
         steps, values = _series(run.steps, "grad_norm")
         if not steps:
             continue
-        axes.plot(steps, values, color=_color(index), linewidth=1, label=run.label)
+        axes.plot(steps, values, color=_color(index), linewidth=1, label=run.plot_label)
         clipped = [(r["step"], r["grad_norm"]) for r in run.steps
-                   if r.get("clipped") is True and isinstance(r.get("grad_norm"), (int, float))]
+                   if r.get("clipped") is True and _drawable(r.get("grad_norm"))]
         if clipped:
             axes.plot([s for s, _ in clipped], [v for _, v in clipped], "x", color=_color(index),
-                      markersize=5, label=f"{run.label} clipped ({len(clipped)} steps)")
+                      markersize=5, label=f"{run.plot_label} clipped ({len(clipped)} steps)")
         clip_norm = run.config.get("clip_norm")
-        if isinstance(clip_norm, (int, float)):
+        if _drawable(clip_norm):
             axes.axhline(clip_norm, color=_color(index), linestyle=":", linewidth=1)
         everything += values
     if not everything:
         return None
     _positive_log_scale(axes, everything)
-    axes.legend(fontsize="small")
+    _legend(axes)
     return figure
 
 
@@ -243,7 +288,7 @@ def plot_regimes(runs: list[RunData]) -> Figure | None:
             color = _REGIME_COLORS.get(regime, _OTHER_REGIME_COLOR)
             seen.setdefault(regime, color)
             axes.broken_barh([(start, max(stop - start, 1))], (row - 0.4, 0.8), facecolors=color)
-    axes.set_yticks(range(len(runs_with_regime)), [run.label for run in runs_with_regime])
+    axes.set_yticks(range(len(runs_with_regime)), [run.plot_label for run in runs_with_regime])
     axes.set_ylim(-0.6, len(runs_with_regime) - 0.4)
     axes.invert_yaxis()  # the first run on top, in the order of the summary table
     from matplotlib.patches import Patch
@@ -260,11 +305,11 @@ def plot_extra_field(runs: list[RunData], key: str) -> Figure | None:
     for index, run in enumerate(runs):
         steps, values = _series(run.steps, key)
         if steps:
-            axes.plot(steps, values, color=_color(index), linewidth=1, label=run.label)
+            axes.plot(steps, values, color=_color(index), linewidth=1, label=run.plot_label)
             drawn = True
     if not drawn:
         return None
-    axes.legend(fontsize="small")
+    _legend(axes)
     return figure
 
 
@@ -466,11 +511,38 @@ def default_report_path(paths: Sequence[str | Path]) -> Path:
     return Path(paths[0]) / REPORT_FILE if len(paths) == 1 else Path(REPORT_FILE)
 
 
+def check_report_output(output: Path) -> None:
+    """Refuse, before anything is drawn, a report file that cannot or must not be written.
+
+    Only an ``.html`` name is taken, so that ``-o runs/x/config.toml`` (or metrics.jsonl, a
+    checkpoint) cannot replace a run's own file by a report; and its folder must be one that
+    exists or can be made, and that we may write in.
+
+    Raises:
+        ConfigError: the name does not end in .html, it names a folder, or a path component
+            is a file, or the folder is not writable.
+    """
+    if output.suffix.lower() != ".html":
+        raise ConfigError(f"report: -o {output}: the report is an HTML file; give a name ending in .html")
+    if output.is_dir():
+        raise ConfigError(f"report: {output} is a folder; give a file name, e.g. -o {output / REPORT_FILE}")
+    # The nearest folder that exists: it must be a folder (not a file on the path) we may write in.
+    existing = output.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"report: cannot write {output}: {existing} is a file, not a folder")
+    writable = os.access(existing, os.W_OK | os.X_OK)
+    if not writable or (output.exists() and not os.access(output, os.W_OK)):
+        raise ConfigError(f"report: cannot write {output}: permission denied")
+
+
 def report_main(paths: Sequence[str], output: str | None = None) -> int:
     """``steepest report RUN [RUN ...] [-o FILE]``: write the report, print its path, return 0.
 
     Raises:
-        ConfigError: a path that is not a run folder (the command line prints it, exit code 2).
+        ConfigError: a path that is not a run folder, or an output it must not or cannot write
+            (the command line prints it, exit code 2).
 
     Example:
         >>> report_main(["runs/a", "runs/b"], "compare.html")  # doctest: +SKIP
@@ -481,6 +553,11 @@ def report_main(paths: Sequence[str], output: str | None = None) -> int:
         raise ConfigError("report: give at least one run folder")
     for path in paths:  # check all before drawing anything: fail fast, with the bad path
         open_run_folder(path)
-    written = write_report(list(paths), Path(output) if output else default_report_path(paths))
+    target = Path(output) if output is not None else default_report_path(paths)
+    check_report_output(target)
+    try:
+        written = write_report(list(paths), target)
+    except OSError as error:  # what the checks cannot foresee: a full disk, a race
+        raise ConfigError(f"report: cannot write {target}: {error.strerror or error}") from None
     print(f"wrote {written}", flush=True)
     return 0

@@ -28,7 +28,7 @@ import os
 import random
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -201,17 +201,30 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return state
 
 
-def latest_checkpoint(folder: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]] | None:
+def latest_checkpoint(
+    folder: str | os.PathLike[str], on_skip: Callable[[str], None] | None = None
+) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint of ``folder`` that loads and verifies, with its state.
 
-    A bad file (truncated, corrupted, unsafe) is skipped with a warning naming it, and the
-    one before it is tried. Returns None when no checkpoint is usable.
+    A bad file (truncated, corrupted, unsafe) is skipped, and the one before it is tried.
+    Returns None when no checkpoint is usable.
+
+    Args:
+        folder: the checkpoint folder.
+        on_skip: called with one line naming each skipped file and why (e.g. the command line
+            prints it); default: a ``UserWarning``.
     """
     for path in reversed(list_checkpoints(folder)):
         try:
             return path, load_checkpoint(path)
         except CheckpointError as error:
-            warnings.warn(f"skipping unusable checkpoint {str(path)!r}: {error}", stacklevel=2)
+            # torch's reasons run to paragraphs: their first sentence says what happened
+            reason = str(error).strip().splitlines()[0].split(". ")[0] if str(error).strip() else "unreadable"
+            message = f"skipping unusable checkpoint {str(path)!r}: {reason}"
+            if on_skip is None:
+                warnings.warn(message, stacklevel=2)
+            else:
+                on_skip(message)
     return None
 
 

@@ -10,8 +10,11 @@ held-out test split; write the report.
 from __future__ import annotations
 
 import json
+import sys
+import warnings
 from collections.abc import Callable, Mapping
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,7 +23,9 @@ from torch.nn import functional as F
 from steepest import lr as learning_rate_tools
 from steepest import rules, schedules, stopping
 from steepest.init import initialize
+from steepest.train import checkpoint as checkpoints
 from steepest.train.config import (
+    OPTIONS_BY_NAME,
     ConfigError,
     configure,
     optimizer_options,
@@ -28,23 +33,34 @@ from steepest.train.config import (
     validate_config,
 )
 from steepest.train.data import DataSplits, load_dataset
-from steepest.train.fit import StepRecord, Trainer, fit
+from steepest.train.fit import StepRecord, Trainer, build_optimizer, fit
 from steepest.train.loop import DEFAULT_LEARNING_RATES, HEAVY_BALL, OPTIMIZER_CLASS_NAMES, build_schedule
 from steepest.train.models import build_model
 from steepest.train.progress import Progress
 from steepest.train.report import write_report
 from steepest.train.runs import (
+    END,
     MetricsWriter,
     RunFolder,
     TensorBoardWriter,
+    check_new_run_folder,
+    check_resumable,
     create_run_folder,
     open_run_folder,
+    read_records,
 )
 
 #: Exit codes: a finished run, a run that diverged.
 SUCCESS, DIVERGED = 0, 1
 
 PRECISIONS = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+#: Settings a resumed run may change: how long it trains and what it records. Every other one
+#: shapes the numbers its checkpoint holds (or how they are read back), so a resume with another
+#: value would not continue the same run, or would fail halfway through loading it.
+RESUMABLE_SETTINGS = frozenset(
+    {"epochs", "log_every", "checkpoint_every", "keep_last", "tensorboard", "progress", "quiet", "label"}
+)
 
 
 class DiagnoseRegime:
@@ -85,12 +101,150 @@ class DiagnoseRegime:
 def resolve(flags: Mapping[str, Any], config_path: str | None, resume: str | None) -> dict[str, Any]:
     """The validated configuration, before any work.
 
-    Resuming reads the run folder's saved configuration as the file layer, so a resumed run
-    continues with the settings it started with unless a flag says otherwise.
+    Resuming reads the run folder's saved configuration: a resumed run continues with the
+    settings it started with. Flags may change only ``RESUMABLE_SETTINGS`` (``--epochs`` to
+    extend it, what it records); one that contradicts the run, ``--config``, ``--name`` and
+    ``--runs-dir`` are refused.
     """
-    if resume is not None:
-        return validate_config(resolve_config(open_run_folder(resume).read_config(), dict(flags)))
-    return configure(dict(flags), config_path)
+    if resume is None:
+        return configure(dict(flags), config_path)
+    given = {key: value for key, value in flags.items() if value is not None}
+    if config_path is not None:
+        raise ConfigError(
+            f"--config cannot be used with --resume: {resume} continues with its own config.toml"
+        )
+    for name in ("name", "runs_dir"):
+        if name in given:
+            raise ConfigError(
+                f"{OPTIONS_BY_NAME[name].flag} cannot be used with --resume: the run folder {resume} "
+                "keeps its own name and place"
+            )
+    folder = open_run_folder(resume)
+    saved_values = check_resumable(folder)
+    saved = validate_config(resolve_config(saved_values, {}), saved_values, folder.config_path)
+    config = validate_config(resolve_config(saved, given))
+    for name, value in given.items():
+        if name not in RESUMABLE_SETTINGS and config[name] != saved[name]:
+            was = "not set" if saved[name] is None else saved[name]
+            raise ConfigError(
+                f"cannot resume {folder.path} with {OPTIONS_BY_NAME[name].flag} {value}: the run was "
+                f"trained with {was}"
+            )
+    saved_place = Path(str(saved["runs_dir"])) / str(saved["name"])
+    if saved["name"] is None or saved_place.resolve() != folder.path.resolve():
+        # The folder was moved or renamed since: record where the run now is.
+        config["name"], config["runs_dir"] = folder.name, str(folder.path.parent)
+    return config
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message as one line (the command line's errors are one line each)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+def _warn(message: str) -> None:
+    print(f"steepest: warning: {message}", file=sys.stderr, flush=True)
+
+
+def load_data_and_model(config: Mapping[str, Any]) -> tuple[DataSplits, torch.nn.Module]:
+    """The data and the (not yet initialized) model a configuration names.
+
+    A mistake in either is a ``ConfigError``; warnings while loading (a class too small to
+    stratify) are printed as one line each, and only when loading succeeds.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            data = load_dataset(config["dataset"], label=config["label_column"], split_seed=0)
+            torch.manual_seed(config["seed"])
+            model = build_model(config["model"], data)
+        except (ValueError, TypeError, OSError) as error:
+            raise ConfigError(_one_line(error)) from error
+    for message in dict.fromkeys(_one_line(warning.message) for warning in caught):  # type: ignore[arg-type]
+        _warn(message)
+    return data, model
+
+
+def check_before_the_folder(config: Mapping[str, Any], data: DataSplits, model: torch.nn.Module,
+                            total_steps: int) -> str | None:
+    """Everything a run could trip on before its first step, checked before its folder exists.
+
+    The stopping criteria fit the task, the model initializes, the optimizer builds on the
+    model's parameters. Returns the optimizer's class name (None for ``lr = "auto"``, which
+    chooses its optimizer later).
+    """
+    if config["target"] is not None and data.task != "classification":
+        raise ConfigError(
+            f"target = {config['target']!r} stops on the validation accuracy, and {config['dataset']} "
+            "is a regression: it has none (use patience)"
+        )
+    try:
+        stopping_criteria(config)
+        peak = default_learning_rate(config) if config["lr"] in (None, "auto") else config["lr"]
+        lr = build_schedule(config["schedule"], peak, config["warmup"], total_steps)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(_one_line(error)) from error
+    on_model = f"on model {config['model']}"
+    try:
+        initialize(model, config["init"])
+    except (ValueError, TypeError, RuntimeError) as error:
+        raise ConfigError(f"init = {config['init']!r} {on_model}: {_one_line(error)}") from error
+    try:  # a throwaway optimizer: fit builds its own
+        parameters = list(model.parameters())
+        built = build_optimizer(configured_optimizer(config), parameters, lr, config["clip_norm"])
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"optimizer {config['optimizer']} {on_model}: {_one_line(error)}") from error
+    return None if config["lr"] == "auto" else type(built).__name__
+
+
+def checkpoint_to_resume(
+    folder: RunFolder,
+    config: Mapping[str, Any],
+    model: torch.nn.Module,
+    optimizer_class: str | None,
+    first_checkpoint_step: int,
+) -> tuple[Path, dict[str, Any]] | None:
+    """The checkpoint a resume of ``folder`` continues from, checked against ``config``.
+
+    None only for a run killed before it reached its first checkpoint: it has nothing to lose,
+    and starts again in its folder. A run that had checkpoints and has none usable left is
+    refused: starting over would replace what it trained.
+    """
+    refuse = f"cannot resume {folder.path}"
+    skipped: list[str] = []  # said only when an older checkpoint is used: else the error says it
+    found = checkpoints.latest_checkpoint(folder.checkpoints_dir, on_skip=skipped.append)
+    if found is None:
+        records = read_records(folder.metrics_path)
+        ended = any(record.get("kind") == END for record in records)
+        last_step = max((record.get("step") or 0 for record in records), default=0)
+        if checkpoints.list_checkpoints(folder.checkpoints_dir) or ended or last_step > first_checkpoint_step:
+            raise ConfigError(
+                f"{refuse}: no usable checkpoint in {folder.checkpoints_dir}; start afresh with --overwrite"
+            )
+        return None
+    path, state = found
+    taken = state.get("config", {})
+    said = f"{refuse}: its config.toml says"
+    for key in ("batch_size", "accumulate", "seed"):
+        if key in taken and taken[key] != config[key]:
+            raise ConfigError(
+                f"{said} {key} = {config[key]!r}, its checkpoint {path.name} has {taken[key]!r}"
+            )
+    if optimizer_class is not None and taken.get("optimizer", optimizer_class) != optimizer_class:
+        raise ConfigError(
+            f"{said} optimizer = {config['optimizer']!r}, its checkpoint {path.name} was taken with "
+            f"{taken['optimizer']}"
+        )
+    expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
+    held = {key: tuple(getattr(value, "shape", ())) for key, value in state.get("model", {}).items()}
+    if expected != held:
+        raise ConfigError(
+            f"{said} model = {config['model']!r} on {config['dataset']!r}, and its checkpoint "
+            f"{path.name} holds the parameters of another model"
+        )
+    for message in skipped:
+        _warn(message)
+    return found
 
 
 def run_folder(config: Mapping[str, Any], resume: str | None, overwrite: bool = False) -> RunFolder:
@@ -220,21 +374,38 @@ def run(
     """
     if overwrite and resume is not None:
         raise ConfigError("--overwrite starts afresh and --resume continues: pass one of them")
+    # Everything is checked before the run folder is created, deleted (--overwrite) or written
+    # (--resume): a mistake leaves no folder behind and an existing one as it was.
     config = resolve(flags, config_path, resume)
-    try:  # data and model come before the run folder: a mistake here leaves nothing behind
-        data = load_dataset(config["dataset"], label=config["label_column"], split_seed=0)
-        torch.manual_seed(config["seed"])
-        model = build_model(config["model"], data)
-    except (ValueError, TypeError) as error:
-        raise ConfigError(str(error)) from error
+    if resume is None:
+        check_new_run_folder(config["runs_dir"], config["name"], overwrite)
+    data, model = load_data_and_model(config)
     steps_per_epoch = schedules.steps_per_epoch(
         len(data.train[1]), config["batch_size"], accumulation=config["accumulate"]
     )
     total_steps = config["epochs"] * steps_per_epoch
-    # the schedule's settings checked now (its peak, maybe lr="auto"'s, comes after the folder)
-    build_schedule(config["schedule"], 1.0, config["warmup"], total_steps)
+    optimizer_class = check_before_the_folder(config, data, model, total_steps)
+    resume_from: Path | None = None
+    if resume is not None:
+        folder = open_run_folder(resume)
+        every = config["checkpoint_every"]
+        found = checkpoint_to_resume(
+            folder, config, model, optimizer_class, every * steps_per_epoch if every else total_steps
+        )
+        if found is not None:
+            resume_from = found[0]
+            epochs_done = found[1]["loop"]["epochs_done"]
+            if epochs_done >= config["epochs"]:
+                if flags.get("epochs") is not None:
+                    raise ConfigError(
+                        f"the run {folder.path} has already trained {epochs_done} epochs; "
+                        "--epochs must be more to continue it"
+                    )
+                if not config["quiet"]:
+                    say(f"{folder.path} has trained all its {epochs_done} epochs: --epochs N trains more")
+                return SUCCESS
+        checkpoints.remove_temporary_files(folder.checkpoints_dir)
     folder = run_folder(config, resume, overwrite)
-    initialize(model, config["init"])
     optimizer, lr = choose_learning_rate(config, model, data, folder, total_steps, say)
 
     quiet = config["quiet"]
@@ -273,7 +444,7 @@ def run(
         checkpoint_dir=folder.checkpoints_dir,
         checkpoint_every=checkpoint_every,
         keep_last=config["keep_last"],
-        resume=resume is not None,
+        resume=resume_from if resume_from is not None else False,
         seed=config["seed"],
         metrics=("accuracy",) if data.task == "classification" else (),
     )

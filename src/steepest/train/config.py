@@ -118,8 +118,14 @@ def _fraction(value: float) -> str | None:
 _FOLDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=@-]*")
 
 
+#: The longest file name most file systems take (ext4, APFS, NTFS: 255 bytes or characters).
+MAX_FOLDER_NAME_BYTES = 255
+
+
 def _folder_name(value: str) -> str | None:
     # The run name becomes one folder under runs_dir: a separator or ".." would escape it.
+    if len(value.encode("utf-8")) > MAX_FOLDER_NAME_BYTES:
+        return f"must be at most {MAX_FOLDER_NAME_BYTES} characters long, got {len(value)}"
     if _FOLDER_NAME.fullmatch(value) and ".." not in value:
         return None
     return "must be a folder name: letters, digits and . _ - + = @, not starting with . or -"
@@ -135,6 +141,8 @@ def _model(value: str) -> str | None:
 
 
 def _dataset(value: str) -> str | None:
+    if not value.strip():  # Path("") is the current folder: never what an empty value meant
+        return f"must be one of {', '.join(DATASET_NAMES)} or the path of a data file or folder"
     if value.lower() in DATASET_NAMES:
         return None
     if Path(value).expanduser().exists():  # a data file, or a folder of them
@@ -311,7 +319,7 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("keep_last", int, 3, "checkpoints kept; older ones are deleted", at_least(1)),
     Option("eval_every", int, 1, "epochs between two validation passes", at_least(1)),
     Option("patience", int, None, "stop after this many evaluations without a better val_loss",
-           at_least(0)),
+           at_least(1)),
     Option("target", float, None, "stop once val_accuracy reaches this fraction", _fraction),
     Option("tensorboard", bool, False, "also write TensorBoard event files", _tensorboard_installed),
     Option("progress", str, "auto", "progress display: a live bar on a terminal, plain lines otherwise",
@@ -411,6 +419,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not UTF-8 text") from None
+    except OSError as error:  # unreadable: permissions, a disk error
+        raise ConfigError(f"cannot read config file {path}: {error.strerror or error}") from None
 
 
 def resolve_config(

@@ -222,7 +222,12 @@ def _read_csv(path: Path, label: str | None) -> tuple[np.ndarray, np.ndarray, tu
     label_name = header[-1] if label is None else label
     if label_name not in header:
         raise ValueError(f"label={label!r} is not a column of {str(path)!r}; its columns are {header}")
-    table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=str, ndmin=2)
+    with warnings.catch_warnings():
+        # numpy warns (two lines on stderr) about a file with no rows: reported below instead
+        warnings.simplefilter("ignore", UserWarning)
+        table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=str, ndmin=2)
+    if table.size == 0:
+        raise ValueError(f"path={str(path)!r} has a header row but no rows of data")
     if table.shape[1] != len(header):
         raise ValueError(f"path={str(path)!r}: rows have {table.shape[1]} values, the header {len(header)}")
     label_index = header.index(label_name)
@@ -273,9 +278,12 @@ def _read_image_folder(
         for file in sorted(folder.iterdir()):
             if file.suffix.lower() not in IMAGE_SUFFIXES:
                 continue
-            with Image.open(file) as image:
-                image = image.convert("L" if grayscale else "RGB").resize((width, height), Image.BILINEAR)
-                pixels = np.asarray(image, dtype=np.float64) / 255.0
+            try:
+                with Image.open(file) as image:
+                    image = image.convert("L" if grayscale else "RGB").resize((width, height), Image.BILINEAR)
+                    pixels = np.asarray(image, dtype=np.float64) / 255.0
+            except (OSError, ValueError) as error:  # PIL.UnidentifiedImageError is an OSError
+                raise ValueError(f"{str(file)!r} is not an image Pillow can read ({error})") from None
             images.append(pixels[None] if grayscale else pixels.transpose(2, 0, 1))
             labels.append(index)
     if not images:
@@ -283,6 +291,21 @@ def _read_image_folder(
             f"path={str(path)!r}: no image files ({', '.join(IMAGE_SUFFIXES)}) in its class folders"
         )
     return np.stack(images), np.asarray(labels), tuple(folder.name for folder in class_folders)
+
+
+def _check_finite(key: str, values: np.ndarray, what: str) -> None:
+    """Refuse NaN or infinite values, naming the first: a model trained on them diverges at once."""
+    bad = np.argwhere(~np.isfinite(values))
+    if len(bad):
+        row, *position = bad[0].tolist()
+        if len(position) == 1:  # a table: the column a spreadsheet would show
+            where = f"example {row + 1}, column {position[0] + 1}"
+        else:
+            where = f"example {row + 1}, index {tuple(position)}"
+        raise ValueError(
+            f"{key!r}: the {what} hold {int(len(bad))} NaN or infinite value(s), the first "
+            f"{float(values[tuple(bad[0])])} at {where}"
+        )
 
 
 def _split_indices(
@@ -353,7 +376,11 @@ def load_dataset(
     class_names: tuple[str, ...] = ()
     images = False
     key = str(name_or_path)
+    if key == "":
+        raise ValueError("name_or_path='' names no data set; give a data set's name or a path")
     if key in DATASETS:
+        if label is not None:
+            raise ValueError(f"label={label!r}: the built-in data set {key!r} has its own labels")
         inputs, targets, known_task, feature_names = _sklearn_loader(key)()
         task = known_task if task == "auto" else task
         images = key == "digits"
@@ -377,6 +404,7 @@ def load_dataset(
         raise ValueError(
             f"{key!r}: needs at least 3 examples with one label each, got {len(inputs)} and {len(targets)}"
         )
+    _check_finite(key, np.asarray(inputs, dtype=np.float64), "features")
 
     if task == "auto":
         numeric = targets.dtype.kind in "fiub"
@@ -385,12 +413,18 @@ def load_dataset(
         task = "classification" if not numeric or (whole and distinct <= MAX_AUTO_CLASSES) else "regression"
     if task == "classification":
         values, targets = np.unique(targets, return_inverse=True)
+        if len(values) < 2:
+            raise ValueError(
+                f"{key!r}: every example has the label {values[0].item()!r}; a classification needs "
+                "at least two classes"
+            )
         if not class_names:
             class_names = tuple(str(value.item() if hasattr(value, "item") else value) for value in values)
         targets_tensor = torch.as_tensor(targets.reshape(-1), dtype=torch.int64)
     elif targets.dtype.kind not in "fiub":
         raise ValueError(f"{key!r}: task='regression' needs numeric labels, got {targets[:3].tolist()}...")
     else:
+        _check_finite(key, targets.astype(np.float64).reshape(-1, 1), "labels")
         targets_tensor = torch.as_tensor(targets.astype(np.float64), dtype=torch.float32)
 
     train, val, test = _split_indices(

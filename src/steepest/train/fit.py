@@ -310,9 +310,9 @@ def _class_and_options(optimizer: Any) -> tuple[type[torch.optim.Optimizer], dic
 
 
 def _check_optimizer(optimizer: Any, lr: Any, clip_norm: float | None, params: list[Tensor]) -> None:
-    """Refuse what ``_build_optimizer`` could not build or fit could not drive, before anything changes.
+    """Refuse what ``build_optimizer`` could not build or fit could not drive, before anything changes.
 
-    A factory's optimizer exists only once built: ``_build_optimizer`` checks it then.
+    A factory's optimizer exists only once built: ``build_optimizer`` checks it then.
     """
     if (class_and_options := _class_and_options(optimizer)) is not None:
         cls, preset = class_and_options
@@ -370,11 +370,12 @@ def _check_built(optimizer: torch.optim.Optimizer, clip_norm: float | None, para
         )
 
 
-def _build_optimizer(
+def build_optimizer(
     optimizer: Any, params: list[Tensor], lr: Any, clip_norm: float | None
 ) -> torch.optim.Optimizer:
-    """Build what ``_check_optimizer`` accepted: a name, a class (or a partial of one), a
-    factory ``params -> optimizer``, or an instance (kept as it is)."""
+    """The optimizer fit drives on ``params``, from a name, a class (or a partial of one), a
+    factory ``params -> optimizer`` or an instance (kept as it is), checked once built (what
+    ``_check_optimizer`` can tell before building, it has told already)."""
     from steepest.engine import Optimizer as SteepestOptimizer
 
     if (class_and_options := _class_and_options(optimizer)) is not None:
@@ -845,7 +846,7 @@ def fit(
     )
     forward = torch.compile(model) if compile else model
     try:
-        optimizer = _build_optimizer(optimizer, list(model.parameters()), lr, clip_norm)
+        optimizer = build_optimizer(optimizer, list(model.parameters()), lr, clip_norm)
     except BaseException:
         before.restore()
         raise

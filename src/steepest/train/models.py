@@ -140,13 +140,42 @@ def _import_model(spec: str) -> nn.Module:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ValueError(f"name={spec!r}: cannot import module {module_name!r} ({error})") from error
+    except Exception as error:  # the user's module failed while running: a SyntaxError, its own raise
+        raise ValueError(
+            f"name={spec!r}: importing module {module_name!r} raised {_one_line(error)}"
+        ) from error
     factory = getattr(module, attribute, None)
     if factory is None or not callable(factory):
         raise ValueError(f"name={spec!r}: module {module_name!r} has no class or function {attribute!r}")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as error:  # the user's __init__: whatever it raises, say which model it was
+        raise ValueError(f"name={spec!r}: building it raised {_one_line(error)}") from error
     if not isinstance(model, nn.Module):
         raise TypeError(f"name={spec!r} must build a torch.nn.Module, got {type(model).__name__}")
     return model
+
+
+def _one_line(error: BaseException) -> str:
+    """``"ZeroDivisionError: division by zero"``: an exception as one line of an error message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def check_trainable(model: nn.Module, name: str) -> None:
+    """Refuse a model ``fit`` could not train: one without parameters, or with lazy ones.
+
+    A lazy module (``nn.LazyLinear``) has no sizes until its first forward pass, so it can be
+    neither initialized nor handed to an optimizer beforehand.
+    """
+    parameters = list(model.parameters())
+    if not parameters:
+        raise ValueError(f"model {name!r} has no parameters to train")
+    if any(isinstance(parameter, nn.parameter.UninitializedParameter) for parameter in parameters):
+        raise ValueError(
+            f"model {name!r} has lazy parameters (e.g. nn.LazyLinear) whose sizes are unknown before "
+            "training; give their sizes (nn.Linear(in_features, out_features))"
+        )
 
 
 def build_model(name: str, data: DataSplits, hidden: int = 128) -> nn.Module:
@@ -167,7 +196,9 @@ def build_model(name: str, data: DataSplits, hidden: int = 128) -> nn.Module:
         torch.Size([2, 3])
     """
     if ":" in name:
-        return _import_model(name)
+        model = _import_model(name)
+        check_trainable(model, name)
+        return model
     outputs = data.num_classes if data.task == "classification" else 1
     if name == "softmax":
         model: nn.Module = SoftmaxRegression(data.num_features, outputs)

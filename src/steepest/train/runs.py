@@ -128,20 +128,21 @@ def create_run_folder(
         _write_atomically(folder.config_path, dump_config(config))
         return folder
 
-    runs_dir.mkdir(parents=True, exist_ok=True)
+    check_new_run_folder(runs_dir, name, overwrite)
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"cannot create --runs-dir {runs_dir}: {error.strerror or error}") from None
     if name is not None:
         path = runs_dir / name
         if overwrite and path.exists():
-            if not RunFolder(path).holds_a_run():
-                raise ConfigError(f"--overwrite: {path} exists but is not a run folder; not deleting it")
             shutil.rmtree(path)
         try:
             path.mkdir()  # atomic: of two runs racing for one name, exactly one wins
         except FileExistsError:
-            raise ConfigError(
-                f"run folder {path} exists: choose another --name, pass --resume {path} to "
-                "continue it or --overwrite to start afresh in it"
-            ) from None
+            raise ConfigError(_exists_message(path)) from None
+        except OSError as error:
+            raise ConfigError(f"cannot create run folder {path}: {error.strerror or error}") from None
     else:
         base = timestamped_name(config.get("optimizer"))
         for attempt in range(1, 10_000):
@@ -158,6 +159,77 @@ def create_run_folder(
     with folder.config_path.open("x", encoding="utf-8") as file:  # "x": never overwrite
         file.write(dump_config(config))
     return folder
+
+
+def _exists_message(path: Path) -> str:
+    return (
+        f"run folder {path} exists: choose another --name, pass --resume {path} to "
+        "continue it or --overwrite to start afresh in it"
+    )
+
+
+def check_new_run_folder(runs_dir: str | Path, name: str | None, overwrite: bool = False) -> None:
+    """Refuse, before any work, a new run folder ``create_run_folder`` could not make.
+
+    ``runs_dir`` (or the nearest part of it that exists) must be a folder we may write in; a
+    named run folder must not exist, unless ``overwrite`` and it holds a run. Nothing is created.
+
+    Raises:
+        ConfigError: one line saying which path is in the way.
+    """
+    runs_dir = Path(runs_dir)
+    existing = runs_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"--runs-dir {runs_dir}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--runs-dir {runs_dir}: no permission to write in {existing}")
+    if name is None or existing != runs_dir:
+        return
+    path = runs_dir / name
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not overwrite:
+        raise ConfigError(_exists_message(path))
+    if path.is_symlink() or not RunFolder(path).holds_a_run():
+        raise ConfigError(f"--overwrite: {path} exists but is not a run folder; not deleting it")
+
+
+def check_resumable(folder: RunFolder) -> dict[str, Any]:
+    """What a resume of ``folder`` needs, checked before anything in it is written; returns the
+    saved configuration (config.toml as written, not yet validated).
+
+    The run's config.toml must be there (without it the settings the checkpoints were taken
+    with are unknown: guessing them would train another run on top of this one),
+    checkpoints/ must be a folder, metrics.jsonl readable text, and every one of them writable.
+
+    Raises:
+        ConfigError: one line naming the path and what is wrong with it.
+    """
+    refuse = f"cannot resume {folder.path}"
+    if folder.config_path.is_dir():
+        raise ConfigError(f"{refuse}: {folder.config_path} is a folder, not the run's configuration")
+    if not folder.config_path.is_file():
+        raise ConfigError(
+            f"{refuse}: it has no {CONFIG_FILE}, so the settings its checkpoints were taken with are "
+            "unknown; start afresh with --overwrite"
+        )
+    if folder.checkpoints_dir.exists() and not folder.checkpoints_dir.is_dir():
+        raise ConfigError(f"{refuse}: {folder.checkpoints_dir} is a file, not the checkpoints folder")
+    try:
+        read_records(folder.metrics_path)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{refuse}: {folder.metrics_path} is not UTF-8 text") from None
+    except OSError as error:
+        raise ConfigError(f"{refuse}: cannot read {folder.metrics_path}: {error.strerror or error}") from None
+    written = [folder.path, folder.config_path, folder.metrics_path]
+    if folder.checkpoints_dir.is_dir():
+        written.append(folder.checkpoints_dir)
+    for path in written:
+        if not os.access(path, os.W_OK):
+            raise ConfigError(f"{refuse}: no permission to write {path}")
+    return load_config(folder.config_path)
 
 
 def open_run_folder(path: str | Path) -> RunFolder:

@@ -247,8 +247,8 @@ def test_steepest_train_scores_the_test_split_at_x(tmp_path: Path, monkeypatch) 
     # The command line names no schedule-free optimizer yet: the run is handed one.
     seen: dict = {}
 
-    def choose(config, model, data, folder, total_steps, say):
-        return steepest.ScheduleFreeAdamW, 3e-3
+    def choose(config, model, data, total_steps, say, chosen=None):
+        return steepest.ScheduleFreeAdamW, 3e-3, None
 
     class Capture:
         def on_fit_start(self, trainer) -> None:

@@ -292,3 +292,32 @@ def test_settings_that_would_be_ignored_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], word: str
 ) -> None:
     refused_untouched(train(tmp_path, "x", "--model", "mlp", *flags), tmp_path, capsys, word)
+
+
+# -- lr = "auto": chosen before the folder exists, kept on resume --------------------------------
+def test_lr_auto_chooses_before_the_run_folder_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from steepest import lr as learning_rate_tools
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the choice failed")
+
+    monkeypatch.setattr(learning_rate_tools, "choose_lr", fails)
+    argv = ["train", "--runs-dir", str(tmp_path), "--name", "auto", "--model", "mlp", "--dataset", "wine"]
+    with pytest.raises(RuntimeError, match="the choice failed"):
+        cli.main([*argv, "--lr", "auto", "--epochs", "1", "--quiet"])
+    assert not (tmp_path / "auto").exists()  # once left behind, half made
+
+
+def test_a_resumed_lr_auto_run_keeps_its_choice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from steepest import lr as learning_rate_tools
+
+    argv = ["train", "--runs-dir", str(tmp_path), "--name", "auto", "--model", "mlp", "--dataset", "wine"]
+    assert cli.main([*argv, "--lr", "auto", "--optimizer", "sgd", "--epochs", "1", "--quiet"]) == 0
+    record = (tmp_path / "auto" / "lr_choice.json").read_bytes()
+
+    def fails(*args, **kwargs):
+        raise AssertionError("a resumed run chose its rate again")
+
+    monkeypatch.setattr(learning_rate_tools, "choose_lr", fails)
+    assert cli.main(["train", "--resume", str(tmp_path / "auto"), "--epochs", "2", "--quiet"]) == 0
+    assert (tmp_path / "auto" / "lr_choice.json").read_bytes() == record

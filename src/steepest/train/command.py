@@ -260,42 +260,58 @@ def choose_learning_rate(
     config: Mapping[str, Any],
     model: torch.nn.Module,
     data: DataSplits,
-    folder: RunFolder,
     total_steps: int,
     say: Callable,
-) -> tuple[str, Any]:
-    """The optimizer name and its ``lr`` argument: a schedule peaking at the chosen rate.
+    chosen: Mapping[str, Any] | None = None,
+) -> tuple[Any, Any, dict[str, Any] | None]:
+    """The optimizer, its ``lr`` argument (a schedule peaking at the chosen rate), and for
+    ``lr = "auto"`` the record of the choice (``lr_choice.json``).
 
     ``lr = "auto"`` asks :func:`steepest.lr.choose_lr` (a range test, or a learning-rate-free
     method: Prodigy for the Adam family, MoMo for SGD on a network with more parameters than
-    examples), says what it chose and why, and records it in the run folder.
+    examples) and says what it chose and why; ``chosen``, a resumed run's record, is taken as
+    it is (the run continues with the rate it started with, and no range test runs again).
     """
-    name, options = config["optimizer"], optimizer_options(config)
-    if config["lr"] == "auto":
+    if config["lr"] != "auto":
+        optimizer = configured_optimizer(config)
+        peak = config["lr"] if config["lr"] is not None else default_learning_rate(config)
+        return optimizer, build_schedule(config["schedule"], peak, config["warmup"], total_steps), None
+    if chosen is None:
         choice = learning_rate_tools.choose_lr(
             model,
             data.train,
-            name,
-            options=options,
+            config["optimizer"],
+            options=optimizer_options(config),
             loss_fn=loss_function(data),
             batch_size=config["batch_size"],
             seed=config["seed"],
         )
         say(f"lr auto: {choice}")
-        record = {
+        chosen = {
             "lr": choice.lr,
             "method": choice.method.__name__,
             "options": choice.options,
             "policy": choice.policy,
             "reason": choice.reason,
         }
-        (folder.path / "lr_choice.json").write_text(json.dumps(record, indent=2) + "\n")
-        optimizer: Any = partial(choice.method, **choice.options)
-        peak = choice.lr
-    else:
-        optimizer = configured_optimizer(config)
-        peak = config["lr"] if config["lr"] is not None else default_learning_rate(config)
-    return optimizer, build_schedule(config["schedule"], peak, config["warmup"], total_steps)
+    optimizer = partial(rules.by_name(chosen["method"]), **chosen["options"])
+    lr = build_schedule(config["schedule"], chosen["lr"], config["warmup"], total_steps)
+    return optimizer, lr, dict(chosen)
+
+
+def saved_choice(folder: RunFolder) -> dict[str, Any] | None:
+    """A resumed ``lr = "auto"`` run's ``lr_choice.json`` (None when it has none)."""
+    path = folder.path / "lr_choice.json"
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        rules.by_name(record["method"])
+        float(record["lr"])
+        dict(record["options"])
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise ConfigError(f"cannot resume {folder.path}: its lr_choice.json is damaged ({error})") from None
+    return record
 
 
 def configured_optimizer(config: Mapping[str, Any]) -> str | partial:
@@ -405,8 +421,13 @@ def run(
                     say(f"{folder.path} has trained all its {epochs_done} epochs: --epochs N trains more")
                 return SUCCESS
         checkpoints.remove_temporary_files(folder.checkpoints_dir)
+    # lr = "auto" chooses before the folder exists (a failed choice leaves nothing behind); a
+    # resumed run keeps the choice it started with
+    chosen = saved_choice(open_run_folder(resume)) if resume is not None else None
+    optimizer, lr, chosen = choose_learning_rate(config, model, data, total_steps, say, chosen)
     folder = run_folder(config, resume, overwrite)
-    optimizer, lr = choose_learning_rate(config, model, data, folder, total_steps, say)
+    if chosen is not None:
+        (folder.path / "lr_choice.json").write_text(json.dumps(chosen, indent=2) + "\n")
 
     quiet = config["quiet"]
     callbacks: list[Any] = [DiagnoseRegime(say=None if quiet else say)]

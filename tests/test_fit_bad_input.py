@@ -338,4 +338,6 @@ def test_a_spike_policy_keeps_the_default_for_a_non_finite_loss() -> None:
     result = steepest.fit(
         nn.Linear(4, 3), (inputs, targets), "cross_entropy", "sgd", epochs=2, batch_size=16, on_spike="skip"
     )
-    assert result.stopped_by.startswith("stopped by the safe-step policy"), result.stopped_by
+    # a divergence, as without a guard: steepest train's exit code reads it
+    assert result.stopped_by.startswith("diverged: non-finite loss"), result.stopped_by
+    assert result.stopped_by.endswith("(safe-step policy)")

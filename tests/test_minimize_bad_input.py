@@ -143,3 +143,13 @@ def test_range_test_restores_the_random_state_after_refusing_a_start() -> None:
     with pytest.raises(ValueError):
         range_test(lambda x: x.sum() * math.nan, x0=torch.zeros(3), steps=10, repeats=2, seed=7)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", torch.optim.SGD])
+def test_choose_lr_checks_the_values_of_the_options(optimizer: object) -> None:
+    # a choice was once made "for momentum -0.9", an optimizer the run could never build
+    options = {"momentum": -0.9} if optimizer != "adam" else {"betas": (1.5, 0.9)}
+    fun = Counted()
+    with pytest.raises(ValueError):
+        choose_lr(fun, optimizer=optimizer, x0=torch.zeros(3), options=options)
+    assert fun.calls == 0

@@ -29,6 +29,33 @@ class Raises(torch.nn.Module):
         raise RuntimeError("broken\\non two lines")
 
 
+class ForwardRaises(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(13, 3)
+
+    def forward(self, x):
+        raise KeyError("no such feature")
+
+
+class Vector(torch.nn.Module):  # one number per example, for 3 classes
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(13, 1)
+
+    def forward(self, x):
+        return self.layer(x).squeeze(-1)
+
+
+class TooWide(torch.nn.Module):  # 7 scores for 3 classes: trained silently to 3% accuracy
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(13, 7)
+
+    def forward(self, x):
+        return self.layer(x)
+
+
 class Lazy(torch.nn.Module):
     def __init__(self):
         super().__init__()
@@ -186,6 +213,9 @@ def test_a_truncated_newest_checkpoint_falls_back_with_one_line(
         (["--model", "user_models_for_safety:Raises"], "RuntimeError: broken"),
         (["--model", "user_models_for_safety:Lazy"], "lazy"),
         (["--model", "user_syntax_error:Net"], "SyntaxError"),
+        (["--model", "user_models_for_safety:ForwardRaises", "--dataset", "wine"], "KeyError"),
+        (["--model", "user_models_for_safety:Vector", "--dataset", "wine"], "one score per class (3"),
+        (["--model", "user_models_for_safety:TooWide", "--dataset", "wine"], "shape (7,)"),
     ],
 )
 def test_overwrite_keeps_the_old_run_when_the_new_one_is_refused(
@@ -295,7 +325,9 @@ def test_settings_that_would_be_ignored_are_refused(
 
 
 # -- lr = "auto": chosen before the folder exists, kept on resume --------------------------------
-def test_lr_auto_chooses_before_the_run_folder_exists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_lr_auto_chooses_before_the_run_folder_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from steepest import lr as learning_rate_tools
 
     def fails(*args, **kwargs):
@@ -321,3 +353,42 @@ def test_a_resumed_lr_auto_run_keeps_its_choice(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setattr(learning_rate_tools, "choose_lr", fails)
     assert cli.main(["train", "--resume", str(tmp_path / "auto"), "--epochs", "2", "--quiet"]) == 0
     assert (tmp_path / "auto" / "lr_choice.json").read_bytes() == record
+
+
+# -- found by a second audit ---------------------------------------------------------------------
+@pytest.mark.parametrize("model", ["ForwardRaises", "Vector", "TooWide"])
+def test_lr_find_refuses_a_model_that_does_not_fit_the_data(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], user_models: None, model: str
+) -> None:
+    argv = ["lr-find", "--model", f"user_models_for_safety:{model}", "--dataset", "wine"]
+    refused([*argv, "--steps", "10", "--repeats", "1", "-o", str(tmp_path / "lr.png")], capsys, model)
+    assert not (tmp_path / "lr.png").exists()
+
+
+def test_lr_find_refuses_a_sweep_too_long_to_allocate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["lr-find", "--model", "mlp", "--dataset", "wine", "--steps", "1000000000"]
+    refused([*argv, "-o", str(tmp_path / "lr.png")], capsys, "--steps", "at most 10000")
+
+
+def test_features_beyond_float32_are_refused_before_the_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # finite in float64, inf once read as float32: the run diverged at step 1, advised a smaller rate
+    rows = "\n".join(f"{i},{(i % 7) * 1e38},{i % 2}" for i in range(30))
+    (tmp_path / "big.csv").write_text("a,b,label\n" + rows + "\n")
+    refused(train(tmp_path / "runs", "big", "--model", "mlp", "--dataset", str(tmp_path / "big.csv")),
+            capsys, "too large for float32")
+    assert not (tmp_path / "runs" / "big").exists()
+
+
+@pytest.mark.parametrize("policy", [[], ["--on-nonfinite", "stop"], ["--on-spike", "skip"]])
+def test_a_run_that_meets_a_non_finite_loss_exits_as_diverged_whatever_the_policy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: list[str]
+) -> None:
+    # "stop" is the default: spelling it out (or guarding spikes) once turned exit 1 into exit 0
+    argv = train(tmp_path, "nan", "--model", "mlp", "--dataset", "wine", "--lr", "1e308", *policy)
+    assert cli.main(argv) == 1
+    out = capsys.readouterr().out
+    assert "stopped by diverged" in out and "stopped by stopped by" not in out

@@ -93,6 +93,11 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+#: lr-find's longest sweep: a curve of 10,000 rates is finer than any suggestion rule reads, and
+#: each step is a training step.
+MAX_SWEEP_STEPS = 10_000
+
+
 def sweep_steps(text: str) -> int:
     """Parse lr-find's ``--steps``: a whole number the range test accepts.
 
@@ -104,6 +109,8 @@ def sweep_steps(text: str) -> int:
         check_sweep(min_lr=1.0, max_lr=2.0, steps=value, repeats=1, batch_size=1, seed=0)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    if value > MAX_SWEEP_STEPS:  # (1e9 steps allocated their curves first: 15 GB, then a hang)
+        raise argparse.ArgumentTypeError(f"at most {MAX_SWEEP_STEPS} steps, got {value}")
     return value
 
 
@@ -258,6 +265,7 @@ def data_and_model(config: dict[str, typing.Any]) -> tuple[DataSplits, torch.nn.
     except (ValueError, TypeError) as error:
         raise UsageError(str(error)) from None
     initialize(model, config["init"])
+    command.check_model_on_data(config, data, model)
     return data, model
 
 

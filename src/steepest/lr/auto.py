@@ -739,9 +739,8 @@ def _own_step_choice(cls: type[torch.optim.Optimizer], settings: dict[str, Any])
 
 
 def _check_options(cls: type[torch.optim.Optimizer], settings: Mapping[str, Any]) -> None:
-    """``cls`` takes every name in ``settings``: a misspelt option fails here, before a stand-in
-    (Prodigy, MoMo) drops the options it does not take. (Values are checked where the
-    optimizer is built.)"""
+    """``cls`` takes ``settings``: a misspelt option fails here, before a stand-in (Prodigy,
+    MoMo) drops the options it does not take, and so does a value out of range."""
     try:
         parameters = inspect.signature(cls).parameters
     except (TypeError, ValueError):
@@ -752,6 +751,10 @@ def _check_options(cls: type[torch.optim.Optimizer], settings: Mapping[str, Any]
     if unknown:
         taken = sorted(set(parameters) - {"params", "lr"})
         raise TypeError(f"{cls.__name__} takes no option {unknown}; its options are {taken}")
+    # and their values, as the constructor checks them (on a stand-in parameter: a choice made
+    # for momentum=-0.9 would be read off an optimizer the run can never build)
+    needs_lr = "lr" in parameters and parameters["lr"].default is inspect.Parameter.empty
+    cls([torch.zeros(2, 2, requires_grad=True)], **({"lr": 1e-3} if needs_lr else {}), **settings)
 
 
 def _taken_by(method: type, settings: Mapping[str, Any], reason: str) -> tuple[dict[str, Any], str]:

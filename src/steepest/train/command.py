@@ -125,10 +125,10 @@ def resolve(flags: Mapping[str, Any], config_path: str | None, resume: str | Non
     config = validate_config(resolve_config(saved, given))
     for name, value in given.items():
         if name not in RESUMABLE_SETTINGS and config[name] != saved[name]:
-            was = "not set" if saved[name] is None else saved[name]
+            was = "without it" if saved[name] is None else f"with {saved[name]}"
             raise ConfigError(
                 f"cannot resume {folder.path} with {OPTIONS_BY_NAME[name].flag} {value}: the run was "
-                f"trained with {was}"
+                f"trained {was}"
             )
     saved_place = Path(str(saved["runs_dir"])) / str(saved["name"])
     if saved["name"] is None or saved_place.resolve() != folder.path.resolve():
@@ -184,6 +184,7 @@ def check_before_the_folder(config: Mapping[str, Any], data: DataSplits, model: 
         lr = build_schedule(config["schedule"], peak, config["warmup"], total_steps)
     except (ValueError, TypeError) as error:
         raise ConfigError(_one_line(error)) from error
+    check_model_on_data(config, data, model)
     on_model = f"on model {config['model']}"
     try:
         initialize(model, config["init"])
@@ -195,6 +196,46 @@ def check_before_the_folder(config: Mapping[str, Any], data: DataSplits, model: 
     except (ValueError, TypeError) as error:
         raise ConfigError(f"optimizer {config['optimizer']} {on_model}: {_one_line(error)}") from error
     return None if config["lr"] == "auto" else type(built).__name__
+
+
+def check_model_on_data(config: Mapping[str, Any], data: DataSplits, model: torch.nn.Module) -> None:
+    """The model takes a batch of the data and gives what the loss needs, checked on two training
+    examples: a user's model that fails there would otherwise fail at the first step, after
+    the run folder was made (or, with ``--overwrite``, after the old run was deleted).
+
+    Evaluation mode, no gradient, the random state forked: the model, its buffers (BatchNorm's
+    running statistics) and the numbers of the run that follows are left as they were.
+    """
+    inputs, targets = data.train[0][:2], data.train[1][:2]
+    model_name = f"model {config['model']}"
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            outputs = model(inputs)
+            if not isinstance(outputs, torch.Tensor):
+                raise ConfigError(f"{model_name} returns {type(outputs).__name__}, not a tensor")
+            if data.task == "classification":
+                expected: tuple[int, ...] = (len(targets), int(data.num_classes or 0))
+                what = f"one score per class ({data.num_classes} classes)"
+            else:
+                expected, what = tuple(targets.shape), "one number per example"
+            if tuple(outputs.shape) != expected:
+                raise ConfigError(
+                    f"{model_name} gives outputs of shape {tuple(outputs.shape[1:])} per example on "
+                    f"{config['dataset']}, which needs {what}"
+                )
+            loss_function(data)(outputs, targets)
+    except ConfigError:
+        raise
+    except Exception as error:  # the user's code: whatever it raises is a mistake in it, named here
+        raise ConfigError(
+            f"{model_name} fails on a batch of {config['dataset']} (inputs of shape "
+            f"{tuple(inputs.shape[1:])}): {type(error).__name__}: {_one_line(error)}"
+        ) from error
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def checkpoint_to_resume(

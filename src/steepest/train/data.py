@@ -441,12 +441,19 @@ def load_dataset(
         mean, std = train_inputs.mean(dim=0), train_inputs.std(dim=0)
     std = torch.where(std > 0, std, torch.ones_like(std))  # constant features stay constant
     inputs_tensor = (inputs_tensor - mean) / std
+    if not bool(torch.isfinite(inputs_tensor).all()):  # finite in float64, not in float32
+        raise ValueError(
+            f"{key!r}: the features are too large for float32 (largest magnitude "
+            f"{float(np.max(np.abs(np.asarray(inputs, dtype=np.float64)))):.3g}): rescale them"
+        )
     target_mean, target_std = 0.0, 1.0
     if task == "regression":
         # Standardized targets put every regression on the same loss scale (and the same lr).
         train_targets = targets_tensor[torch.as_tensor(train)]
         target_mean, target_std = float(train_targets.mean()), float(train_targets.std()) or 1.0
         targets_tensor = (targets_tensor - target_mean) / target_std
+        if not (math.isfinite(target_mean) and math.isfinite(target_std)):
+            raise ValueError(f"{key!r}: the labels are too large for float32: rescale them")
 
     def pick(indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, dtype=torch.int64)

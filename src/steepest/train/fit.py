@@ -1192,7 +1192,10 @@ def fit(
                 trainer.notify("on_step_end", record)
 
                 if verdict is not None and verdict.should_stop:
-                    stopped_by = f"stopped by the safe-step policy: {verdict.reason}"
+                    # (a non-finite loss is a divergence whichever policy stopped on it: the
+                    # default, or "stop" asked for by name; read by steepest train's exit code)
+                    kind = "diverged" if verdict.event == "nonfinite" else "the safe-step policy stopped"
+                    stopped_by = f"{kind}: {verdict.reason} (safe-step policy)"
                 elif guard is None and not math.isfinite(loss_value):
                     stopped_by = f"diverged: the training loss is {loss_value} at step {trainer.step}"
                 elif eval_every != "epoch" and trainer.step % eval_every == 0:
@@ -1200,7 +1203,7 @@ def fit(
                 if stopped_by is None and max_steps is not None and trainer.step >= max_steps:
                     stopped_by, success, ended_by_limit = f"reached max_steps={max_steps}", True, True
                 if stopped_by is None and trainer.stop_requested:
-                    stopped_by = "stopped by a callback (stop_requested)"
+                    stopped_by = "a callback (stop_requested)"
                 if stopped_by is None and ctrl_c.pressed:
                     # the step is complete: end here with a checkpoint; --resume continues
                     stopped_by, ended_by_limit = f"interrupted by Ctrl-C at step {trainer.step}", True

@@ -485,3 +485,23 @@ def test_a_nan_metric_counts_as_no_improvement_as_in_torch() -> None:
         assert ours.param_groups[0]["lr"] == pytest.approx(theirs.param_groups[0]["lr"], rel=1e-12)
     assert ours.param_groups[0]["lr"] == pytest.approx(0.01)  # cut once, by the two NaNs
     assert steepest.SGD(make_params()).report(float("nan")) is False  # nothing to cut: no error
+
+
+@pytest.mark.parametrize("name", ["lbfgs", "newton", "newtoncg"])
+@pytest.mark.parametrize(
+    ("returned", "text"), [(None, "loss=None"), ("x", "loss='x'"), ("vector", "shape (3,)")]
+)
+def test_a_closure_that_returns_no_loss_is_named(name: str, returned: object, text: str) -> None:
+    # once "float() argument must be ... not 'NoneType'" or "only one element tensors ..."
+    param = torch.zeros(3, requires_grad=True)
+    optimizer = steepest.rules.by_name(name)([param])
+
+    def closure() -> object:
+        return (param - 1) ** 2 if returned == "vector" else returned
+
+    with pytest.raises(TypeError, match="the closure's loss") as error:
+        optimizer.step(closure)
+    assert text in str(error.value)
+    for entry in optimizer.state_dict()["state"].values():  # nothing counted, nothing moved
+        assert (entry.get("func_evals", 0), entry.get("n_iter", 0)) == (0, 0)
+    assert torch.equal(param, torch.zeros(3))

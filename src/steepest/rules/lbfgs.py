@@ -443,9 +443,11 @@ class ClosureOptimizer(Optimizer):
         """Run the closure with gradients on; count it; return (its loss, the loss as a float)."""
         with torch.enable_grad():
             loss = closure()
+        # (a float is a loss too, as torch.optim.LBFGS reads it; None or a vector is a mistake)
+        value = validation.scalar("the closure's loss", loss, finite=False)
         state = self._method_state()
         state["func_evals"] = state["func_evals"] + 1
-        return loss, float(loss.detach() if isinstance(loss, Tensor) else loss)
+        return loss, value
 
     def _line(self, closure: Closure, x: Tensor, direction: Tensor) -> _Line:
         """phi(t) = f(x + t d) through the closure, for a line search."""

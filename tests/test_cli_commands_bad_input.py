@@ -291,6 +291,19 @@ def test_report_refuses_metrics_that_are_not_text(tmp_path: Path, capsys: pytest
     assert snapshot(run) == before
 
 
+@pytest.mark.parametrize("step", ["x", None, 1.5, True])
+def test_report_refuses_a_hand_edited_step(
+    step: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a non-numeric step once failed deep in the plots with "'>' not supported ..."
+    lines = [{"step": 1, "loss": 1.0}, {"step": step, "loss": 0.5}, {"kind": "end", "step": 2}]
+    run = make_run(tmp_path, lines=lines)
+    before = snapshot(run)
+    assert cli.main(["report", str(run)]) == 2
+    assert_one_error_line(capsys, "metrics.jsonl", "record 2", f"step={step!r}")
+    assert snapshot(run) == before
+
+
 def diverged_lines() -> list[dict]:
     """A run that blew up: rates and losses up to the float limit, then NaN and inf."""
     lines = [{"step": 1, "epoch": 1, "loss": 2.3, "lr": 1e308, "grad_norm": 2.0, "clipped": True}]

@@ -85,7 +85,7 @@ def load_run(path: str | Path) -> RunData:
 
     Raises:
         ConfigError: the folder does not exist, has no metrics.jsonl, or it cannot be read
-            (not UTF-8 text, no permission).
+            (not UTF-8 text, no permission, a step that is not a whole number).
     """
     folder = open_run_folder(path)
     steps, evals, end = [], [], None
@@ -95,8 +95,15 @@ def load_run(path: str | Path) -> RunData:
         raise ConfigError(f"{folder.metrics_path} is not UTF-8 text: not a metrics file") from None
     except OSError as error:
         raise ConfigError(f"cannot read {folder.metrics_path}: {error.strerror or error}") from None
-    for record in records:
+    for number, record in enumerate(records, start=1):
         kind = record.get("kind", "step")
+        step = record.get("step")
+        if kind in ("step", "eval") and (isinstance(step, bool) or not isinstance(step, int)):
+            # (a hand-edited line: the plots order and compare steps, which must be whole numbers)
+            raise ConfigError(
+                f"{folder.metrics_path}: record {number} ({kind}) has step={step!r}, not a whole "
+                "number: not a metrics file steepest wrote"
+            )
         if kind == "step":
             steps.append(record)
         elif kind == "eval":

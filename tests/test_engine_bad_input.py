@@ -505,3 +505,13 @@ def test_a_closure_that_returns_no_loss_is_named(name: str, returned: object, te
     for entry in optimizer.state_dict()["state"].values():  # nothing counted, nothing moved
         assert (entry.get("func_evals", 0), entry.get("n_iter", 0)) == (0, 0)
     assert torch.equal(param, torch.zeros(3))
+
+
+@pytest.mark.parametrize("name", ["sgd", "rmsprop", "adagrad", "nadam", "lion"])
+@pytest.mark.parametrize("foreach", [False, True])
+def test_a_rate_beyond_the_dtypes_range_diverges_instead_of_raising(name: str, foreach: bool) -> None:
+    # add_'s alpha once refused lr=1e308 in float32 ("cannot be converted ... without overflow")
+    param = torch.ones(3, requires_grad=True)
+    param.grad = torch.ones(3)
+    steepest.rules.by_name(name)([param], lr=1e308, foreach=foreach).step()
+    assert not bool(torch.isfinite(param).any())

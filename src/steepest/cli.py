@@ -30,9 +30,7 @@ from steepest.init import initialize
 from steepest.lr.range_test import check_sweep
 from steepest.train import TrainConfigError, command
 from steepest.train.config import OPTIONS_BY_NAME, add_train_arguments, configure
-from steepest.train.data import DataSplits, load_dataset
-from steepest.train.fit import LOSSES
-from steepest.train.models import build_model
+from steepest.train.data import DataSplits
 from steepest.train.report import report_main
 
 #: Exit code of a run that could not finish (the loss diverged).
@@ -253,17 +251,13 @@ def run_schedule_plot(args: argparse.Namespace, extra: Sequence[str]) -> int:
 
 
 def data_and_model(config: dict[str, typing.Any]) -> tuple[DataSplits, torch.nn.Module]:
-    """The data and the initialized model ``steepest train`` would build from ``config``.
+    """The data and the initialized model ``steepest train`` would build from ``config``, checked
+    on a batch as ``train`` checks them.
 
-    Bad input (no such data file, a CNN for tabular data, a model that does not import) is a
-    UsageError: one line, exit code 2.
+    Bad input (no such data file, a CNN for tabular data, a model that does not import or does
+    not fit the data) is a ConfigError: one line, exit code 2.
     """
-    try:
-        data = load_dataset(config["dataset"], label=config["label_column"], split_seed=0)
-        torch.manual_seed(config["seed"])
-        model = build_model(config["model"], data)
-    except (ValueError, TypeError) as error:
-        raise UsageError(str(error)) from None
+    data, model = command.load_data_and_model(config)
     initialize(model, config["init"])
     command.check_model_on_data(config, data, model)
     return data, model
@@ -280,7 +274,7 @@ def run_lr_find(args: argparse.Namespace) -> int:
             model,
             data.train,
             command.configured_optimizer(config),
-            loss_fn=LOSSES["cross_entropy" if data.task == "classification" else "mse"],
+            loss_fn=command.loss_function(data),
             min_lr=args.min_lr,
             max_lr=args.max_lr,
             steps=args.steps,

@@ -49,9 +49,6 @@ Distribution = Literal["uniform", "normal"]
 SCHEMES: tuple[str, ...] = ("xavier", "he", "lecun", "orthogonal", "auto")
 DISTRIBUTIONS: tuple[str, ...] = ("uniform", "normal")
 
-# The seeds torch.Generator.manual_seed takes (negative ones are mapped onto the unsigned range).
-_SEEDS = (-(2**63), 2**64 - 1)
-
 # The layers whose weights are initialized.
 LAYER_TYPES: tuple[type[nn.Module], ...] = (
     nn.Linear,
@@ -237,16 +234,11 @@ def _checked_generator(generator: Any) -> torch.Generator | int | None:
     if generator is None or isinstance(generator, torch.Generator):
         return generator
     try:
-        seed = validation.integer("generator", generator)
+        return validation.torch_seed("generator", generator)
     except TypeError:
         raise TypeError(
             f"generator must be a torch.Generator, an int seed or None, got generator={generator!r}"
         ) from None
-    if not _SEEDS[0] <= seed <= _SEEDS[1]:
-        raise ValueError(
-            f"generator must be a seed in [-2**63, 2**64 - 1] (torch's range), got generator={seed}"
-        )
-    return seed
 
 
 def _generator_for(

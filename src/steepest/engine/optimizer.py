@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -482,6 +483,7 @@ class Optimizer(torch.optim.Optimizer):
             steps=[state["step"] for state in bucket.states] if "step" in bucket.scalar_names else None,
         ):
             return None
+        coefficients = _within_range(coefficients, params[0].dtype)  # eager from here on
         if narrow:  # eager: the rule runs per tensor on widened copies of the narrow buffers
             fused_path.apply_per_tensor(
                 rule, params, grads, buffers, coefficients, narrow=narrow, seeds=seeds
@@ -821,6 +823,22 @@ def _value_at(name: str, schedule: Callable[[int], Any], step: int) -> float:
         return validation.scalar(name, value, finite=False)  # the range is the checks' business
     except TypeError as error:
         raise TypeError(f"{error} (a schedule's value at step {step})") from None
+
+
+def _within_range(coefficients: dict[str, Any], dtype: torch.dtype) -> dict[str, Any]:
+    """``coefficients`` with a float beyond ``dtype``'s range made +-inf, as it is in that dtype.
+
+    An eager op takes a Python coefficient as a scalar of the tensor's dtype (``add_``'s
+    ``alpha``) and raises on one it cannot hold (lr=1e308 in float32), where a tensor op would
+    give inf and the step would make the parameters non-finite, as any diverging step does.
+    """
+    limit = torch.finfo(dtype).max
+    if not any(type(value) is float and abs(value) > limit for value in coefficients.values()):
+        return coefficients  # (every step: one pass over a few floats)
+    return {
+        name: math.copysign(math.inf, value) if type(value) is float and abs(value) > limit else value
+        for name, value in coefficients.items()
+    }
 
 
 def _real_view(tensor: Tensor) -> Tensor:

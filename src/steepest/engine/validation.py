@@ -122,6 +122,15 @@ def optional_boolean(name: str, value: Any) -> bool | None:
     return value
 
 
+def torch_seed(name: str, value: Any) -> int:
+    """``value`` is an integer seed ``torch.manual_seed`` takes: in [-2**63, 2**64 - 1] (negative
+    seeds map onto the unsigned range)."""
+    seed = integer(name, value)
+    if not -(2**63) <= seed <= 2**64 - 1:
+        raise ValueError(f"{name} must be a seed in [-2**63, 2**64 - 1] (torch's range), got {name}={seed}")
+    return seed
+
+
 def positive_integer(name: str, value: Any) -> int:
     """``value`` is an integer >= 1 (a count)."""
     return integer(name, value, minimum=1)

@@ -693,25 +693,23 @@ class _Task:
             self.snapshot.restore(grads=True)
 
 
-def _mismatched_pair(data: Any) -> bool:
-    """Two tensors that would be an (X, y) pair but for their numbers of examples."""
+def _two_tensors(data: Any) -> bool:
+    """Two tensors of at least one dimension, as an (inputs, targets) pair is."""
     return (
         isinstance(data, (tuple, list))
         and len(data) == 2
         and all(isinstance(t, Tensor) and t.dim() > 0 for t in data)
-        and data[0].shape[0] != data[1].shape[0]
     )
+
+
+def _mismatched_pair(data: Any) -> bool:
+    """Two tensors that would be an (X, y) pair but for their numbers of examples."""
+    return _two_tensors(data) and data[0].shape[0] != data[1].shape[0]
 
 
 def is_pair(data: Any) -> bool:
     """Whether ``data`` is a whole data set as an (inputs, targets) pair of tensors, not batches."""
-    return (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and all(isinstance(t, Tensor) for t in data)
-        and data[0].dim() > 0
-        and data[0].shape[:1] == data[1].shape[:1]
-    )
+    return _two_tensors(data) and data[0].shape[0] == data[1].shape[0]
 
 
 class _Data:

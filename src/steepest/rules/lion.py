@@ -28,10 +28,7 @@ def lion_update(
     if nonzero(weight_decay):
         param.mul_(1 - lr * weight_decay)
     direction = exp_avg.lerp(grad, 1 - beta1).sign_()
-    # lr multiplies the direction rather than entering as add_'s alpha: a sign times lr is
-    # exact in any dtype, so the result is the same, but alpha must fit the tensor's dtype and
-    # an lr beyond float32's range (1e308) would raise instead of making the step non-finite.
-    param.add_(direction.mul_(-lr))
+    param.add_(direction, alpha=-lr)
     exp_avg.lerp_(grad, 1 - beta2)
 
 

@@ -437,14 +437,6 @@ def _check_every(name: str, value: Any) -> str | int:
     return validation.positive_integer(name, value)
 
 
-def _check_seed(seed: Any) -> int:
-    seed = validation.integer("seed", seed)
-    # torch.manual_seed's range; numpy is seeded with seed mod 2**32, Python's random takes any int.
-    if not -(2**63) <= seed < 2**64:
-        raise ValueError(f"seed must be in [-2**63, 2**64), got seed={seed}")
-    return seed
-
-
 def _check_device(device: Any) -> torch.device:
     if isinstance(device, bool) or not isinstance(device, (str, int, torch.device)):
         raise TypeError(f"device must be a torch.device or its name ('cpu', 'cuda:0'), got device={device!r}")
@@ -764,7 +756,7 @@ def fit(
     checkpoint_every = _check_every("checkpoint_every", checkpoint_every)
     if epochs is None and max_steps is None:
         epochs = 10
-    seed = _check_seed(seed)
+    seed = validation.torch_seed("seed", seed)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got precision={precision!r}")
     device = _check_device(device)

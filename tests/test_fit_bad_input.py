@@ -341,3 +341,23 @@ def test_a_spike_policy_keeps_the_default_for_a_non_finite_loss() -> None:
     # a divergence, as without a guard: steepest train's exit code reads it
     assert result.stopped_by.startswith("diverged: non-finite loss"), result.stopped_by
     assert result.stopped_by.endswith("(safe-step policy)")
+
+
+def test_skipping_stops_as_diverged_once_the_parameters_are_not_finite() -> None:
+    # lr=1e308: the first update overflows the weights; "skip" once skipped every later NaN loss
+    # and fit reported the epochs completed, with a NaN model (steepest train exited 0)
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    result = steepest.fit(
+        nn.Linear(4, 3),
+        (inputs, targets),
+        "cross_entropy",
+        "sgd",
+        lr=1e308,
+        epochs=3,
+        batch_size=16,
+        on_nonfinite="skip",
+    )
+    assert result.stopped_by.startswith("diverged: non-finite loss"), result.stopped_by
+    assert "parameters are not finite" in result.stopped_by
+    assert result.steps == 2

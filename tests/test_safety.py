@@ -64,6 +64,22 @@ def test_nonfinite_gradient_with_finite_loss_is_caught():
     assert guard.step(loss).action == "skip"
 
 
+def test_skip_stops_once_an_update_has_made_the_parameters_non_finite():
+    # lr=1e308 on a finite loss overflows the parameters: every later loss is NaN, and skipping
+    # them would run out the clock and report a NaN model as done.
+    w = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    opt = SGD([w], lr=1e308)
+    guard = SafeStep(opt, on_nonfinite="skip")
+    (w**2).sum().backward()
+    assert guard.step((w**2).sum()).stepped
+    assert not torch.isfinite(w).all()
+    opt.zero_grad()
+    verdict = guard.step(bad_loss(w))
+    assert verdict.should_stop and verdict.event == "nonfinite"
+    assert "parameters are not finite" in verdict.reason and "backoff" in verdict.reason
+    assert guard.counts["skips"] == 0 and guard.counts["nonfinite"] == 1
+
+
 def test_raise_names_the_step():
     w, opt = trained()
     guard = SafeStep(opt, on_nonfinite="raise")

@@ -19,7 +19,9 @@ at the global gradient norm), so a bad update is never applied:
 * ``"raise"``: raise :class:`FloatingPointError` (non-finite) or :class:`RuntimeError` (spike),
   naming the step, the loss and the gradient norm;
 * ``"skip"``: do not call ``optimizer.step``; zero the gradients. Parameters and optimizer
-  state stay bit-identical, ``step_count`` and every schedule's position do not advance;
+  state stay bit-identical, ``step_count`` and every schedule's position do not advance. If
+  the parameters themselves are no longer finite (a finite loss's update overflowed), no skip
+  can recover and the verdict is ``"stop"``;
 * ``"backoff"``: restore the parameters and the optimizer's ``state_dict`` (which holds
   ``step_count``, hence the schedules' position) from the last in-memory snapshot, then cut
   the learning rate by ``backoff_factor`` (``optimizer.scale_lr``) and go on. Snapshots are
@@ -326,6 +328,18 @@ class SafeStep:
         if policy == "stop":
             return Verdict("stop", reason, event, step, value, self._lr())
         if policy == "skip":
+            if event == "nonfinite" and not self._params_finite():
+                # A finite loss's update made the parameters non-finite: every later loss is NaN
+                # too, and skipping would only spend the run (it "completed" with a NaN model).
+                return Verdict(
+                    "stop",
+                    f"{reason}; the parameters are not finite, so skipping cannot recover (the last "
+                    "update made them so; on_nonfinite='backoff' rolls it back)",
+                    event,
+                    step,
+                    value,
+                    self._lr(),
+                )
             self.skips += 1
             self.consecutive_skips += 1
             if self.consecutive_skips > self.max_skips:
@@ -527,6 +541,11 @@ class SafeStep:
 
     def _params(self) -> list[Tensor]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    @torch.no_grad()
+    def _params_finite(self) -> bool:
+        """Every parameter is finite (one reduction per tensor: read only after an event)."""
+        return all(bool(torch.isfinite(p).all()) for p in self._params())
 
     def _grad_norm(self) -> float | None:
         grads = [p.grad for p in self._params() if p.grad is not None]

@@ -259,9 +259,9 @@ def test_an_observation_of_a_non_number_is_refused_naming_fun() -> None:
     ("grad_norm", "error", "message"),
     [
         (-1.0, ValueError, "grad_norm must be >= 0 (a norm), got grad_norm=-1.0"),
-        ("x", TypeError, "grad_norm must be a float or a one-element tensor, got grad_norm='x'"),
-        (torch.ones(2), ValueError, "grad_norm must be a scalar"),
-        (True, TypeError, "grad_norm must be a float or a one-element tensor, got grad_norm=True"),
+        ("x", TypeError, "grad_norm must be a real number, got grad_norm='x'"),
+        (torch.ones(2), TypeError, "grad_norm must be a real number or a one-element tensor, got a tensor"),
+        (True, TypeError, "grad_norm must be a real number, got grad_norm=True"),
     ],
 )
 def test_safe_step_refuses_a_bad_grad_norm_before_counting_the_call(

@@ -259,6 +259,16 @@ def test_bad_arguments_name_themselves(kwargs, error):
         SafeStep(opt, **kwargs)
 
 
+def test_numpy_scalars_are_taken_as_the_optimizers_take_them():
+    # np.float32 is no Python float: SafeStep once refused spike_factor=np.float32(5)
+    _, opt = trained(0)
+    guard = SafeStep(opt, spike_factor=np.float32(5.0), backoff_factor=np.float32(0.25))
+    assert (guard.spike_factor, guard.backoff_factor) == (5.0, 0.25)
+    assert guard.check(np.float32(2.0), grad_norm=np.float32(1.0)).stepped
+    with pytest.raises(TypeError, match="spike_factor must be a real number, got spike_factor='5'"):
+        SafeStep(opt, spike_factor="5")
+
+
 # -- acceptance: a learning rate 100x too large, with backoff, still reaches the tuned target --
 @pytest.mark.parametrize(
     ("make", "x0"),

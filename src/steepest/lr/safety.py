@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import copy
 import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -304,7 +303,7 @@ class SafeStep:
                 With a ``scaler`` a non-finite norm is the scaler's business, and a finite one
                 still informs the ``on_too_large`` diagnosis.
         """
-        value = _number("loss", loss)
+        value = validation.scalar("loss", loss, finite=False)  # NaN and inf are events
         given_norm = _given_grad_norm(grad_norm)
         step = self.calls
         self.calls += 1
@@ -599,22 +598,11 @@ class SafeStep:
         return int(getattr(self.optimizer, "step_count", calls))
 
 
-def _number(name: str, value: Any) -> float:
-    """A float or a one-element tensor (read once: a device sync) as a float; nan and inf pass."""
-    if isinstance(value, Tensor):
-        if value.numel() != 1:
-            raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
-        return float(value.detach())
-    if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        return float(value)
-    raise TypeError(f"{name} must be a float or a one-element tensor, got {name}={value!r:.80}")
-
-
 def _given_grad_norm(grad_norm: Any) -> float | None:
     """The caller's gradient norm: None, or >= 0 (nan and inf are events the guard acts on)."""
     if grad_norm is None:
         return None
-    norm = _number("grad_norm", grad_norm)
+    norm = validation.scalar("grad_norm", grad_norm, finite=False)
     if norm < 0:
         raise ValueError(f"grad_norm must be >= 0 (a norm), got grad_norm={norm!r}")
     return norm
@@ -648,9 +636,7 @@ _STATE_DEFAULTS: dict[str, Any] = {
 
 
 def _real(name: str, value: Any, *, low: float, low_open: bool = False, high: float | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {name}={value!r}")
-    value = float(value)
+    value = validation.real(name, value, finite=False)  # numpy scalars too, as the optimizers take
     too_low = value <= low if low_open else value < low
     if not math.isfinite(value) or too_low or (high is not None and value >= high):
         bound = f"{'>' if low_open else '>='} {low:g}" + ("" if high is None else f" and < {high:g}")

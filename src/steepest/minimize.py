@@ -46,7 +46,7 @@ from steepest import rules, stopping
 from steepest.clipping import global_norm
 from steepest.lr.auto import LRChoice, choose_lr
 from steepest.lr.diagnosis import Diagnosis, RegimeMonitor, UpdateTracker
-from steepest.lr.safety import SafeStep
+from steepest.lr.safety import SafeStep, check_settings
 from steepest.stopping import Status, Stop
 
 __all__ = ["METHODS", "EmpiricalRisk", "Result", "minimize"]
@@ -484,7 +484,9 @@ def minimize(
         raise ValueError("x0 holds no tensor to optimize")
     if sum(tensor.numel() for tensor in originals) == 0:
         raise ValueError(f"x0 holds no element to optimize, got x0={_describe(x0)}")
-    _check_settings(options, safety, on_nonfinite, on_spike)
+    if options is not None and not isinstance(options, Mapping):  # read only after lr="auto" chose
+        raise TypeError(f"options must be a dict of keyword arguments or None, got options={options!r}")
+    check_settings(safety, on_nonfinite, on_spike)
     monitor = _monitor(diagnose)
     leaves = [tensor.detach().clone().requires_grad_(True) for tensor in originals]
     x = _rebuild(x0, iter(leaves))
@@ -632,17 +634,6 @@ def minimize(
         diagnoses=[] if monitor is None else monitor.history,
         safety=None if guard is None else guard.counts,
     )
-
-
-def _check_settings(options: Any, safety: Any, on_nonfinite: Any, on_spike: Any) -> None:
-    """The kinds of the settings that are only read later (after ``lr="auto"`` has chosen, or
-    when the guard is built), checked before anything runs; SafeStep checks their values."""
-    for name, value in (("options", options), ("safety", safety)):
-        if value is not None and not isinstance(value, Mapping):
-            raise TypeError(f"{name} must be a dict of keyword arguments or None, got {name}={value!r}")
-    for name, value in (("on_nonfinite", on_nonfinite), ("on_spike", on_spike)):
-        if value is not None and not isinstance(value, str):
-            raise TypeError(f"{name} must be a policy name or None, got {name}={value!r}")
 
 
 def _monitor(diagnose: bool | RegimeMonitor) -> RegimeMonitor | None:

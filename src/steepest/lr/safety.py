@@ -65,7 +65,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +76,7 @@ from torch import Tensor
 from steepest import clipping, rules
 from steepest.engine import validation
 
-__all__ = ["ACTIONS", "SafeStep", "Verdict"]
+__all__ = ["ACTIONS", "SafeStep", "Verdict", "check_settings"]
 
 #: What a policy can do about a bad step.
 ACTIONS: tuple[str, ...] = ("raise", "skip", "backoff", "stop")
@@ -596,6 +596,16 @@ class SafeStep:
 
     def _step_count(self, calls: int) -> int:
         return int(getattr(self.optimizer, "step_count", calls))
+
+
+def check_settings(safety: Any, on_nonfinite: Any, on_spike: Any) -> None:
+    """The kinds of a guard's settings as ``minimize`` and ``fit`` take them (``safety``: a dict
+    of SafeStep's keyword arguments), checked before anything runs; SafeStep checks the values."""
+    if safety is not None and not isinstance(safety, Mapping):
+        raise TypeError(f"safety must be a dict of keyword arguments or None, got safety={safety!r}")
+    for name, value in (("on_nonfinite", on_nonfinite), ("on_spike", on_spike)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a policy name or None, got {name}={value!r}")
 
 
 def _given_grad_norm(grad_norm: Any) -> float | None:

@@ -487,10 +487,9 @@ def _check_metrics(metrics: Any) -> tuple[str, ...]:
 
 def _check_safety(on_nonfinite: Any, on_spike: Any, safety: Any) -> None:
     """The safe-step settings, checked as minimize checks them, and by SafeStep itself."""
-    from steepest.lr import SafeStep
-    from steepest.minimize import _check_settings
+    from steepest.lr.safety import SafeStep, check_settings
 
-    _check_settings(None, safety, on_nonfinite, on_spike)
+    check_settings(safety, on_nonfinite, on_spike)
     options = dict(safety or {})
     if on_nonfinite is None and on_spike is None and not options:
         return

@@ -72,6 +72,12 @@ Beale (lr 1) and 57 on Himmelblau (0.316), and Prodigy still takes 1.52x and 1.6
 slower on the extras (Beale 78-98 steps, Himmelblau 90-93, against 68 and 78 without); Adam at
 the best first step along -sign(g) (25 function evaluations) reached Beale in 61 and
 Himmelblau in 67, but took 133 on the quadratic and 583 on Rosenbrock (Prodigy: 103, 392).
+Nor does any of Prodigy's own settings (five starts, ratios to the Adam oracle on Beale,
+Himmelblau, Rosenbrock, the quadratic, logistic, softmax, least squares; default 1.62, 1.39,
+0.97, 0.96, 0.81, 0.95, 0.81): lr 1.5 took Beale to 21.6x and lr 2 to 57x; betas (0.85, 0.999)
+gave 1.48, 1.23 but Rosenbrock 1.36; (0.8, 0.999) missed Beale; beta2 0.99, beta3 0.9, d_coef
+0.7 or 0.85 were worse on the extras; safeguard_warmup changed nothing; DAdaptAdam missed Beale
+and took 2.96x on Himmelblau. Beale in particular turns on a knife's edge of the step size.
 
 Run: ``python benchmarks/tuning_free.py`` (all problems, several minutes on one core),
 ``--quick`` (the three objectives only), ``--problems quadratic mlp``, ``--starts 5``.

@@ -13,6 +13,7 @@ import pytest
 import torch
 from matplotlib import image
 
+import steepest
 from steepest import problems
 from steepest.lr import Comparison, Diagnosis, RunSpec, choose_lr, compare, three_regimes
 from steepest.minimize import minimize
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def regimes() -> Comparison:
-    """SGD on Rosenbrock at good / 30, good, good * 30, the good rate chosen by a range test."""
+    """SGD on Rosenbrock at good / 30, good, good * 30, the good rate chosen as lr="auto" would."""
     return three_regimes("rosenbrock", "sgd", steps=300)
 
 
@@ -40,13 +41,42 @@ def read_png(path: Path) -> np.ndarray:
 # --------------------------------------------------------------------------- the three regimes
 
 
-def test_three_regimes_uses_the_range_tests_rate_and_factors_of_30(regimes: Comparison) -> None:
-    chosen = choose_lr(problems.rosenbrock(), optimizer="sgd", policy="range_test").lr
+def test_three_regimes_takes_the_rate_lr_auto_picks_and_factors_of_30(regimes: Comparison) -> None:
+    choice = choose_lr(problems.rosenbrock(), optimizer="sgd")
+    assert choice.policy == "curvature"  # SGD on an objective: 0.9 of the start's stable limit
     small, good, large = (run.spec for run in regimes.runs)
     assert (small.label, good.label, large.label) == ("too small", "good", "too large")
-    assert good.lr == pytest.approx(chosen, rel=1e-12)
-    assert small.lr == pytest.approx(chosen / 30) and large.lr == pytest.approx(chosen * 30)
-    assert f"{chosen:.3g}" in regimes.notes[0] and "range test" in regimes.notes[0]
+    assert good.lr == pytest.approx(choice.lr, rel=1e-12)
+    assert small.lr == pytest.approx(choice.lr / 30) and large.lr == pytest.approx(choice.lr * 30)
+    assert f"{choice.lr:.3g}" in regimes.notes[0] and "curvature" in regimes.notes[0]
+
+
+def test_three_regimes_fall_back_on_the_range_test_where_the_curvatures_rate_diverges() -> None:
+    # Himmelblau starts at a saddle: the start's curvature gives 0.043, which diverges on the
+    # way to the minimum (lr="auto" backs off there). The picture needs a rate good all along.
+    comparison = three_regimes("himmelblau", "sgd", steps=200)
+    chosen = choose_lr(problems.himmelblau(), optimizer="sgd", policy="range_test").lr
+    small, good, large = comparison.runs
+    assert good.spec.lr == pytest.approx(chosen, rel=1e-12)
+    assert not good.diverged and good.final_loss < 1e-8 and large.diverged
+    curvature = choose_lr(problems.himmelblau(), optimizer="sgd").lr
+    assert f"the start's curvature gave {curvature:.3g}, which diverged along the path" in comparison.notes[0]
+    # where the diagnosis disagrees with a run's label, a note says so: the crawl from the origin
+    # moves the parameters by a large fraction of their (tiny) norm, which reads as no crawl
+    disagreeing = [run for run in comparison.runs if run.regime.replace("_", " ") != run.spec.label]
+    assert [run.spec.label for run in disagreeing] == ["too small"]
+    assert len(comparison.notes) == 1 + len(disagreeing)
+    for run, note in zip(disagreeing, comparison.notes[1:]):
+        assert repr(run.spec.label) in note and repr(run.regime) in note
+
+
+def test_three_regimes_of_adam_use_adams_own_rate_not_prodigys() -> None:
+    # lr="auto" runs Adam as Prodigy; the picture is of Adam, at a rate its range test found
+    comparison = three_regimes("rosenbrock", "adam", steps=50)
+    chosen = choose_lr(problems.rosenbrock(), optimizer="adam", policy="range_test")
+    assert chosen.method is steepest.Adam
+    assert comparison.runs[1].spec.lr == pytest.approx(chosen.lr, rel=1e-12)
+    assert "range test" in comparison.notes[0]
 
 
 def test_three_regimes_orders_the_runs_as_the_documents_describe(regimes: Comparison) -> None:
@@ -56,12 +86,10 @@ def test_three_regimes_orders_the_runs_as_the_documents_describe(regimes: Compar
     assert np.argmax(good.losses <= small.final_loss) < small.steps / 10
     assert not small.diverged and not good.diverged
     assert small.regime != "too_large" and good.regime == "good"
-    # where the diagnosis disagrees with a run's label, a note says so (the valley's crawl)
-    disagreeing = [run for run in regimes.runs if run.regime.replace("_", " ") != run.spec.label]
-    assert [run.spec.label for run in disagreeing] == ["too small"]  # read as good, as measured
-    assert len(regimes.notes) == 1 + len(disagreeing)
-    for run, note in zip(disagreeing, regimes.notes[1:]):
-        assert repr(run.spec.label) in note and repr(run.regime) in note
+    # the live diagnosis reads each run as its label (at the range test's rate, 4x this one, the
+    # crawl along the valley's floor at good / 30 read as "good")
+    assert [run.regime.replace("_", " ") for run in regimes.runs] == ["too small", "good", "too large"]
+    assert len(regimes.notes) == 1
     # too large blows up within a few steps, and the monitor says so with a cut to try
     assert large.diverged and large.steps < 20
     assert large.regime == "too_large"

@@ -490,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         "combination) from the same start; print one line per run (final loss, learning-rate "
         "regime) and draw the loss curves, with the paths over contours for a 2-D problem. "
         "--regimes draws one optimizer at a rate too small, a good one (given by --lr, or "
-        "found by a range test) and one too large. E.g. `steepest compare rosenbrock "
+        "chosen as lr=auto would choose it) and one too large. E.g. `steepest compare rosenbrock "
         "--optimizer sgd adam --lr 1e-3 1e-2 -o compare.png`.",
         allow_abbrev=False,
     )

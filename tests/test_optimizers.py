@@ -427,3 +427,21 @@ def test_foreach_none_runs_per_tensor_on_the_cpu(monkeypatch: pytest.MonkeyPatch
         optimizer = steepest.Adam(params[:4], lr=0.01, foreach=foreach)
         run(optimizer, params, 1)
         assert bool(built) is expected
+
+
+def test_adagrad_fills_each_groups_sum_with_that_groups_initial_value() -> None:
+    # A deliberate difference from torch.optim.Adagrad (2.13), which fills every group's sum, an
+    # added group's too, with the constructor's value and ignores the group's own.
+    first, second, third = (torch.zeros(2, dtype=torch.float64) for _ in range(3))
+    optimizer = steepest.Adagrad(
+        [{"params": [first]}, {"params": [second], "initial_accumulator_value": 0.5}],
+        initial_accumulator_value=0.1,
+    )
+    optimizer.add_param_group({"params": [third], "initial_accumulator_value": 2.0})
+    for param in (first, second, third):
+        param.grad = torch.full_like(param, 0.5)
+    optimizer.step()
+    for param, value in ((first, 0.1), (second, 0.5), (third, 2.0)):
+        assert torch.equal(optimizer.state[param]["sum"], torch.full_like(param, value + 0.25))
+        step = 0.01 * 0.5 / ((value + 0.25) ** 0.5 + 1e-10)  # lr g / (sqrt(sum) + eps)
+        torch.testing.assert_close(param, torch.full_like(param, -step))

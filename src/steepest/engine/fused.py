@@ -267,6 +267,10 @@ def run_fused(
         return False  # compiling failed here before: stay eager without trying again
     static, names, values = runtime_coefficients(coefficients, device)
     runner = _compiled_runner(rule, {**static, "names": names, "narrow": narrow})
+    # torch.compile (torch 2.13, CPU) drops in-place updates of a 0-d float64 input: the rule
+    # sees 1-element views of such tensors instead, which share their storage.
+    params, grads = _at_least_1d(params), _at_least_1d(grads)
+    buffers = {name: _at_least_1d(column) for name, column in buffers.items()}
     try:
         runner(rule, params, grads, buffers, static, names, values, narrow, seeds)
     except Exception as error:  # the C++ compiler or Triton missing, an unsupported op
@@ -284,3 +288,8 @@ def run_fused(
         )
         return False
     return True
+
+
+def _at_least_1d(tensors: list[Tensor]) -> list[Tensor]:
+    """The tensors, a 0-d one as a 1-element view of itself (the same storage)."""
+    return [tensor.view(1) if tensor.dim() == 0 else tensor for tensor in tensors]

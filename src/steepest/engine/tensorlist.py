@@ -151,6 +151,9 @@ def maximum_(target: Tensor | TensorList, other: Tensor | TensorList) -> Tensor 
     if isinstance(target, TensorList):
         torch._foreach_maximum_(target.tensors, other.tensors)  # type: ignore[union-attr]
         return target
+    if torch.compiler.is_compiling():
+        # torch.compile refuses an out= tensor that is not contiguous; a copy fuses into the pass
+        return target.copy_(torch.maximum(target, other))
     return torch.maximum(target, other, out=target)  # type: ignore[arg-type]
 
 
@@ -163,6 +166,19 @@ def nonzero(coefficient: float | Tensor) -> bool:
     rule leaves a switched-off term out entirely.
     """
     return isinstance(coefficient, Tensor) or coefficient != 0
+
+
+def add_scaled(x: Tensor | TensorList, y: Tensor | TensorList, alpha: float | Tensor) -> Tensor | TensorList:
+    """``x + alpha * y``, out of place (tensors or TensorLists): ``x.add(y, alpha=alpha)``.
+
+    The fused path's coefficient is a 0-d tensor (:func:`nonzero`), and torch.compile (torch
+    2.13) rounds a tensor ``alpha`` of an out-of-place ``add`` to float32, even for float64
+    tensors (weight decay 0.1 became 0.10000000149); ``addcmul`` keeps it exact. A number
+    takes ``add`` as torch.optim writes it, so the eager paths stay bit for bit torch's.
+    """
+    if isinstance(alpha, Tensor):
+        return torch.addcmul(x, y, alpha)
+    return x.add(y, alpha=alpha)
 
 
 def as_lists(*columns: Sequence[Tensor]) -> tuple[TensorList, ...]:

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest.engine import Optimizer, nonzero, validation
+from steepest.engine import Optimizer, add_scaled, nonzero, validation
 from steepest.engine.optimizer import ParamsT
 
 
@@ -27,7 +27,7 @@ def adagrad_update(
     s <- s + g^2;  theta <- theta - lr_t * g / (sqrt(s) + eps),  lr_t = lr / (1 + (t-1) lr_decay)
     """
     if nonzero(weight_decay):
-        grad = grad.add(param, alpha=weight_decay)
+        grad = add_scaled(grad, param, weight_decay)
     decayed_lr = lr / (1 + (step - 1) * lr_decay)
     sum.addcmul_(grad, grad, value=1)
     std = sum.sqrt().add_(eps)
@@ -44,7 +44,9 @@ class Adagrad(Optimizer):
         lr: learning rate (default 1e-2).
         lr_decay: learning-rate decay lr / (1 + (t-1) lr_decay) (default 0).
         weight_decay: L2 penalty (default 0).
-        initial_accumulator_value: starting value of the sum of squares (default 0).
+        initial_accumulator_value: starting value of the sum of squares (default 0). A param
+            group's own value is used for its tensors; torch.optim.Adagrad (2.13) fills every
+            group's ``sum``, later groups included, with the constructor's value instead.
         eps: added to the denominator (default 1e-10).
         foreach: True for the multi-tensor path, False for the per-tensor reference, None (default)
             for multi-tensor on accelerators and per tensor on the CPU.

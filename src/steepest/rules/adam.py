@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest.engine import Optimizer, maximum_, nonzero, validation
+from steepest.engine import Optimizer, add_scaled, maximum_, nonzero, validation
 from steepest.engine.optimizer import ParamsT
 
 
@@ -20,7 +20,7 @@ def _apply_weight_decay(
     if decoupled:
         param.mul_(1 - lr * weight_decay)
         return grad
-    return grad.add(param, alpha=weight_decay)
+    return add_scaled(grad, param, weight_decay)
 
 
 def _update_moments(grad: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, beta1: float, beta2: float) -> None:

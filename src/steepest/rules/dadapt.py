@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from steepest.engine import Optimizer, TensorList, validation
+from steepest.engine import Optimizer, TensorList, add_scaled, validation
 from steepest.engine.optimizer import ParamsT
 
 TensorLike = Tensor | TensorList
@@ -205,7 +205,7 @@ def dadapt_adam_statistics(
     m <- b1 m + (1-b1) dlr g;  v <- b2 v + (1-b2) g^2;  s <- sqrt(b2) s + (1-sqrt(b2)) dlr g
     """
     if weight_decay != 0:
-        grad = grad.add(param, alpha=weight_decay)  # coupled (L2) decay
+        grad = add_scaled(grad, param, weight_decay)  # coupled (L2) decay
     sqrt_beta2 = beta2**0.5
     weighted = inner_product(grad, s.div(exp_avg_sq.sqrt().add_(eps)))
     exp_avg.mul_(beta1).add_(grad, alpha=step_size * (1 - beta1))
@@ -345,7 +345,7 @@ def dadapt_sgd_statistics(
     """
     square = total(grad.mul(grad)) if first else None
     if weight_decay != 0:
-        grad = grad.add(param, alpha=weight_decay)  # coupled (L2) decay
+        grad = add_scaled(grad, param, weight_decay)  # coupled (L2) decay
     weighted = inner_product(grad, s)
     s.add_(grad, alpha=step_size)
     return torch.stack([weighted, total(s.mul(s)), weighted.new_zeros(()) if square is None else square])

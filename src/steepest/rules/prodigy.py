@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest.engine import validation
+from steepest.engine import add_scaled, validation
 from steepest.engine.optimizer import ParamsT
 from steepest.rules.dadapt import DISTANCE_CHECKS, DistanceEstimator, absolute_total, inner_product
 
@@ -38,7 +38,7 @@ def prodigy_statistics(
     m <- b1 m + (1-b1) d g;  v <- b2 v + (1-b2) d^2 g^2;  s <- b3 s + s_scale g
     """
     if weight_decay != 0:
-        grad = grad.add(param, alpha=weight_decay)  # coupled (L2) decay
+        grad = add_scaled(grad, param, weight_decay)  # coupled (L2) decay
     progress = inner_product(grad, p0.add(param, alpha=-1))
     exp_avg.mul_(beta1).add_(grad, alpha=d * (1 - beta1))
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=d * d * (1 - beta2))

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest.engine import Optimizer, nonzero, validation
+from steepest.engine import Optimizer, add_scaled, nonzero, validation
 from steepest.engine.optimizer import ParamsT
 
 
@@ -30,7 +30,7 @@ def rmsprop_update(
     With momentum: b <- momentum b + g / (...);  theta <- theta - lr b.
     """
     if nonzero(weight_decay):
-        grad = grad.add(param, alpha=weight_decay)
+        grad = add_scaled(grad, param, weight_decay)
     square_avg.mul_(alpha).addcmul_(grad, grad, value=1 - alpha)
     if grad_avg is not None:  # centered: subtract the squared running mean of the gradient
         grad_avg.lerp_(grad, 1 - alpha)

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest.engine import Optimizer, TensorList, validation
+from steepest.engine import Optimizer, TensorList, add_scaled, validation
 from steepest.engine.optimizer import ParamsT
 
 
@@ -104,7 +104,7 @@ def schedulefree_sgd_update(
     u = g + weight_decay y;  z <- z - lr u;  x <- (1-c) x + c z;  y = b x + (1-b) z
     """
     if weight_decay != 0:
-        grad = grad.add(param, alpha=weight_decay)
+        grad = add_scaled(grad, param, weight_decay)
     _step_interpolated(param, z, grad, lr, momentum, average_weight)
 
 

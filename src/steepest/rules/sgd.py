@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from steepest.engine import Optimizer, nonzero, validation
+from steepest.engine import Optimizer, add_scaled, nonzero, validation
 from steepest.engine.optimizer import ParamsT
 
 
@@ -30,13 +30,13 @@ def sgd_update(
     d = g + momentum * b  (Nesterov)  or  b  (heavy ball)  or  g  (momentum = 0).
     """
     if nonzero(weight_decay):
-        grad = grad.add(param, alpha=weight_decay)
+        grad = add_scaled(grad, param, weight_decay)
     if momentum_buffer is not None:
         if fresh:
             momentum_buffer.copy_(grad)
         else:
             momentum_buffer.mul_(momentum).add_(grad, alpha=1 - dampening)
-        grad = grad.add(momentum_buffer, alpha=momentum) if nesterov else momentum_buffer
+        grad = add_scaled(grad, momentum_buffer, momentum) if nesterov else momentum_buffer
     param.add_(grad, alpha=-lr)
 
 

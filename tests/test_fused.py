@@ -87,6 +87,18 @@ def _assert_close(fused, fused_params, eager, eager_params, rtol=RTOL):
             assert relative_error(ours, value) <= rtol, key
 
 
+def spy_on_compiling(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The rules the fused path compiles from now on, in order (it still compiles them)."""
+    compiled: list[object] = []
+    real_runner = fused_path._compiled_runner
+    monkeypatch.setattr(
+        fused_path,
+        "_compiled_runner",
+        lambda rule, static: compiled.append(rule) or real_runner(rule, static),
+    )
+    return compiled
+
+
 def test_every_elementwise_rule_is_fusable():
     names = {spec.cls.__name__ for spec in FUSABLE}
     assert {"SGD", "Adagrad", "RMSprop", "Adam", "AdamW", "NAdam", "Lion"} <= names
@@ -157,13 +169,7 @@ def test_fused_and_foreach_together_are_refused() -> None:
 def test_default_runs_ready_made_kernels_at_any_size_and_compiles_large_buckets_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    compiled: list[object] = []
-    real_runner = fused_path._compiled_runner
-    monkeypatch.setattr(
-        fused_path,
-        "_compiled_runner",
-        lambda rule, static: compiled.append(rule) or real_runner(rule, static),
-    )
+    compiled = spy_on_compiling(monkeypatch)
     found: list[bool] = []  # per fused call: whether a ready-made kernel covered the bucket
     real_native = fused_path.native_kernel
 
@@ -267,13 +273,7 @@ TWINS = [
 def test_the_compiled_path_in_float64_is_torch_optim_to_rounding(
     ours: type, theirs: type, options: dict, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    compiled: list[object] = []
-    real_runner = fused_path._compiled_runner
-    monkeypatch.setattr(
-        fused_path,
-        "_compiled_runner",
-        lambda rule, static: compiled.append(rule) or real_runner(rule, static),
-    )
+    compiled = spy_on_compiling(monkeypatch)
     start = torch.Generator().manual_seed(0)
     initial = [
         torch.randn(shape, generator=start, dtype=torch.float64) for shape in [(), (3, 4), (5,), (6, 4)]

@@ -460,6 +460,67 @@ def test_fixed_step_without_line_search_follows_torch():
     assert float((iterates[0] - problem.x_star).abs().max()) <= 1e-2  # and it converges
 
 
+@pytest.mark.parametrize(("calls", "max_iter"), [(12, 1), (4, 3), (1, 12)])
+def test_fixed_steps_over_several_calls_follow_torch_with_its_evaluations(calls: int, max_iter: int):
+    # torch leaves a call's last fixed step unevaluated, for the next call's first evaluation;
+    # evaluating it at once cost a loop of step() with max_iter=1 twice torch's evaluations.
+    problem = problems.quadratic(dim=10, condition=10.0)
+    iterates, evaluations = [], []
+    for make in (LBFGS, torch.optim.LBFGS):
+        x = problem.x0.requires_grad_()
+        # (max_eval: torch's default max_iter * 5 // 4 stops its 3-iteration calls after 2)
+        optimizer = make([x], line_search_fn=None, max_iter=max_iter, max_eval=max_iter + 1,
+                         history_size=10, tolerance_grad=0.0, tolerance_change=0.0)
+        counted = []
+
+        def closure(optimizer=optimizer, x=x, counted=counted):
+            counted.append(1)
+            optimizer.zero_grad()
+            loss = problem(x)
+            loss.backward()
+            return loss
+
+        for _ in range(calls):
+            optimizer.step(closure)
+        iterates.append(x.detach())
+        evaluations.append(len(counted))
+    assert evaluations[0] == evaluations[1] == calls * max_iter
+    torch.testing.assert_close(iterates[0], iterates[1], rtol=1e-10, atol=1e-12)
+
+
+def test_an_unevaluated_last_step_survives_a_checkpoint():
+    problem = problems.quadratic(dim=10, condition=10.0)
+
+    def make(x):
+        optimizer = LBFGS([x], line_search_fn=None, max_iter=2)
+
+        def closure():
+            optimizer.zero_grad()
+            loss = problem(x)
+            loss.backward()
+            return loss
+
+        return optimizer, closure
+
+    x = problem.x0.clone().requires_grad_()
+    optimizer, closure = make(x)
+    optimizer.step(closure)
+    assert {"pending_step", "pending_gradient", "pending_decrease"} <= set(optimizer.state[x])
+    buffer = io.BytesIO()
+    torch.save({"x": x.detach(), "optimizer": optimizer.state_dict()}, buffer)
+    for _ in range(3):
+        optimizer.step(closure)
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)
+    resumed_x = checkpoint["x"].clone().requires_grad_()
+    resumed, resumed_closure = make(resumed_x)
+    resumed.load_state_dict(checkpoint["optimizer"])
+    for _ in range(3):
+        resumed.step(resumed_closure)
+    assert torch.equal(resumed_x.detach(), x.detach())
+    assert len(resumed.state[resumed_x]["old_steps"]) == len(optimizer.state[x]["old_steps"]) == 7
+
+
 def test_float32_parameters():
     problem = problems.rosenbrock(dim=2)
     x = problem.x0.float().requires_grad_()

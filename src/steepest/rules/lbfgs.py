@@ -564,11 +564,15 @@ class LBFGS(ClosureOptimizer):
         >>> opt.step(closure)  # up to max_iter iterations
 
     For the fewest evaluations call ``step`` once with a large ``max_iter``: each call
-    evaluates the closure at its start (the data may have changed), as torch does.
+    evaluates the closure at its start (the data may have changed), as torch does. Without a
+    line search, as in torch, a call's last step is left unevaluated for the next call's first
+    evaluation; its pair (s, y) is completed there.
 
     State (``optimizer.state[first parameter]``): ``func_evals``, ``n_iter``, ``old_steps``,
-    ``old_gradient_changes`` (1-D tensors), ``curvatures`` (floats s'y): tensors and
-    numbers only, so ``torch.load(weights_only=True)`` reads it.
+    ``old_gradient_changes`` (1-D tensors), ``curvatures`` (floats s'y), and without a line
+    search the unevaluated last step's ``pending_step``, ``pending_gradient`` (1-D tensors)
+    and ``pending_decrease``: tensors and numbers only, so ``torch.load(weights_only=True)``
+    reads it.
 
     Reference: Nocedal & Wright, Numerical Optimization, 2nd ed., Algorithms 7.4 and 7.5;
     Liu and Nocedal 1989; Byrd, Lu, Nocedal and Zhu 1995 (L-BFGS-B); Moré and Thuente 1994.
@@ -612,6 +616,22 @@ class LBFGS(ClosureOptimizer):
         state["old_gradient_changes"] = []
         state["curvatures"] = []
 
+    def _remember_pair(
+        self, state: dict[str, Any], step_vector: Tensor, gradient_change: Tensor, decrease: float
+    ) -> None:
+        """Keep the pair (s, y) unless its curvature s'y is too small for a positive definite H:
+        scipy's test, relative to the decrease -g's the step promised."""
+        curvature = float(torch.dot(step_vector, gradient_change))
+        if curvature > torch.finfo(step_vector.dtype).eps * decrease:
+            history_size = self.param_groups[0]["history_size"]
+            for name, item in (
+                ("old_steps", step_vector),
+                ("old_gradient_changes", gradient_change),
+                ("curvatures", curvature),
+            ):
+                # New lists, never mutated ones: a state_dict taken earlier stays valid.
+                state[name] = [*state[name], item][-history_size:]
+
     @staticmethod
     def _direction(
         state: dict[str, Any], gradient: Tensor, lr_max: float, relative: Tensor | None
@@ -654,7 +674,6 @@ class LBFGS(ClosureOptimizer):
         max_iter, max_eval = settings["max_iter"], settings["max_eval"]
         tolerance_grad = settings["tolerance_grad"]
         tolerance_change = settings["tolerance_change"]
-        history_size = settings["history_size"]
         use_line_search = settings["line_search_fn"] == "strong_wolfe"
 
         state = self._method_state()
@@ -664,6 +683,10 @@ class LBFGS(ClosureOptimizer):
 
         first_loss, loss = self._call_closure(closure)
         gradient = self._flat_gradient()
+        if "pending_step" in state:
+            # The last fixed step of the previous call was not evaluated; this is its gradient.
+            step_vector, old_gradient = state.pop("pending_step"), state.pop("pending_gradient")
+            self._remember_pair(state, step_vector, gradient - old_gradient, state.pop("pending_decrease"))
         if not math.isfinite(loss) or float(gradient.abs().max()) <= tolerance_grad:
             self._finish_closure_step()
             return first_loss
@@ -671,7 +694,7 @@ class LBFGS(ClosureOptimizer):
         x = self._flat_parameters()
         machine_epsilon = torch.finfo(gradient.dtype).eps
 
-        for _ in range(max_iter):
+        for iteration in range(max_iter):
             state["n_iter"] = state["n_iter"] + 1
             direction, first_step = self._direction(state, gradient, lr_max, relative)
             slope = float(torch.dot(gradient, direction))
@@ -717,21 +740,19 @@ class LBFGS(ClosureOptimizer):
                 step_size = 1.0 if state["old_steps"] else min(
                     1.0, 1.0 / float(gradient.abs().sum())
                 )
+                if iteration == max_iter - 1:
+                    # As torch: the last step of a call is not evaluated, since the next call
+                    # evaluates there first (a loop of step() with max_iter=1 would pay twice).
+                    # Its pair waits for that gradient.
+                    state["pending_step"] = direction * step_size
+                    state["pending_gradient"] = gradient
+                    state["pending_decrease"] = -slope * step_size
+                    self._set_flat_parameters(x + state["pending_step"])
+                    break
                 new_loss, _ = line(step_size)
 
             step_vector = direction * step_size
-            gradient_change = line.gradient - gradient
-            curvature = float(torch.dot(step_vector, gradient_change))
-            # Skip pairs with too little curvature: they would break the positive
-            # definiteness of H (scipy's test, relative to the decrease along the step).
-            if curvature > machine_epsilon * -slope * step_size:
-                for name, item in (
-                    ("old_steps", step_vector),
-                    ("old_gradient_changes", gradient_change),
-                    ("curvatures", curvature),
-                ):
-                    # New lists, never mutated ones: a state_dict taken earlier stays valid.
-                    state[name] = [*state[name], item][-history_size:]
+            self._remember_pair(state, step_vector, line.gradient - gradient, -slope * step_size)
 
             x = x + step_vector
             previous_loss, loss, gradient = loss, new_loss, line.gradient

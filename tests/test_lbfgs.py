@@ -7,6 +7,7 @@ same optimum with at most 1.2x scipy's function evaluations, counted, never time
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 
@@ -519,6 +520,46 @@ def test_an_unevaluated_last_step_survives_a_checkpoint():
         resumed.step(resumed_closure)
     assert torch.equal(resumed_x.detach(), x.detach())
     assert len(resumed.state[resumed_x]["old_steps"]) == len(optimizer.state[x]["old_steps"]) == 7
+
+
+@pytest.mark.parametrize("line_search_fn", [None, "strong_wolfe"])
+def test_a_torch_optim_lbfgs_state_dict_keeps_its_curvature_pairs(line_search_fn):
+    # It once loaded as torch's own keys, which steepest ignored: the history restarted empty.
+    problem = problems.quadratic(dim=10, condition=10.0)
+    settings = dict(line_search_fn=line_search_fn, max_iter=3, max_eval=4, history_size=10,
+                    tolerance_grad=0.0, tolerance_change=0.0)
+
+    def closure_for(optimizer, x):
+        def closure():
+            optimizer.zero_grad()
+            loss = problem(x)
+            loss.backward()
+            return loss
+
+        return closure
+
+    x = problem.x0.clone().requires_grad_()
+    theirs = torch.optim.LBFGS([x], **settings)
+    for _ in range(2):
+        theirs.step(closure_for(theirs, x))
+    saved = copy.deepcopy(theirs.state_dict())
+    ours_x = x.detach().clone().requires_grad_()
+    ours = LBFGS([ours_x], **settings)
+    ours.load_state_dict(saved)
+    state = ours.state[ours_x]
+    pairs = theirs.state[x]["old_stps"]
+    assert len(state["old_steps"]) == len(pairs) >= 4 and "pending_step" in state
+    assert all(torch.equal(a, b) for a, b in zip(state["old_steps"], pairs))
+    if line_search_fn is None:  # the same fixed steps: the same iterates as torch's own
+        for _ in range(2):
+            theirs.step(closure_for(theirs, x))
+            ours.step(closure_for(ours, ours_x))
+        torch.testing.assert_close(ours_x.detach(), x.detach(), rtol=1e-10, atol=1e-12)
+    else:  # scipy's line search, not torch's: it goes on from the curvature learnt
+        start = float(problem(ours_x.detach()))
+        ours.step(closure_for(ours, ours_x))
+        assert len(ours.state[ours_x]["old_steps"]) > len(pairs)
+        assert float(problem(ours_x.detach())) < start
 
 
 def test_float32_parameters():

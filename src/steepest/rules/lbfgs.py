@@ -502,6 +502,25 @@ class _Line:
         return value, float(torch.dot(self.gradient, self.direction))
 
 
+def _from_torch_lbfgs(entry: dict[str, Any]) -> dict[str, Any]:
+    """torch.optim.LBFGS's state (see :meth:`LBFGS.load_state_dict`) in steepest's names."""
+    steps, changes = list(entry["old_stps"]), list(entry["old_dirs"])
+    state = {
+        "func_evals": entry.get("func_evals", 0),
+        "n_iter": entry.get("n_iter", 0),
+        "old_steps": steps,
+        "old_gradient_changes": changes,
+        "curvatures": [float(torch.dot(s, y)) for s, y in zip(steps, changes)],
+    }
+    direction, step_size, gradient = entry.get("d"), entry.get("t"), entry.get("prev_flat_grad")
+    if direction is not None and step_size is not None and gradient is not None:
+        step_size = float(step_size)
+        state["pending_step"] = direction * step_size
+        state["pending_gradient"] = gradient
+        state["pending_decrease"] = -float(torch.dot(gradient, direction)) * step_size
+    return state
+
+
 # -- L-BFGS --------------------------------------------------------------------------------
 _LBFGS_CHECKS: dict[str, validation.Check] = {
     "lr": validation.nonnegative,
@@ -610,6 +629,24 @@ class LBFGS(ClosureOptimizer):
             line_search_fn=line_search_fn,
         )
         super().__init__(params, defaults)
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a state_dict of steepest's L-BFGS, or of torch.optim.LBFGS, translated.
+
+        torch keeps the pairs as ``old_stps`` (s) and ``old_dirs`` (y), and the last step as
+        ``d``, ``t`` and ``prev_flat_grad``, whose pair it completes at the next call: here
+        they become ``old_steps``, ``old_gradient_changes`` (the newest ``history_size``)
+        and the pending pair, so a run continues with the curvature it had learnt.
+        """
+        super().load_state_dict({**state_dict, "state": {
+            key: _from_torch_lbfgs(entry) if "old_dirs" in entry and "old_steps" not in entry else entry
+            for key, entry in state_dict["state"].items()
+        }})
+        history_size = self.param_groups[0]["history_size"]
+        for state in self.state.values():
+            for name in ("old_steps", "old_gradient_changes", "curvatures"):
+                if name in state:
+                    state[name] = list(state[name])[-history_size:]
 
     def _forget_history(self, state: dict[str, Any]) -> None:
         state["old_steps"] = []

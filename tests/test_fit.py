@@ -591,3 +591,47 @@ def test_compile_trains_like_eager(single_thread) -> None:
     assert compiled.steps == eager.steps == 8
     for a, b in zip(eager.history, compiled.history, strict=True):
         assert b.loss == pytest.approx(a.loss, rel=1e-4)
+
+
+def three_class_problem(nan_rows: tuple[int, ...] = ()):
+    generator = torch.Generator().manual_seed(5)
+    X, X_val = torch.randn(200, 8, generator=generator), torch.randn(80, 8, generator=generator)
+    labels = [(x[:, 0] + x[:, 1] > 0).long() + (x[:, 2] > 1).long() for x in (X, X_val)]
+    X[list(nan_rows)] = float("nan")
+    return (X, labels[0]), (X_val, labels[1])
+
+
+@pytest.mark.parametrize(
+    ("lr", "settings", "nan_rows", "first_epochs"),
+    [
+        # 0.5 is too large for Adam here: the live diagnosis backs off at step 12, back to step 0
+        (0.5, {"safety": {"on_too_large": "backoff", "regime_window": 6, "snapshot_every": 1}}, (), 1),
+        # a NaN batch in every epoch: each backoff goes back to the last snapshot (every 10 steps)
+        (1e-2, {"on_nonfinite": "backoff"}, (17,), 2),
+    ],
+    ids=["too large", "non-finite"],
+)
+def test_a_resumed_run_backs_off_to_where_the_uninterrupted_one_does(
+    tmp_path: Path, single_thread, lr: float, settings: dict, nan_rows: tuple, first_epochs: int
+) -> None:
+    # The guard's diagnosis and its snapshots were not checkpointed: after a resume it missed
+    # the backoff, or rolled back to its first step after the resume and kept a wrecked model
+    # (steepest train --lr 10 --on-too-large backoff, killed and resumed: 10% test accuracy
+    # where the uninterrupted run reached 96%).
+    data, val_data = three_class_problem(nan_rows)
+    options = dict(loss="cross_entropy", optimizer="adam", lr=lr, batch_size=32, seed=3, val_data=val_data)
+
+    def net() -> nn.Module:
+        torch.manual_seed(123)
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.1), nn.Linear(16, 3))
+
+    straight = fit(net(), data, epochs=6, **settings, **options)
+    fit(net(), data, epochs=first_epochs, checkpoint_dir=tmp_path, **settings, **options)
+    resumed = fit(net(), data, epochs=6, checkpoint_dir=tmp_path, resume=True, **settings, **options)
+    events = [
+        [(r.step, r.extra["safety"]) for r in run.history if "safety" in r.extra]
+        for run in (straight, resumed)
+    ]
+    assert events[0] and events[0] == events[1]
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -3,6 +3,7 @@ spikes ignore noise, state_dict round trip, and the 100x-too-large acceptance te
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -195,6 +196,51 @@ def test_state_dict_round_trip():
     assert other.state_dict() == state and other.counts == guard.counts == {
         "nonfinite": 1, "spikes": 1, "skips": 2, "backoffs": 0, "scaler_skips": 0}
     assert other.check(50.0).action == guard.check(50.0).action == "skip"
+
+
+def test_snapshots_and_the_diagnosis_survive_a_checkpoint():
+    # A resumed guard must roll back where the uninterrupted one would, and go on diagnosing
+    # from the windows it had seen (it once took a fresh snapshot after the resume instead).
+    w, opt = trained(0, lr=0.1)
+    guard = SafeStep(opt, on_nonfinite="backoff", snapshot_every=100, on_too_large="backoff")
+    start = w.detach().clone()
+    for _ in range(3):
+        opt.zero_grad()
+        loss = (w**2).sum()
+        loss.backward()
+        guard.step(loss)
+    buffer = io.BytesIO()
+    torch.save({"w": w.detach(), "opt": opt.state_dict(), "guard": guard.state_dict(),
+                "snapshots": guard.snapshots_state()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+    assert saved["snapshots"]["start"] == "last"  # one copy of the state where both begin
+    w2 = saved["w"].clone().requires_grad_()
+    opt2 = Adam([w2], lr=0.1)
+    opt2.load_state_dict(saved["opt"])
+    resumed = SafeStep(opt2, on_nonfinite="backoff", snapshot_every=100, on_too_large="backoff")
+    resumed.load_state_dict(saved["guard"])
+    resumed.load_snapshots_state(saved["snapshots"])
+    assert repr(resumed._monitor.state_dict()) == repr(guard._monitor.state_dict())  # nan != nan
+    for the_guard, the_w in ((guard, w), (resumed, w2)):
+        assert the_guard.step(bad_loss(the_w)).action == "backoff"
+        assert torch.equal(the_w, start)
+    assert opt2.state_dict()["steepest"] == opt.state_dict()["steepest"]
+
+
+def test_snapshots_of_other_parameters_are_refused_and_change_nothing():
+    w, opt = trained(0, lr=0.1)
+    guard = SafeStep(opt, on_nonfinite="backoff")
+    (w**2).sum().backward()
+    guard.step((w**2).sum())
+    state = guard.snapshots_state()
+    other = SafeStep(Adam([torch.zeros(4, requires_grad=True)]), on_nonfinite="backoff")
+    with pytest.raises(ValueError, match=r"state\['last'\]\['params'\] must hold tensors of the guarded"):
+        other.load_snapshots_state(state)
+    with pytest.raises(ValueError, match="'last'"):
+        guard.load_snapshots_state({**state, "last": None})
+    assert other.snapshots_state() == {"due": True, "last": None, "start": None}
+    assert guard.snapshots_state()["last"] is state["last"]
 
 
 def test_grad_scaler_skips_are_the_scalers_business():

@@ -172,6 +172,13 @@ def list_of(check: Check) -> Check:
     return check_each
 
 
+def mapping(name: str, value: Any) -> Mapping[str, Any]:
+    """``value`` is a dict (a nested saved state, which its owner checks when loading it)."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{name} must be a dict, got {name}={value!r:.80} ({type(value).__name__})")
+    return value
+
+
 def tensor(name: str, value: Any) -> torch.Tensor:
     """``value`` is a tensor."""
     if not isinstance(value, torch.Tensor):

@@ -939,6 +939,8 @@ def fit(
             "rng": checkpoints.capture_rng_states(train_batches.generator),
             "stopping": stopping.state_dict() if hasattr(stopping, "state_dict") else None,
             "safety": None if guard is None else guard.state_dict(),
+            # where a backoff goes back to: without it a resumed run rolls back elsewhere
+            "safety_snapshots": None if guard is None else guard.snapshots_state(),
             "callbacks": {
                 _callback_name(callback): callback.state_dict()
                 for callback in trainer.callbacks
@@ -965,6 +967,8 @@ def fit(
             stopping.load_state_dict(resumed["stopping"])
         if guard is not None and resumed.get("safety") is not None:
             guard.load_state_dict(resumed["safety"])
+            if resumed.get("safety_snapshots") is not None:
+                guard.load_snapshots_state(resumed["safety_snapshots"])
         for callback in trainer.callbacks:
             name = _callback_name(callback)
             if hasattr(callback, "load_state_dict") and name in resumed["callbacks"]:

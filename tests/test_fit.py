@@ -635,3 +635,45 @@ def test_a_resumed_run_backs_off_to_where_the_uninterrupted_one_does(
     assert events[0] and events[0] == events[1]
     for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_a_run_stopped_off_the_evaluation_cadence_resumes_as_if_never_stopped(
+    tmp_path: Path, single_thread
+) -> None:
+    # The final evaluation of a run stopped at step 10 (eval_every=4) once went into its
+    # checkpoint: the resumed run had an evaluation at 10 the other never made, a train loss
+    # averaged from step 11 instead of 9, and an extra report to the plateau schedule.
+    data, _ = three_class_problem()
+
+    class ReportTrainLoss:
+        def on_evaluate(self, trainer, record) -> None:
+            trainer.optimizer.report(record.metrics["train_loss"])
+
+    def run(max_steps: int, **checkpoints) -> FitResult:
+        schedule = steepest.schedules.warmup_cosine(peak=3e-2, warmup=5, total=60)
+        lr = steepest.reduce_on_plateau(schedule, factor=0.5, patience=1, threshold=0.3)
+        torch.manual_seed(123)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+        return fit(
+            model,
+            data,
+            "cross_entropy",
+            "adamw",
+            lr,
+            batch_size=32,
+            seed=3,
+            eval_every=4,
+            max_steps=max_steps,
+            callbacks=[ReportTrainLoss()],
+            **checkpoints,
+        )
+
+    straight = run(40)
+    stopped = run(10, checkpoint_dir=tmp_path)
+    assert [e.step for e in stopped.evaluations] == [4, 8, 10]  # its own final metrics
+    resumed = run(40, checkpoint_dir=tmp_path, resume=True)
+    assert [e.step for e in resumed.evaluations] == [e.step for e in straight.evaluations]
+    assert [e.metrics for e in resumed.evaluations] == [e.metrics for e in straight.evaluations]
+    assert [r.lr for r in resumed.history] == [r.lr for r in straight.history]
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -1234,15 +1234,19 @@ def fit(
     finally:
         ctrl_c.restore()
 
-    # -- the end: final metrics, a last checkpoint, the result -----------------------------------
-    if not trainer.evaluations or trainer.evaluations[-1].step != trainer.step:
-        with rules.evaluation_mode(optimizer):
-            evaluate_now()
+    # -- the end: a last checkpoint, final metrics, the result -----------------------------------
     # The checkpoint comes before eval(): like every checkpoint of the run it holds a
     # schedule-free optimizer in train mode (y exactly, where a resumed run continues; a
     # train() after eval() would give y only up to rounding). Only a run whose best
     # parameters were restored is saved in eval mode, and it stays ended when resumed.
+    # It also comes before a final evaluation off the evaluation cadence (a step limit,
+    # Ctrl-C): that one is for this result only. In the checkpoint, its record, its reset of
+    # the running train loss and its on_evaluate callbacks (a plateau report) made a resumed
+    # run differ from one never stopped.
     save()  # a resumed finished run returns at once instead of training further
+    if not trainer.evaluations or trainer.evaluations[-1].step != trainer.step:
+        with rules.evaluation_mode(optimizer):
+            evaluate_now()
     if rules.has_modes(optimizer):
         # The schedulefree convention: eval() before evaluating or saving the model. The
         # returned model holds the average x, that the final metrics are of.

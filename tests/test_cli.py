@@ -617,6 +617,23 @@ def test_the_diagnosis_gives_no_advice_backwards(
     assert wrong not in out, out
 
 
+@pytest.mark.parametrize(
+    ("schedule", "replanned"), [("cosine", True), ("inverse_sqrt", False), ("constant", False)]
+)
+def test_a_resume_with_more_epochs_says_when_it_stretches_the_schedule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], schedule: str, replanned: bool
+) -> None:
+    # A cosine planned over one epoch, stretched over two, jumps from ~0 back to half its peak
+    # where the run resumes: not the run a user who asked for two epochs from the start gets.
+    options = ["--model", "mlp", "--schedule", schedule, "--warmup", "5", "--progress", "plain"]
+    assert cli.main(run_args(tmp_path, "run", *options, "--epochs", "1")) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--progress", "plain"]) == 0
+    out = capsys.readouterr().out
+    note = "note: --epochs 2 re-plans the cosine schedule over 40 steps (it was planned over 20): step 21"
+    assert (note in out) == replanned and ("re-plans" in out) == replanned, out
+
+
 LEARNING_RATE_FREE = ["prodigy", "dadaptadam", "schedulefreesgd", "schedulefreeadamw", "momo"]
 
 

@@ -10,6 +10,7 @@ held-out test split; write the report.
 from __future__ import annotations
 
 import json
+import math
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -297,6 +298,30 @@ def run_folder(config: Mapping[str, Any], resume: str | None, overwrite: bool = 
     return create_run_folder(config["runs_dir"], config["name"], config, overwrite=overwrite)
 
 
+def replanned_schedule(
+    config: Mapping[str, Any], lr: Any, state: Mapping[str, Any], total_steps: int
+) -> str | None:
+    """A note when a resume with more ``--epochs`` stretches a schedule planned over the run's
+    length (cosine, linear, one-cycle, ...): the rate then jumps where the run resumes, and
+    the run no longer matches one planned over the new length from the start."""
+    history = state["history"]
+    if not isinstance(lr, schedules.Schedule) or not history:
+        return None
+    planned, step = history[-1].get("total_steps"), state["loop"]["step"]
+    if planned is None or planned == total_steps:
+        return None
+    # The last step took the schedule's value at step - 1 (steps count from 1, schedules from 0)
+    before, after = history[-1]["lr"], lr(step)
+    if math.isclose(lr(step - 1), before, rel_tol=1e-9):
+        return None  # the new plan agrees with the steps taken: the schedule ignores the length
+    return (
+        f"note: --epochs {config['epochs']} re-plans the {config['schedule']} schedule over "
+        f"{total_steps} steps (it was planned over {planned}): step {step + 1} takes lr {after:.3g} "
+        f"where step {step} took {before:.3g}, so the run will not match one planned for "
+        f"{config['epochs']} epochs from the start"
+    )
+
+
 def choose_learning_rate(
     config: Mapping[str, Any],
     model: torch.nn.Module,
@@ -443,6 +468,7 @@ def run(
     total_steps = config["epochs"] * steps_per_epoch
     optimizer_class = check_before_the_folder(config, data, model, total_steps)
     resume_from: Path | None = None
+    resumed_state: dict[str, Any] | None = None
     if resume is not None:
         folder = open_run_folder(resume)
         every = config["checkpoint_every"]
@@ -450,7 +476,7 @@ def run(
             folder, config, model, optimizer_class, every * steps_per_epoch if every else total_steps
         )
         if found is not None:
-            resume_from = found[0]
+            resume_from, resumed_state = found
             epochs_done = found[1]["loop"]["epochs_done"]
             if epochs_done >= config["epochs"]:
                 if flags.get("epochs") is not None:
@@ -466,6 +492,9 @@ def run(
     # resumed run keeps the choice it started with
     chosen = saved_choice(open_run_folder(resume)) if resume is not None else None
     optimizer, lr, chosen = choose_learning_rate(config, model, data, total_steps, say, chosen)
+    replanned = None if resumed_state is None else replanned_schedule(config, lr, resumed_state, total_steps)
+    if replanned is not None and not config["quiet"]:
+        say(replanned)
     folder = run_folder(config, resume, overwrite)
     if chosen is not None:
         (folder.path / "lr_choice.json").write_text(json.dumps(chosen, indent=2) + "\n")

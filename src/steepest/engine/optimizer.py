@@ -413,7 +413,8 @@ class Optimizer(torch.optim.Optimizer):
             if grad.is_sparse:
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients "
-                    f"(parameter of shape {tuple(p.shape)})"
+                    f"(parameter of shape {tuple(p.shape)}): use a dense gradient "
+                    "(nn.Embedding(sparse=False)), or torch.optim.SparseAdam for this parameter"
                 )
         if group.get("maximize", False):
             grads = torch._foreach_neg(grads)

@@ -366,7 +366,8 @@ def test_sparse_gradient_is_refused_clearly() -> None:
     x = torch.ones(3, requires_grad=True)
     optimizer = steepest.Adam([x])
     x.grad = torch.ones(3).to_sparse()
-    with pytest.raises(RuntimeError, match=r"sparse gradients \(parameter of shape \(3,\)\): use a dense gradient"):
+    refused = r"sparse gradients \(parameter of shape \(3,\)\): use a dense gradient"
+    with pytest.raises(RuntimeError, match=refused):
         optimizer.step()
 
 

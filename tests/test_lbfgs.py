@@ -16,6 +16,8 @@ import pytest
 import scipy.optimize
 import torch
 
+import steepest
+import steepest.rules.lbfgs as lbfgs_module
 from steepest import problems
 from steepest.rules.lbfgs import LBFGS, lbfgs_direction, more_thuente_line_search
 
@@ -560,6 +562,87 @@ def test_a_torch_optim_lbfgs_state_dict_keeps_its_curvature_pairs(line_search_fn
         ours.step(closure_for(ours, ours_x))
         assert len(ours.state[ours_x]["old_steps"]) > len(pairs)
         assert float(problem(ours_x.detach())) < start
+
+
+# -- failed line searches: restarts from steepest descent, as scipy -----------------------------
+NONSMOOTH_SEED = 0
+
+
+def nonsmooth(kind: str):
+    """Least squares plus a kink (l1 or max-abs): line searches there fail now and then."""
+    generator = torch.Generator().manual_seed(NONSMOOTH_SEED)
+    A = torch.randn(30, 10, generator=generator, dtype=torch.float64)
+    b = torch.randn(30, generator=generator, dtype=torch.float64)
+    if kind == "l1":
+        return lambda x: 0.5 * ((A @ x - b) ** 2).sum() + 3.0 * x.abs().sum()
+    return lambda x: 0.5 * ((A @ x - b) ** 2).sum() + 5.0 * x.abs().max()
+
+
+def record_searches(monkeypatch: pytest.MonkeyPatch, fail_at: int | None = None) -> list:
+    """Every line search's (first trial, result); the search number ``fail_at`` fails outright."""
+    searches: list = []
+
+    def recorded(evaluate, loss, slope, step=1.0, **settings):
+        if len(searches) + 1 == fail_at:
+            value, _ = evaluate(step)  # one trial, reported as a failure
+            result = lbfgs_module.LineSearchResult(step, loss + 1.0, None, 1, "failed", "forced")
+        else:
+            result = more_thuente_line_search(evaluate, loss, slope, step, **settings)
+        searches.append((step, result))
+        return result
+
+    monkeypatch.setattr(lbfgs_module, "more_thuente_line_search", recorded)
+    return searches
+
+
+@pytest.mark.parametrize("kind", ["l1", "maxabs"])
+def test_failed_searches_restart_as_scipy_does(kind: str, monkeypatch: pytest.MonkeyPatch):
+    # Searches fail at the kinks; scipy rejects each one, clears its memory and retries along
+    # -g within the same iteration, first trial 1: the same iterations and evaluations.
+    f = nonsmooth(kind)
+
+    def value_and_gradient(values: np.ndarray) -> tuple[float, np.ndarray]:
+        x = torch.tensor(values, requires_grad=True)
+        loss = f(x)
+        (gradient,) = torch.autograd.grad(loss, x)
+        return float(loss.detach()), gradient.numpy()
+
+    reference = scipy.optimize.minimize(value_and_gradient, np.ones(10), jac=True, method="L-BFGS-B")
+    searches = record_searches(monkeypatch)
+    result = steepest.minimize(f, torch.ones(10, dtype=torch.float64), method="lbfgs")
+    assert sum(search.status != "converged" for _, search in searches) >= 8  # the path is taken
+    assert (result.nit, result.nfev, result.success) == (reference.nit, reference.nfev, True)
+    assert result.fun == pytest.approx(reference.fun, rel=1e-12)
+
+
+def test_a_failed_search_retries_from_steepest_descent_in_the_same_iteration(monkeypatch):
+    # Under minimize (one iteration per step call) the retry once waited for the next call,
+    # x stood still for an iteration, and the default ftol read that as convergence: Rosenbrock
+    # "converged" at f = 4.09.
+    searches = record_searches(monkeypatch, fail_at=6)
+    looks = []
+    problem = problems.rosenbrock()
+    result = steepest.minimize(problem, problem.x0, method="lbfgs", stopping=looks.append)
+    assert result.success and result.fun < 1e-12, result.message
+    assert all(look.step_norm != 0.0 for look in looks[1:])  # every iteration moved
+    assert [first for first, _ in searches[5:7]] == [1.0, 1.0]  # the retry's first trial is 1, as scipy's
+
+
+def test_a_search_that_spends_its_20_evaluations_is_rejected_and_the_run_fails(monkeypatch):
+    # A search out of evaluations was accepted if its step, 3e-27 long, passed the sufficient
+    # decrease test by rounding: x stood still and ftol reported convergence (success=True).
+    # scipy rejects it (iback >= 20), retries along -g, and reports ABNORMAL if that fails too.
+    Q = torch.tensor([[3.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+
+    def noisy(x: torch.Tensor) -> torch.Tensor:  # value noise of 1e-6 the gradient knows nothing of
+        return 0.5 * x @ Q @ x + 1e-6 * torch.sin(1e9 * x.detach().sum())
+
+    searches = record_searches(monkeypatch)
+    result = steepest.minimize(noisy, torch.ones(2, dtype=torch.float64), method="lbfgs", gtol=1e-12)
+    exhausted = [search for _, search in searches if search.evaluations == 20]
+    assert exhausted, "the noise must defeat a search"
+    assert not result.success and result.status == steepest.stopping.Status.NO_PROGRESS
+    assert "the line search along -g found no decrease" in result.message
 
 
 def test_float32_parameters():

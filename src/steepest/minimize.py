@@ -577,6 +577,10 @@ def minimize(
             (lambda: _averaged_point(optimizer, leaves)) if averaged else None,
         )
         stop = criterion(observation)
+        gave_up = getattr(optimizer, "gave_up", None) if driven_by_closure and iteration else None
+        if gave_up is not None and (stop is None or stop.success):
+            # x did not move: ftol would read that as convergence (scipy reports ABNORMAL)
+            stop = Stop(f"no progress: {gave_up}", success=False, status=Status.NO_PROGRESS)
         if stop is not None:
             break
         with torch.no_grad():

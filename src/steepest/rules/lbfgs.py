@@ -368,6 +368,10 @@ class ClosureOptimizer(Optimizer):
     """
 
     requires_closure: ClassVar[bool] = True
+    #: Why the last ``step`` gave up without moving, when it failed (L-BFGS: no decrease found
+    #: even from steepest descent); None when it moved or stopped for any other reason.
+    #: ``minimize`` reads it to report a failure rather than a convergence of ftol.
+    gave_up: str | None = None
 
     def _check_params(self, params: list[Tensor], first_index: int) -> None:
         """Floating point, and one dtype and device for all: the parameters form one vector."""
@@ -671,14 +675,19 @@ class LBFGS(ClosureOptimizer):
 
     @staticmethod
     def _direction(
-        state: dict[str, Any], gradient: Tensor, lr_max: float, relative: Tensor | None
+        state: dict[str, Any],
+        gradient: Tensor,
+        lr_max: float,
+        relative: Tensor | None,
+        first_iteration: bool,
     ) -> tuple[Tensor, float]:
         """The search direction and the line search's first trial step.
 
         With pairs: d = -lr_max H g, H from H0 = gamma R, gamma = s'y / (y' R y) of the newest
         pair (s'y / y'y for one lr, Nocedal & Wright (7.20)), first trial 1. Without: H0 = R
-        and first trial 1 / ||R^{1/2} g||, scipy's 1 / ||g|| for one lr, so that the first
-        step is lr_max long, whatever the scale of the problem.
+        and, on the run's first iteration, first trial 1 / ||R^{1/2} g||, scipy's 1 / ||g||
+        for one lr, so that the first step is lr_max long, whatever the scale of the problem;
+        after a restart from steepest descent, 1, as scipy (its ``iter > 0``).
         """
         if state["old_steps"]:
             newest_change = state["old_gradient_changes"][-1]
@@ -693,7 +702,7 @@ class LBFGS(ClosureOptimizer):
         else:
             direction = gradient.neg() if relative is None else gradient * relative.neg()
             norm = math.sqrt(max(-float(torch.dot(gradient, direction)), 0.0))
-            first_step = min(1.0 / norm, MAX_STEP) if norm > 0.0 else 1.0
+            first_step = min(1.0 / norm, MAX_STEP) if norm > 0.0 and first_iteration else 1.0
         if lr_max != 1.0:
             direction.mul_(lr_max)
         return direction, first_step
@@ -707,6 +716,7 @@ class LBFGS(ClosureOptimizer):
                 loss. Required.
         """
         closure = self._start_closure_step(closure)
+        self.gave_up = None
         settings = self.param_groups[0]
         max_iter, max_eval = settings["max_iter"], settings["max_eval"]
         tolerance_grad = settings["tolerance_grad"]
@@ -733,60 +743,66 @@ class LBFGS(ClosureOptimizer):
 
         for iteration in range(max_iter):
             state["n_iter"] = state["n_iter"] + 1
-            direction, first_step = self._direction(state, gradient, lr_max, relative)
-            slope = float(torch.dot(gradient, direction))
-            if not slope < 0.0 and state["old_steps"]:
-                # H has lost positive definiteness to rounding: restart from steepest descent.
-                self._forget_history(state)
-                direction, first_step = self._direction(state, gradient, lr_max, relative)
+            first_iter = state["n_iter"] == 1
+            taken = None  # (direction, step size, loss there, line, slope), once a step is found
+            for _ in range(2):  # a failed search retries once from steepest descent, as scipy
+                direction, first_step = self._direction(state, gradient, lr_max, relative, first_iter)
                 slope = float(torch.dot(gradient, direction))
-            if not slope < 0.0:
-                break  # no descent direction (every lr is 0, or g vanished to rounding)
-            if -slope * first_step <= 2.0 * machine_epsilon * abs(loss):
-                # The first trial's predicted decrease is below the rounding of the loss: no
-                # line search can verify a decrease any more, and would only spend its 20
-                # evaluations on rounding noise before failing.
-                break
-
-            budget = max_eval - (state["func_evals"] - evaluations_at_start)
-            if budget <= 0:
-                break
-            line = self._line(closure, x, direction)
-            if use_line_search:
-                search = more_thuente_line_search(
-                    line, loss, slope, first_step,
-                    max_evaluations=min(MAX_LINE_SEARCH_EVALUATIONS, budget),
-                )
-                # A search out of evaluations may still have found sufficient decrease; one
-                # that stopped on a warning (rounding, tolerance) is accepted as scipy does,
-                # unless it ends above the start.
-                accepted = math.isfinite(search.loss) and (
+                if not slope < 0.0 and state["old_steps"]:
+                    # H has lost positive definiteness to rounding: restart from steepest descent.
+                    self._forget_history(state)
+                    direction, first_step = self._direction(state, gradient, lr_max, relative, first_iter)
+                    slope = float(torch.dot(gradient, direction))
+                if not slope < 0.0:
+                    break  # no descent direction (every lr is 0, or g vanished to rounding)
+                if -slope * first_step <= 2.0 * machine_epsilon * abs(loss):
+                    # The first trial's predicted decrease is below the rounding of the loss: no
+                    # line search can verify a decrease any more, and would only spend its 20
+                    # evaluations on rounding noise before failing.
+                    break
+                budget = max_eval - (state["func_evals"] - evaluations_at_start)
+                if budget <= 0:
+                    break
+                line = self._line(closure, x, direction)
+                if not use_line_search:
+                    # torch's fixed step: lr (already in the direction), the first scaled down.
+                    step_size = min(1.0, 1.0 / float(gradient.abs().sum())) if first_iter else 1.0
+                    if iteration == max_iter - 1:
+                        # As torch: the last step of a call is not evaluated, since the next call
+                        # evaluates there first (a loop of step() with max_iter=1 would pay
+                        # twice). Its pair waits for that gradient.
+                        state["pending_step"] = direction * step_size
+                        state["pending_gradient"] = gradient
+                        state["pending_decrease"] = -slope * step_size
+                        self._set_flat_parameters(x + state["pending_step"])
+                        break
+                    taken = direction, step_size, line(step_size)[0], line, slope
+                    break
+                limit = min(MAX_LINE_SEARCH_EVALUATIONS, budget)
+                search = more_thuente_line_search(line, loss, slope, first_step, max_evaluations=limit)
+                # As scipy: a search that ends on a warning (rounding, tolerance) is accepted,
+                # unless it ends above the start; one that spent its 20 evaluations is not,
+                # whatever it found. One cut short by max_eval keeps a sufficient decrease.
+                cut_short = limit < MAX_LINE_SEARCH_EVALUATIONS and search.evaluations >= limit
+                if math.isfinite(search.loss) and (
                     search.status == "converged"
-                    or search.loss <= loss + SUFFICIENT_DECREASE * search.step * slope
                     or (search.status == "warning" and search.loss <= loss)
-                )
-                if not accepted:
-                    self._set_flat_parameters(x)
-                    if state["old_steps"] and search.evaluations < budget:
-                        self._forget_history(state)  # as scipy: retry from steepest descent
-                        continue
+                    or (cut_short and search.loss <= loss + SUFFICIENT_DECREASE * search.step * slope)
+                ):
+                    taken = direction, search.step, search.loss, line, slope
                     break
-                step_size, new_loss = search.step, search.loss
-            else:
-                # torch's fixed step: lr (already in the direction), the first scaled down.
-                step_size = 1.0 if state["old_steps"] else min(
-                    1.0, 1.0 / float(gradient.abs().sum())
-                )
-                if iteration == max_iter - 1:
-                    # As torch: the last step of a call is not evaluated, since the next call
-                    # evaluates there first (a loop of step() with max_iter=1 would pay twice).
-                    # Its pair waits for that gradient.
-                    state["pending_step"] = direction * step_size
-                    state["pending_gradient"] = gradient
-                    state["pending_decrease"] = -slope * step_size
-                    self._set_flat_parameters(x + state["pending_step"])
+                self._set_flat_parameters(x)
+                if not state["old_steps"] or search.evaluations >= budget:
+                    if not state["old_steps"]:
+                        self.gave_up = (
+                            f"the line search along -g found no decrease ({search.status}: "
+                            f"{search.message}; scipy: ABNORMAL_TERMINATION_IN_LNSRCH)"
+                        )
                     break
-                new_loss, _ = line(step_size)
+                self._forget_history(state)  # as scipy: retry from steepest descent, same iteration
+            if taken is None:
+                break
+            direction, step_size, new_loss, line, slope = taken
 
             step_vector = direction * step_size
             self._remember_pair(state, step_vector, line.gradient - gradient, -slope * step_size)

@@ -551,7 +551,9 @@ class LBFGS(ClosureOptimizer):
     1 / ||g|| on the first iteration and 1 afterwards, the MINPACK-2 line search with
     scipy's constants, H0 scaling, pairs skipped when s'y <= eps * |g's|, and a restart from
     steepest descent when the line search fails. Every trial of the line search is one
-    closure call (function and gradient), counted in ``state["func_evals"]``.
+    closure call (function and gradient), counted in ``state["func_evals"]``. One shortcut:
+    where the first trial's predicted decrease is below the rounding of f, the step ends
+    without a search (scipy's would spend up to 20 evaluations failing to see a decrease).
 
     Unlike torch.optim.LBFGS it accepts several param groups: all parameters form one
     vector for the curvature pairs, and each group's ``lr`` scales its part of the

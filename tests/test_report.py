@@ -106,6 +106,20 @@ def test_two_runs_are_overlaid_with_one_row_each(tmp_path: Path, monkeypatch: py
     assert not list(Path(runs[0]).glob("*.png"))  # a comparison writes into no run folder
 
 
+def test_a_report_written_elsewhere_leaves_the_files_beside_it_alone(tmp_path: Path) -> None:
+    # `steepest report RUN -o mine.html` wrote loss.png, lr.png, ... beside mine.html, and
+    # replaced the lr.png that `steepest schedule plot ... -o lr.png` had drawn there.
+    run = make_run(tmp_path, "a", 0.1)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "lr.png").write_bytes(b"the user's own picture")
+    assert report_main([str(run)], str(elsewhere / "mine.html")) == 0
+    assert sorted(path.name for path in elsewhere.iterdir()) == ["lr.png", "mine.html"]
+    assert (elsewhere / "lr.png").read_bytes() == b"the user's own picture"
+    assert_self_contained((elsewhere / "mine.html").read_text())
+    assert not list(run.glob("*.png"))  # nor into the run folder: it was not asked for
+
+
 def test_regime_strip_extra_fields_and_advice(tmp_path: Path) -> None:
     run = make_run(tmp_path, "diagnosed", 0.1, regime=True)
     figures = make_plots([load_run(run)])

@@ -487,7 +487,9 @@ def write_report(run_dirs: Sequence[str | Path], output: str | Path, save_plots:
         run_dirs: run folders (each with a metrics.jsonl); several are overlaid for comparison.
         output: the HTML file to write (its folder is created if needed).
         save_plots: also write each plot as ``<stem>.png`` beside the report; default: only
-            for a single run (a comparison's plots belong to no one run folder).
+            for a single run's report in its own folder (a comparison's plots belong to no
+            one run folder, and a report written elsewhere must not replace the files there:
+            ``-o lr.html`` beside a schedule's ``lr.png``).
 
     Returns:
         The path written.
@@ -506,7 +508,9 @@ def write_report(run_dirs: Sequence[str | Path], output: str | Path, save_plots:
     output.parent.mkdir(parents=True, exist_ok=True)
     figures = make_plots(runs)
     plots = {stem: _png_data_uri(figure) for stem, figure in figures.items()}
-    if save_plots if save_plots is not None else len(runs) == 1:
+    if save_plots is None:
+        save_plots = len(runs) == 1 and output.parent.resolve() == Path(run_dirs[0]).resolve()
+    if save_plots:
         for stem, uri in plots.items():
             (output.parent / f"{stem}.png").write_bytes(base64.b64decode(uri.split(",", 1)[1]))
     output.write_text(render_html(runs, plots), encoding="utf-8")

@@ -617,6 +617,18 @@ def test_the_diagnosis_gives_no_advice_backwards(
     assert wrong not in out, out
 
 
+def test_a_warm_up_for_a_schedule_without_one_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it was recorded in config.toml and ignored: the run started at the peak rate
+    assert cli.main(run_args(tmp_path, "w", "--schedule", "cosine", "--warmup", "10")) == 2
+    assert capsys.readouterr().err.strip() == (
+        "steepest: error: warmup = 10: the cosine schedule has no warm-up and would ignore it (the "
+        "schedules that have one: warmup_cosine, wsd, inverse_sqrt)"
+    )
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize(
     ("schedule", "replanned"), [("cosine", True), ("inverse_sqrt", False), ("constant", False)]
 )
@@ -625,7 +637,7 @@ def test_a_resume_with_more_epochs_says_when_it_stretches_the_schedule(
 ) -> None:
     # A cosine planned over one epoch, stretched over two, jumps from ~0 back to half its peak
     # where the run resumes: not the run a user who asked for two epochs from the start gets.
-    options = ["--model", "mlp", "--schedule", schedule, "--warmup", "5", "--progress", "plain"]
+    options = ["--model", "mlp", "--schedule", schedule, "--progress", "plain"]
     assert cli.main(run_args(tmp_path, "run", *options, "--epochs", "1")) == 0
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2", "--progress", "plain"]) == 0

@@ -35,7 +35,13 @@ from steepest.train.config import (
 )
 from steepest.train.data import DataSplits, load_dataset
 from steepest.train.fit import StepRecord, Trainer, build_optimizer, fit
-from steepest.train.loop import DEFAULT_LEARNING_RATES, HEAVY_BALL, OPTIMIZER_CLASS_NAMES, build_schedule
+from steepest.train.loop import (
+    DEFAULT_LEARNING_RATES,
+    HEAVY_BALL,
+    OPTIMIZER_CLASS_NAMES,
+    WARMUP_SCHEDULES,
+    build_schedule,
+)
 from steepest.train.models import build_model
 from steepest.train.progress import Progress
 from steepest.train.report import write_report
@@ -136,6 +142,16 @@ def resolve(flags: Mapping[str, Any], config_path: str | None, resume: str | Non
         # The folder was moved or renamed since: record where the run now is.
         config["name"], config["runs_dir"] = folder.name, str(folder.path.parent)
     return config
+
+
+def check_warmup(config: Mapping[str, Any]) -> None:
+    """A warm-up asked of a schedule that has none would be ignored: refuse it (a new run only:
+    a run folder written before this check keeps resuming)."""
+    if config["warmup"] and config["schedule"] not in WARMUP_SCHEDULES:
+        raise ConfigError(
+            f"warmup = {config['warmup']}: the {config['schedule']} schedule has no warm-up and would "
+            f"ignore it (the schedules that have one: {', '.join(WARMUP_SCHEDULES)})"
+        )
 
 
 def _one_line(error: BaseException) -> str:
@@ -460,6 +476,7 @@ def run(
     # (--resume): a mistake leaves no folder behind and an existing one as it was.
     config = resolve(flags, config_path, resume)
     if resume is None:
+        check_warmup(config)
         check_new_run_folder(config["runs_dir"], config["name"], overwrite)
     data, model = load_data_and_model(config)
     steps_per_epoch = schedules.steps_per_epoch(

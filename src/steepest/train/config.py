@@ -292,7 +292,7 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("label", str, None, "free text naming the run in reports and legends"),
     Option("schedule", str, _RUN.schedule, "learning-rate schedule peaking at lr",
            one_of(tuple(LEARNING_RATE_SCHEDULES)), lowercase=True),
-    Option("warmup", int, _RUN.warmup, "optimizer steps of linear warm-up, for schedules that have one",
+    Option("warmup", int, _RUN.warmup, "optimizer steps of linear warm-up (warmup_cosine, wsd, inverse_sqrt)",
            at_least(0)),
     Option("clip_norm", float, _RUN.clip_norm, "clip the global gradient norm to this (default: no clipping)",
            positive_finite),

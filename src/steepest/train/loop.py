@@ -111,6 +111,9 @@ LEARNING_RATE_SCHEDULES: dict[str, Callable[[float, int, int], schedules.Schedul
     "inverse_sqrt": lambda peak, warmup, total: schedules.inverse_sqrt(peak=peak, warmup=max(warmup, 1)),
 }
 
+#: The schedules of ``LEARNING_RATE_SCHEDULES`` that have a warm-up (the others ignore one).
+WARMUP_SCHEDULES: tuple[str, ...] = ("warmup_cosine", "wsd", "inverse_sqrt")
+
 #: Initialization schemes of ``steepest train`` (``steepest.init.initialize``).
 INIT_SCHEMES: tuple[str, ...] = ("xavier", "he", "lecun", "orthogonal", "auto")
 

@@ -360,3 +360,22 @@ def test_lion_at_a_rate_beyond_float32_makes_the_parameters_non_finite(foreach: 
     param.grad = torch.tensor([0.5, -0.5, 1.0])
     optimizer.step()
     assert param.tolist() == [0.75, -1.75, 2.75]
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--label-column", "nosuch"], "label_column = 'nosuch' is not a column of"),
+        (["--model", "nosuch_module_xyz:Net"], "model = 'nosuch_module_xyz:Net': cannot import module"),
+        (["--model", "cnn"], "model = 'cnn' needs image inputs"),
+    ],
+)
+def test_data_and_model_errors_name_the_setting_given(
+    tmp_path: Path, points_csv: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    # They named the library's arguments: "label=..." (--label is the run's label) and
+    # "name=..." (--name is its folder), which sent the user to the wrong flag.
+    argv = ["train", "--dataset", str(points_csv), *flags, "--runs-dir", str(tmp_path / "runs")]
+    assert cli.main(argv) == 2
+    assert_one_error_line(capsys, message)
+    assert not (tmp_path / "runs").exists()

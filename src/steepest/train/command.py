@@ -154,6 +154,19 @@ def check_warmup(config: Mapping[str, Any]) -> None:
         )
 
 
+def _in_settings(error: BaseException, **settings: str) -> str:
+    """A library error about its argument (``label='x' is not a column ...``) as one line about
+    the setting the user gave (``label_column = 'x' is not a column ...``): the library's
+    ``label`` and ``name`` are other settings of ``steepest train`` (the run's label, its
+    folder's name)."""
+    message = _one_line(error)
+    for argument, setting in settings.items():
+        for prefix in (f"{argument}=", f"unknown model {argument}="):
+            if message.startswith(prefix):
+                return f"{setting} = {message[len(prefix):]}"
+    return message
+
+
 def _one_line(error: BaseException) -> str:
     """An exception's message as one line (the command line's errors are one line each)."""
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
@@ -173,10 +186,13 @@ def load_data_and_model(config: Mapping[str, Any]) -> tuple[DataSplits, torch.nn
         warnings.simplefilter("always")
         try:
             data = load_dataset(config["dataset"], label=config["label_column"], split_seed=0)
+        except (ValueError, TypeError, OSError) as error:
+            raise ConfigError(_in_settings(error, label="label_column", path="dataset")) from error
+        try:
             torch.manual_seed(config["seed"])
             model = build_model(config["model"], data)
         except (ValueError, TypeError, OSError) as error:
-            raise ConfigError(_one_line(error)) from error
+            raise ConfigError(_in_settings(error, name="model")) from error
     for message in dict.fromkeys(_one_line(warning.message) for warning in caught):  # type: ignore[arg-type]
         _warn(message)
     return data, model

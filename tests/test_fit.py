@@ -677,3 +677,18 @@ def test_a_run_stopped_off_the_evaluation_cadence_resumes_as_if_never_stopped(
     assert [r.lr for r in resumed.history] == [r.lr for r in straight.history]
     for a, b in zip(straight.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_logged_effective_lr_is_the_step_size_that_step_took() -> None:
+    # effective_lr was read after the step, when the schedule had moved on: the last step of a
+    # cosine run showed lr 0.019 and effective_lr 0 (the next step's). Schedule-free SGD without
+    # warm-up takes the scheduled lr itself.
+    torch.manual_seed(0)
+    X, y = torch.randn(64, 4), torch.randint(0, 3, (64,))
+    schedule = steepest.schedules.cosine(peak=0.5, total=8)
+    result = fit(
+        nn.Linear(4, 3), (X, y), "cross_entropy", "schedulefreesgd", lr=schedule, epochs=2, batch_size=16
+    )
+    assert len(result.history) == 8
+    for record in result.history:
+        assert record.extra["effective_lr"] == pytest.approx(record.lr, rel=1e-12), record.step

@@ -1122,6 +1122,9 @@ def fit(
                 # The update: clipping happens inside the optimizer's step (its clip_norm), after
                 # the GradScaler unscaled the gradients.
                 lr_used = float(optimizer.param_groups[0]["lr"])
+                # The step size this step takes: known before it (Prodigy's d lr, schedule-free's
+                # warm-up), except for a rule that sizes it from this step's loss (MoMo's tau).
+                size_before = float(optimizer.effective_lr[0]) if reports_step_size else None
                 grad_norm: float | None = None
                 if clip_in_loop or (track_grad_norm and clip_norm is None):
                     if scaler is not None:
@@ -1180,9 +1183,10 @@ def fit(
                 if verdict is not None and verdict.action != "step":
                     record.extra["safety"] = f"{verdict.action}: {verdict.reason}"
                 if reports_step_size:
-                    # the step size a learning-rate-free rule takes (MoMo's tau, Prodigy's d lr),
+                    # the step size a learning-rate-free rule took (MoMo's tau, Prodigy's d lr),
                     # where ``lr`` is only its cap or factor: logged, shown and plotted with the rest
-                    record.extra["effective_lr"] = float(optimizer.effective_lr[0])
+                    took = optimizer.effective_lr[0] if rules.requires_loss(optimizer) else size_before
+                    record.extra["effective_lr"] = float(took)
                 trainer.history.append(record)
                 trainer.notify("on_step_end", record)
 

@@ -257,3 +257,9 @@ def test_three_regimes_of_newton_give_its_closure_a_graph_to_differentiate_again
     assert len(comparison.runs) == 3
     assert all(math.isfinite(run.final_loss) for run in comparison.runs)
     assert all(run.losses[-1] < run.losses[0] for run in comparison.runs)  # each one descends
+
+
+def test_the_table_shows_the_rate_a_run_took_by_default() -> None:
+    # it printed "default" where the rate was the optimizer's own 1e-3
+    table = compare("rosenbrock", [("sgd", None), ("adam", 0.01)], steps=5).summary()
+    assert "0.001 (default)" in table and "0.01 " in table

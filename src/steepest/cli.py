@@ -425,7 +425,12 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     report_parser.add_argument("runs", nargs="+", help="run folders")
-    report_parser.add_argument("-o", "--output", default=None, help="HTML file to write")
+    report_parser.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        help="HTML file to write (default: RUN/report.html for one run, report.html here for several)",
+    )
     report_parser.set_defaults(run=run_report)
 
     schedule_parser = commands.add_parser(
@@ -434,7 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
     schedule_commands = schedule_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     plot_parser = schedule_commands.add_parser(
         "plot",
-        help="draw a schedule to a PNG",
+        help="draw a schedule to a picture file (.png, .svg, .pdf, ...)",
         description="Draw a schedule, e.g. `steepest schedule plot warmup_cosine --peak 3e-3 "
         "--warmup 500 --total 10000 -o lr.png`. The schedule's own arguments follow its name "
         f"as --flags. Schedules: {', '.join(sorted(schedules.SCHEDULES))}.",
@@ -521,7 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare_parser.add_argument(
         "--regimes", action="store_true", help="the three regimes: too small, good, too large"
     )
-    compare_parser.add_argument("--steps", type=positive_int, default=500, help="iterations per run")
+    compare_parser.add_argument(
+        "--steps", type=positive_int, default=500, help="iterations per run (default: 500)"
+    )
     compare_parser.add_argument(
         "-o",
         "--output",

@@ -200,7 +200,7 @@ class Comparison:
         header = ["optimizer", "lr", "final loss", "steps", "regime"] + (["run"] if labelled else [])
         rows = [header]
         for run in self.runs:
-            rate = "default" if run.spec.lr is None else f"{run.spec.lr:.3g}"
+            rate = f"{run.spec.lr:.3g}" if run.spec.lr is not None else _default_rate(run)
             row = [run.spec.method, rate, f"{run.final_loss:.4g}", str(run.steps), run.regime or "-"]
             rows.append(row + ([run.spec.label or ""] if labelled else []))
         widths = [max(len(row[column]) for row in rows) for column in range(len(header))]
@@ -379,6 +379,12 @@ class _Resolved:
     objective: Callable[[Tensor], Tensor]
     x0: Tensor
     minima: tuple[Tensor, ...]
+
+
+def _default_rate(run: RunCurve) -> str:
+    """The rate an optimizer ran at by default, as the table shows it (``1e-3 (default)``)."""
+    rates = run.result.history.get("lr") or [math.nan]
+    return "default" if not math.isfinite(rates[0]) else f"{rates[0]:.3g} (default)"
 
 
 def _resolve_problem(

@@ -148,6 +148,8 @@ def test_bad_flag_text_is_an_argparse_error() -> None:
 def test_missing_config_file_and_invalid_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="config file .*nope.toml does not exist"):
         configure({}, tmp_path / "nope.toml")
+    with pytest.raises(ConfigError, match="is a folder, not a file"):  # it said "does not exist"
+        configure({}, tmp_path)
     path = write(tmp_path / "broken.toml", "epochs = = 3\n")
     with pytest.raises(ConfigError, match="broken.toml is not valid TOML"):
         load_config(path)

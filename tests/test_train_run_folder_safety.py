@@ -143,6 +143,7 @@ def train(runs: Path, name: str, *more: str) -> list[str]:
         (["--model", "softmax"], "--model softmax"),
         (["--dataset", "breast_cancer"], "--dataset breast_cancer"),
         (["--optimizer", "sgd", "--epochs", "3"], "--optimizer sgd"),
+        (["--lr", "0.1"], "--lr 0.1: the run was trained with its default"),  # not "without it"
     ],
 )
 def test_a_resume_with_settings_the_run_was_not_trained_with_is_refused(

@@ -132,7 +132,7 @@ def resolve(flags: Mapping[str, Any], config_path: str | None, resume: str | Non
     config = validate_config(resolve_config(saved, given))
     for name, value in given.items():
         if name not in RESUMABLE_SETTINGS and config[name] != saved[name]:
-            was = "without it" if saved[name] is None else f"with {saved[name]}"
+            was = "with its default" if saved[name] is None else f"with {saved[name]}"
             raise ConfigError(
                 f"cannot resume {folder.path} with {OPTIONS_BY_NAME[name].flag} {value}: the run was "
                 f"trained {was}"

@@ -413,7 +413,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     if tomllib is None:  # pragma: no cover - Python 3.10 without tomli
         raise ConfigError(f"reading {path} needs Python 3.11 or the tomli package")
     if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+        problem = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise ConfigError(f"config file {path} {problem}")
     try:
         with path.open("rb") as file:
             return tomllib.load(file)

@@ -454,8 +454,10 @@ class SafeStep:
             grad_norm: the gradients' global norm if already known (see :meth:`check`).
 
         Example:
-            >>> verdict = guard.step(loss)
-            >>> if verdict.should_stop: break
+            >>> for loss in losses:  # doctest: +SKIP
+            ...     verdict = guard.step(loss)
+            ...     if verdict.should_stop:
+            ...         break
         """
         verdict = self.check(loss, grad_norm)
         if verdict.action != "step":

@@ -51,15 +51,14 @@ def test_three_regimes_takes_the_rate_lr_auto_picks_and_factors_of_30(regimes: C
     assert f"{choice.lr:.3g}" in regimes.notes[0] and "curvature" in regimes.notes[0]
 
 
-def test_three_regimes_fall_back_on_the_range_test_where_the_curvatures_rate_diverges() -> None:
+def test_three_regimes_search_around_a_curvature_rate_that_diverges() -> None:
     # Himmelblau starts at a saddle: the start's curvature gives 0.043, which diverges on the
     # way to the minimum (lr="auto" backs off there). The picture needs a rate good all along.
     comparison = three_regimes("himmelblau", "sgd", steps=200)
-    chosen = choose_lr(problems.himmelblau(), optimizer="sgd", policy="range_test").lr
     small, good, large = comparison.runs
-    assert good.spec.lr == pytest.approx(chosen, rel=1e-12)
-    assert not good.diverged and good.final_loss < 1e-8 and large.diverged
     curvature = choose_lr(problems.himmelblau(), optimizer="sgd").lr
+    assert good.spec.lr == pytest.approx(curvature / math.sqrt(10))  # the best of six, in full
+    assert not good.diverged and good.final_loss < 1e-8 and large.diverged
     assert f"the start's curvature gave {curvature:.3g}, which diverged along the path" in comparison.notes[0]
     # where the diagnosis disagrees with a run's label, a note says so: the crawl from the origin
     # moves the parameters by a large fraction of their (tiny) norm, which reads as no crawl
@@ -70,13 +69,26 @@ def test_three_regimes_fall_back_on_the_range_test_where_the_curvatures_rate_div
         assert repr(run.spec.label) in note and repr(run.regime) in note
 
 
+@pytest.mark.parametrize("optimizer", ["rmsprop", "lion"])
+def test_three_regimes_of_a_range_tested_optimizer_end_in_the_documents_order(optimizer: str) -> None:
+    # RMSprop's range test chose 0.25 on Rosenbrock, which ended at 10 where the "too small"
+    # run (0.0083) reached 0.58: the picture showed the regimes the wrong way round.
+    comparison = three_regimes("rosenbrock", optimizer, steps=500)
+    small, good, large = comparison.runs
+    assert good.final_loss < small.final_loss and good.final_loss < large.final_loss
+    assert (
+        "its range test chose" in comparison.notes[0] and "went furthest in 500 steps" in comparison.notes[0]
+    )
+
+
 def test_three_regimes_of_adam_use_adams_own_rate_not_prodigys() -> None:
-    # lr="auto" runs Adam as Prodigy; the picture is of Adam, at a rate its range test found
+    # lr="auto" runs Adam as Prodigy; the picture is of Adam, around the rate its range test found
     comparison = three_regimes("rosenbrock", "adam", steps=50)
-    chosen = choose_lr(problems.rosenbrock(), optimizer="adam", policy="range_test")
-    assert chosen.method is steepest.Adam
-    assert comparison.runs[1].spec.lr == pytest.approx(chosen.lr, rel=1e-12)
-    assert "range test" in comparison.notes[0]
+    tested = choose_lr(problems.rosenbrock(), optimizer="adam", policy="range_test")
+    assert tested.method is steepest.Adam
+    rates = [tested.lr * 10 ** (k / 2) for k in range(-3, 3)]
+    assert min(abs(comparison.runs[1].spec.lr / rate - 1) for rate in rates) < 1e-12
+    assert f"its range test chose {tested.lr:.3g}" in comparison.notes[0]
 
 
 def test_three_regimes_orders_the_runs_as_the_documents_describe(regimes: Comparison) -> None:

@@ -540,6 +540,34 @@ def _run(
     return RunCurve(spec, losses, trajectory, result, [] if monitor is None else monitor.history)
 
 
+def _best_of_the_run(
+    resolved: _Resolved,
+    settings: dict[str, Any],
+    optimizer: Any,
+    steps: int,
+    gtol: float | None,
+    around: float,
+    why: str,
+) -> tuple[float, list[str]]:
+    """The good rate for a picture of ``steps`` iterations: of the rates half a decade apart
+    from ``around`` / 30 to ``around`` x 10, the one whose run reaches gtol in the fewest
+    steps, else ends lowest (the larger on a tie). Returns it and the note that says so."""
+    rates = [around * 10 ** (k / 2) for k in range(-3, 3)]
+    runs = _compare(resolved, [RunSpec(optimizer, rate, settings) for rate in rates], steps, gtol, False, [])
+
+    def score(run: RunCurve) -> tuple[int, float, float]:
+        if run.result.success:  # reached gtol: the sooner the better
+            return 0, float(run.steps), -run.spec.lr
+        return 1, run.final_loss if math.isfinite(run.final_loss) else math.inf, -run.spec.lr
+
+    best = min(runs.runs, key=score)
+    note = (
+        f"good lr {best.spec.lr:.3g}: of {len(rates)} rates from {rates[0]:.3g} to {rates[-1]:.3g} "
+        f"(half a decade apart; {why}), the one that went furthest in {steps} steps"
+    )
+    return best.spec.lr, [note]
+
+
 def _range_test_choice(resolved: _Resolved, optimizer: Any, options: Mapping[str, Any] | None) -> LRChoice:
     """``choose_lr``'s range test and trials for this very optimizer (no stand-in)."""
     return choose_lr(
@@ -561,12 +589,14 @@ def three_regimes(
     """The three regimes of the documents in one picture: a rate too small, a good one, one too large.
 
     Rates: ``good / factor``, ``good`` and ``good * factor``, where ``good`` is ``lr`` or, when
-    None, the rate :func:`steepest.lr.choose_lr` picks for this optimizer: for SGD, 0.9 of the
-    stable limit at the start's curvature (a few gradients); where ``choose_lr`` would run a
-    stand-in instead (Prodigy for Adam) or that rate diverges along the path, its range test
-    and trials (``policy="range_test"``: this optimizer's own rate). The range test's short
-    trials favour large rates: on logistic regression its "good" SGD rate (25) ended 1.6x
-    above the one 30x smaller after 500 steps, where the curvature's (0.54) ends lowest.
+    None, chosen: for SGD, the rate :func:`steepest.lr.choose_lr` picks, 0.9 of the stable
+    limit at the start's curvature (a few gradients). For another optimizer (whose
+    ``lr="auto"`` is a range test, or a stand-in: Prodigy for Adam), or where that rate
+    diverges along the path, the best of six rates half a decade apart around this
+    optimizer's own range test (or the diverging rate), each run for ``steps``: the one that
+    reaches ``gtol`` soonest, else ends lowest. A range test's short trials favour large rates:
+    its "good" SGD rate on logistic regression (25) ended 1.6x above the one 30x smaller after
+    500 steps, RMSprop's on Rosenbrock (0.25) at 10 where one 30x smaller reached 0.58.
     With the default factor 30, gradient descent at the large rate diverges on the built-in
     test functions; Adam, whose steps are bounded by the rate, may only wander.
 
@@ -582,7 +612,7 @@ def three_regimes(
 
     Returns:
         A :class:`Comparison` with runs labelled ``"too small"``, ``"good"``, ``"too large"``;
-        with a chosen rate, ``notes`` holds the range test's reasoning.
+        with a chosen rate, ``notes`` holds how it was chosen.
 
     Example:
         >>> c = three_regimes("rosenbrock", "sgd", steps=300)
@@ -607,20 +637,20 @@ def three_regimes(
         comparison = at(validation.positive("lr", lr), [])
     else:
         choice = choose_lr(resolved.objective, optimizer=optimizer, options=options, x0=resolved.x0)
-        if choice.policy == "lr_free":  # a stand-in (Prodigy for Adam): this optimizer's own rate
-            choice = _range_test_choice(resolved, optimizer, options)
-        comparison = at(choice.lr, [f"good lr {choice.lr:.3g} from {choice.reason}"])
-        if choice.policy == "curvature" and comparison.runs[1].diverged:
-            # The path met stiffer curvature than the start's (Himmelblau's start is a saddle):
-            # lr="auto" backs off there; this picture needs a rate that is good all the way.
-            fallback = _range_test_choice(resolved, optimizer, options)
-            comparison = at(
-                fallback.lr,
-                [
-                    f"good lr {fallback.lr:.3g} from {fallback.reason} (the start's curvature gave "
-                    f"{choice.lr:.3g}, which diverged along the path)"
-                ],
-            )
+        if choice.policy == "curvature":
+            comparison = at(choice.lr, [f"good lr {choice.lr:.3g} from {choice.reason}"])
+            if comparison.runs[1].diverged:
+                # The path met stiffer curvature than the start's (Himmelblau's start is a
+                # saddle): lr="auto" backs off there; this picture needs a rate good all along.
+                why = f"the start's curvature gave {choice.lr:.3g}, which diverged along the path"
+                comparison = at(*_best_of_the_run(resolved, settings, optimizer, steps, gtol, choice.lr, why))
+        else:
+            # A range test's short trials favour large rates (RMSprop on Rosenbrock: 0.25, which
+            # ended at 10 where a rate 30x smaller reached 0.58), and lr="auto" would run Adam
+            # as Prodigy: the rates around this optimizer's own range test, run in full.
+            tested = _range_test_choice(resolved, optimizer, options)
+            why = f"its range test chose {tested.lr:.3g}"
+            comparison = at(*_best_of_the_run(resolved, settings, optimizer, steps, gtol, tested.lr, why))
     for run in comparison.runs:
         verdict = run.regime
         if verdict is not None and verdict.replace("_", " ") != run.spec.label:

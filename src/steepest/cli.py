@@ -469,6 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--config", default=None, help="TOML file of train options (the ones lr-find takes are read)"
     )
     add_train_arguments(find_parser, LR_FIND_OPTIONS)
+    for action in find_parser._actions:  # train's help on the default lr is no concern of a sweep
+        if action.dest == "momentum":
+            action.help = "momentum of the optimizers that take one (default: the optimizer's own)"
     find_parser.add_argument(
         "--min-lr", type=positive_float, default=1e-6, help="first rate of the sweep (default: 1e-6)"
     )

@@ -181,6 +181,43 @@ def test_restores_even_when_the_loss_fails() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
+def test_restores_a_buffer_the_model_rebinds_and_what_reading_the_data_drew() -> None:
+    # A buffer rebound in forward (`self.seen = self.seen + n`, not in place) kept the sweep's
+    # count, from one repeat to the next too; a generator of batches that draws from numpy and
+    # random as it yields was read before the random states were saved.
+    generator = torch.Generator().manual_seed(0)
+    X, y = torch.randn(256, 6, generator=generator), torch.randint(0, 3, (256,), generator=generator)
+
+    class Counting(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.linear = nn.Linear(6, 3)
+            self.register_buffer("seen", torch.zeros(()))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training:
+                self.seen = self.seen + x.shape[0]
+            return self.linear(x)
+
+    def augmented():
+        while True:
+            index = torch.randint(0, 256, (32,))
+            yield X[index] + np.random.rand() * random.random(), y[index]
+
+    model = Counting()
+    original = model.seen
+    result = range_test(model, (X, y), steepest.SGD, steps=20, repeats=2)
+    assert model.seen is original and float(model.seen) == 0.0
+    assert result.losses.shape == (2, 20)
+    batches, linear = augmented(), nn.Linear(6, 3)
+    np.random.seed(7)
+    random.seed(7)
+    states = torch.get_rng_state(), np.random.get_state()[1].tolist(), random.getstate()
+    range_test(linear, batches, steepest.SGD, steps=10, repeats=1)
+    assert torch.equal(torch.get_rng_state(), states[0])
+    assert np.random.get_state()[1].tolist() == states[1] and random.getstate() == states[2]
+
+
 # -- the sweep ---------------------------------------------------------------------------------------
 def lr_probe(curve):
     """An objective whose loss is curve(current lr): the rules can be checked against a known curve."""

@@ -286,7 +286,7 @@ def range_test(
     * ``valley``: fastai's rule; halfway along the longest stretch over which the loss keeps
       decreasing (the longest decreasing subsequence), searched from where the loss has covered
       5% of its fall (on a smooth curve the flat start would otherwise count as the valley);
-    * ``minimum/10``: a tenth of the rate with the lowest loss.
+    * ``minimum/10``: a tenth of the rate with the lowest loss (never below ``min_lr``).
 
     Consensus: exp(median of log(suggestion) over all rules and repeats), clipped to
     ``[min_lr, edge]`` where ``edge`` is the lowest over repeats of the rate with the lowest
@@ -356,9 +356,14 @@ def range_test(
         lrs = np.geomspace(min_lr, max_lr, steps)
     else:
         lrs = np.linspace(min_lr, max_lr, steps)
-    task = _Task.build(model_or_objective, data, optimizer, loss_fn, batch_size, x0, steps, min_lr)
-
+    # Captured before the data is read: a one-shot iterator (a shuffling DataLoader's, a
+    # generator) may draw from the random generators as it yields its batches.
     saved_random = RandomState.capture()
+    try:
+        task = _Task.build(model_or_objective, data, optimizer, loss_fn, batch_size, x0, steps, min_lr)
+    except BaseException:
+        saved_random.restore()
+        raise
     try:
         rows: list[np.ndarray] = []
         stops: list[int | None] = []
@@ -780,26 +785,40 @@ class _Data:
 
 @dataclass
 class _ModuleSnapshot:
-    """Copies of a module's parameters, buffers, gradients and train flags, to put back bit for bit."""
+    """Copies of a module's parameters, buffers, gradients and train flags, to put back bit for bit.
 
-    tensors: list[tuple[Tensor, Tensor]]
+    Buffers are kept by owner and name: a module that rebinds one in ``forward``
+    (``self.seen = self.seen + n``) rather than updating it in place gets the original tensor
+    back, with its original values.
+    """
+
+    params: list[tuple[Tensor, Tensor]]
+    buffers: list[tuple[nn.Module, str, Tensor, Tensor]]  # owner, name, the tensor, its copy
     grads: list[tuple[Tensor, Tensor | None, Tensor | None]]
     modes: list[tuple[nn.Module, bool]]
 
     @classmethod
     def capture(cls, module: nn.Module) -> _ModuleSnapshot:
-        live = list(module.parameters()) + list(module.buffers())
         with torch.no_grad():
-            tensors = [(t, t.detach().clone()) for t in live]
+            params = [(p, p.detach().clone()) for p in module.parameters()]
+            buffers = [
+                (owner, name, buffer, buffer.detach().clone())
+                for owner in module.modules()
+                for name, buffer in owner._buffers.items()
+                if buffer is not None
+            ]
             grads = [
                 (p, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in module.parameters()
             ]
-        return cls(tensors, grads, [(m, m.training) for m in module.modules()])
+        return cls(params, buffers, grads, [(m, m.training) for m in module.modules()])
 
     def restore(self, grads: bool) -> None:
         with torch.no_grad():
-            for live, saved in self.tensors:
+            for live, saved in self.params:
                 live.copy_(saved)
+            for owner, name, buffer, saved in self.buffers:
+                buffer.copy_(saved)
+                owner._buffers[name] = buffer
             if grads:
                 for param, grad, saved in self.grads:
                     if grad is not None:

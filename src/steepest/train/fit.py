@@ -717,7 +717,10 @@ def fit(
         on_nonfinite, on_spike: the safe-step policy (``steepest.lr.SafeStep``): ``"raise"``,
             ``"skip"``, ``"backoff"`` or ``"stop"`` on a non-finite loss or gradient, and on a
             loss spike; None (default) stops the run when the loss is not finite. ``safety``:
-            more SafeStep options (spike_factor, backoff_factor, ...).
+            more SafeStep options (spike_factor, backoff_factor, ...). A checkpoint holds the
+            guard's counters, live diagnosis and snapshots (about the parameters and the
+            optimizer state again, with a backoff policy), so a resumed run backs off where an
+            uninterrupted one would.
         track_grad_norm: compute the gradient norm when not clipping (one reduction per step),
             and the length ||delta theta|| of every fifth step (a copy of the parameters kept,
             one more pass over them on those steps), which with the gradient norm bounds what a

@@ -228,6 +228,20 @@ def test_snapshots_and_the_diagnosis_survive_a_checkpoint():
     assert opt2.state_dict()["steepest"] == opt.state_dict()["steepest"]
 
 
+def test_a_guard_that_never_backs_off_keeps_no_snapshot():
+    # a copy of the parameters and the optimizer state every 10 steps, and in every checkpoint,
+    # for a policy that skips, stops or raises and so never goes back to one
+    w, opt = trained(0, lr=0.1)
+    for policy in ({"on_nonfinite": "skip", "on_spike": "stop"}, {"on_too_large": "stop"}):
+        guard = SafeStep(opt, **policy)
+        for _ in range(12):
+            opt.zero_grad()
+            loss = (w**2).sum()
+            loss.backward()
+            assert guard.step(loss).stepped
+        assert guard.snapshots_state() == {"due": True, "last": None, "start": None}
+
+
 def test_snapshots_of_other_parameters_are_refused_and_change_nothing():
     w, opt = trained(0, lr=0.1)
     guard = SafeStep(opt, on_nonfinite="backoff")

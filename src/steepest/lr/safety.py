@@ -209,6 +209,9 @@ class SafeStep:
                 f"on_too_large must be None, 'backoff' or 'stop', got on_too_large={on_too_large!r}"
             )
         self.on_too_large = on_too_large
+        # Snapshots cost a copy of the parameters and the optimizer state (and a checkpoint
+        # keeps them): only a policy that backs off ever goes back to one.
+        self._backs_off = "backoff" in (on_nonfinite, on_spike, on_too_large)
         self.regime_window = _int("regime_window", regime_window, 2)
         self.regime_patience = _int("regime_patience", regime_patience, 1)
         self._snapshot: dict[str, Any] | None = None
@@ -597,7 +600,7 @@ class SafeStep:
         # but soaring losses before the first inf; a snapshot among them put every backoff back
         # on the blow-up (heavy ball on Himmelblau, snapshot every 5 steps: 20 backoffs, then
         # stopped), where the older one lets the halved rate recover.
-        due = self._snapshot_due or self.good_steps % self.snapshot_every == 0
+        due = self._backs_off and (self._snapshot_due or self.good_steps % self.snapshot_every == 0)
         if due and (self._snapshot is None or not self._is_spike(value)):
             self._take_snapshot(value)
         self.good_steps += 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -80,6 +81,43 @@ def run_lbfgs(
 
 def first_evaluation_below(norms: list[float], level: float) -> int:
     return next(index for index, norm in enumerate(norms, start=1) if norm <= level)
+
+
+def closure_for(problem: Callable, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> Callable:
+    """The closure that evaluates ``problem`` at ``x`` for ``optimizer``."""
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = problem(x)
+        loss.backward()
+        return loss
+
+    return closure
+
+
+def resumed_from_a_checkpoint(problem, settings: dict, steps_before: int, steps_after: int):
+    """An L-BFGS run of ``steps_before`` step calls, saved (torch.save, a weights_only load),
+    then continued ``steps_after`` calls both in place and from the checkpoint in a fresh
+    optimizer. Returns x and its optimizer, the state when saved, the resumed x and optimizer,
+    and the resumed state as loaded."""
+    x = problem.x0.clone().requires_grad_()
+    optimizer = LBFGS([x], **settings)
+    for _ in range(steps_before):
+        optimizer.step(closure_for(problem, optimizer, x))
+    buffer = io.BytesIO()
+    torch.save({"x": x.detach(), "optimizer": optimizer.state_dict()}, buffer)
+    saved_state = dict(optimizer.state[x])  # (the optimizer replaces its lists, never mutates them)
+    for _ in range(steps_after):
+        optimizer.step(closure_for(problem, optimizer, x))
+    buffer.seek(0)
+    checkpoint = torch.load(buffer, weights_only=True)  # tensors and numbers only
+    resumed_x = checkpoint["x"].clone().requires_grad_()
+    resumed = LBFGS([resumed_x], **settings)
+    resumed.load_state_dict(checkpoint["optimizer"])
+    loaded_state = dict(resumed.state[resumed_x])
+    for _ in range(steps_after):
+        resumed.step(closure_for(problem, resumed, resumed_x))
+    return x, optimizer, saved_state, resumed_x, resumed, loaded_state
 
 
 # -- the anchors -----------------------------------------------------------------------------
@@ -331,37 +369,10 @@ def test_parameters_must_share_dtype():
 
 # -- checkpoints -------------------------------------------------------------------------------
 def test_state_dict_round_trip_mid_run_continues_identically():
-    problem = problems.rosenbrock(dim=10)
-
-    def make(x):
-        optimizer = LBFGS([x], max_iter=6, history_size=4)
-
-        def closure():
-            optimizer.zero_grad()
-            loss = problem(x)
-            loss.backward()
-            return loss
-
-        return optimizer, closure
-
-    x = problem.x0.clone().requires_grad_()
-    optimizer, closure = make(x)
-    for _ in range(4):
-        optimizer.step(closure)
-    buffer = io.BytesIO()
-    torch.save({"x": x.detach(), "optimizer": optimizer.state_dict()}, buffer)
-    snapshot = {name: value for name, value in optimizer.state[x].items()}
-    for _ in range(3):
-        optimizer.step(closure)
-
-    buffer.seek(0)
-    checkpoint = torch.load(buffer, weights_only=True)  # tensors and numbers only
-    resumed_x = checkpoint["x"].clone().requires_grad_()
-    resumed, resumed_closure = make(resumed_x)
-    resumed.load_state_dict(checkpoint["optimizer"])
-    assert len(resumed.state[resumed_x]["old_steps"]) == len(snapshot["old_steps"]) == 4
-    for _ in range(3):
-        resumed.step(resumed_closure)
+    x, optimizer, snapshot, resumed_x, resumed, loaded = resumed_from_a_checkpoint(
+        problems.rosenbrock(dim=10), {"max_iter": 6, "history_size": 4}, steps_before=4, steps_after=3
+    )
+    assert len(loaded["old_steps"]) == len(snapshot["old_steps"]) == 4
 
     assert torch.equal(resumed_x.detach(), x.detach())
     assert resumed.state[resumed_x]["func_evals"] == optimizer.state[x]["func_evals"]
@@ -492,34 +503,13 @@ def test_fixed_steps_over_several_calls_follow_torch_with_its_evaluations(calls:
 
 
 def test_an_unevaluated_last_step_survives_a_checkpoint():
-    problem = problems.quadratic(dim=10, condition=10.0)
-
-    def make(x):
-        optimizer = LBFGS([x], line_search_fn=None, max_iter=2)
-
-        def closure():
-            optimizer.zero_grad()
-            loss = problem(x)
-            loss.backward()
-            return loss
-
-        return optimizer, closure
-
-    x = problem.x0.clone().requires_grad_()
-    optimizer, closure = make(x)
-    optimizer.step(closure)
-    assert {"pending_step", "pending_gradient", "pending_decrease"} <= set(optimizer.state[x])
-    buffer = io.BytesIO()
-    torch.save({"x": x.detach(), "optimizer": optimizer.state_dict()}, buffer)
-    for _ in range(3):
-        optimizer.step(closure)
-    buffer.seek(0)
-    checkpoint = torch.load(buffer, weights_only=True)
-    resumed_x = checkpoint["x"].clone().requires_grad_()
-    resumed, resumed_closure = make(resumed_x)
-    resumed.load_state_dict(checkpoint["optimizer"])
-    for _ in range(3):
-        resumed.step(resumed_closure)
+    x, optimizer, saved, resumed_x, resumed, _ = resumed_from_a_checkpoint(
+        problems.quadratic(dim=10, condition=10.0),
+        {"line_search_fn": None, "max_iter": 2},
+        steps_before=1,
+        steps_after=3,
+    )
+    assert {"pending_step", "pending_gradient", "pending_decrease"} <= set(saved)
     assert torch.equal(resumed_x.detach(), x.detach())
     assert len(resumed.state[resumed_x]["old_steps"]) == len(optimizer.state[x]["old_steps"]) == 7
 
@@ -531,19 +521,10 @@ def test_a_torch_optim_lbfgs_state_dict_keeps_its_curvature_pairs(line_search_fn
     settings = dict(line_search_fn=line_search_fn, max_iter=3, max_eval=4, history_size=10,
                     tolerance_grad=0.0, tolerance_change=0.0)
 
-    def closure_for(optimizer, x):
-        def closure():
-            optimizer.zero_grad()
-            loss = problem(x)
-            loss.backward()
-            return loss
-
-        return closure
-
     x = problem.x0.clone().requires_grad_()
     theirs = torch.optim.LBFGS([x], **settings)
     for _ in range(2):
-        theirs.step(closure_for(theirs, x))
+        theirs.step(closure_for(problem, theirs, x))
     saved = copy.deepcopy(theirs.state_dict())
     ours_x = x.detach().clone().requires_grad_()
     ours = LBFGS([ours_x], **settings)
@@ -554,12 +535,12 @@ def test_a_torch_optim_lbfgs_state_dict_keeps_its_curvature_pairs(line_search_fn
     assert all(torch.equal(a, b) for a, b in zip(state["old_steps"], pairs))
     if line_search_fn is None:  # the same fixed steps: the same iterates as torch's own
         for _ in range(2):
-            theirs.step(closure_for(theirs, x))
-            ours.step(closure_for(ours, ours_x))
+            theirs.step(closure_for(problem, theirs, x))
+            ours.step(closure_for(problem, ours, ours_x))
         torch.testing.assert_close(ours_x.detach(), x.detach(), rtol=1e-10, atol=1e-12)
     else:  # scipy's line search, not torch's: it goes on from the curvature learnt
         start = float(problem(ours_x.detach()))
-        ours.step(closure_for(ours, ours_x))
+        ours.step(closure_for(problem, ours, ours_x))
         assert len(ours.state[ours_x]["old_steps"]) > len(pairs)
         assert float(problem(ours_x.detach())) < start
 

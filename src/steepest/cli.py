@@ -26,7 +26,6 @@ from typing import NoReturn
 import torch
 
 from steepest import lr, problems, rules, schedules
-from steepest.init import initialize
 from steepest.lr.range_test import check_sweep
 from steepest.train import TrainConfigError, command
 from steepest.train.config import OPTIONS_BY_NAME, add_train_arguments, configure
@@ -258,8 +257,8 @@ def data_and_model(config: dict[str, typing.Any]) -> tuple[DataSplits, torch.nn.
     not fit the data) is a ConfigError: one line, exit code 2.
     """
     data, model = command.load_data_and_model(config)
-    initialize(model, config["init"])
     command.check_model_on_data(config, data, model)
+    command.initialize_model(config, model)
     return data, model
 
 

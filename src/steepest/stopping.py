@@ -211,13 +211,6 @@ def _norm_name(ord: float) -> str:
     return "inf" if math.isinf(ord) else f"{ord:g}"
 
 
-# ------------------------------------------------------------------- checking a state_dict
-# load_state_dict checks every field before it sets any, so that a bad dict raises with the
-# field named and leaves the object as it was. ReduceOnPlateau and SafeStep use these too.
-
-Check = validation.Check
-
-
 # ----------------------------------------------------------------------------- base class
 
 
@@ -240,7 +233,7 @@ class Criterion:
     def _state(self) -> dict[str, Any]:
         return {}
 
-    def _state_fields(self) -> dict[str, Check]:
+    def _state_fields(self) -> dict[str, validation.Check]:
         """How each field of :meth:`_state` is checked on loading (none for stateless ones)."""
         return {}
 
@@ -394,7 +387,7 @@ class FunctionTolerance(Criterion):
     def _state(self) -> dict[str, Any]:
         return {"values": list(self._values)}
 
-    def _state_fields(self) -> dict[str, Check]:
+    def _state_fields(self) -> dict[str, validation.Check]:
         return {"values": validation.list_of(_check_real)}  # non-finite values are kept, as observed
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
@@ -635,7 +628,7 @@ class Patience(Criterion):
 
     _state_defaults = {"best_params": None}
 
-    def _state_fields(self) -> dict[str, Check]:
+    def _state_fields(self) -> dict[str, validation.Check]:
         return {
             "best": _check_real,  # +-inf before the first finite value
             "best_iteration": validation.optional(validation.count),
@@ -746,7 +739,7 @@ class Divergence(Criterion):
     def _state(self) -> dict[str, Any]:
         return {"initial": self.initial, "best": self.best}
 
-    def _state_fields(self) -> dict[str, Check]:
+    def _state_fields(self) -> dict[str, validation.Check]:
         return {"initial": validation.optional(_check_real), "best": validation.optional(_check_real)}
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
@@ -815,7 +808,7 @@ class Stalled(Criterion):
     def _state(self) -> dict[str, Any]:
         return {"unchanged": self.unchanged}
 
-    def _state_fields(self) -> dict[str, Check]:
+    def _state_fields(self) -> dict[str, validation.Check]:
         return {"unchanged": validation.count}
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
@@ -884,7 +877,7 @@ class _Combination(Criterion):
             }
         }
 
-    def _state_fields(self) -> dict[str, Check]:
+    def _state_fields(self) -> dict[str, validation.Check]:
         return {"criteria": self._check_parts}
 
     def _check_parts(self, name: str, saved: Any) -> dict[str, Any]:

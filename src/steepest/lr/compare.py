@@ -30,7 +30,7 @@ from torch import Tensor
 
 from steepest import problems, rules
 from steepest.engine import validation
-from steepest.lr.auto import LRChoice, choose_lr
+from steepest.lr.auto import choose_lr
 from steepest.lr.diagnosis import REGIMES, Diagnosis, RegimeMonitor
 from steepest.minimize import Result, minimize
 
@@ -568,13 +568,6 @@ def _best_of_the_run(
     return best.spec.lr, [note]
 
 
-def _range_test_choice(resolved: _Resolved, optimizer: Any, options: Mapping[str, Any] | None) -> LRChoice:
-    """``choose_lr``'s range test and trials for this very optimizer (no stand-in)."""
-    return choose_lr(
-        resolved.objective, optimizer=optimizer, policy="range_test", options=options, x0=resolved.x0
-    )
-
-
 def three_regimes(
     problem: str | problems.Problem | Callable[[Tensor], Tensor],
     optimizer: str | type[torch.optim.Optimizer] = "sgd",
@@ -648,7 +641,15 @@ def three_regimes(
             # A range test's short trials favour large rates (RMSprop on Rosenbrock: 0.25, which
             # ended at 10 where a rate 30x smaller reached 0.58), and lr="auto" would run Adam
             # as Prodigy: the rates around this optimizer's own range test, run in full.
-            tested = _range_test_choice(resolved, optimizer, options)
+            tested = choice
+            if choice.policy != "range_test":  # this optimizer's own range test, not its stand-in's
+                tested = choose_lr(
+                    resolved.objective,
+                    optimizer=optimizer,
+                    policy="range_test",
+                    options=options,
+                    x0=resolved.x0,
+                )
             why = f"its range test chose {tested.lr:.3g}"
             comparison = at(*_best_of_the_run(resolved, settings, optimizer, steps, gtol, tested.lr, why))
     for run in comparison.runs:

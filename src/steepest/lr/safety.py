@@ -56,10 +56,10 @@ scaler's business (it skips the step and lowers its scale, as designed), counted
 scaled). A non-finite *loss* is still an event for the policy.
 
 Limits: a snapshot lives in memory (params + a deep copy of the optimizer's state_dict, about
-the optimizer's memory again); ``state_dict`` of the guard holds counters, the loss reference
-and the live diagnosis's state, not the snapshot, so a resumed run takes a fresh snapshot at
-its first good step (a later backoff rolls back to it, where the uninterrupted run would roll
-back to an earlier one). A backoff also
+the optimizer's memory again, taken only by a policy that backs off); ``state_dict`` holds
+the counters, the loss reference and the live diagnosis's state, plain numbers, and
+:meth:`SafeStep.snapshots_state` the snapshots, tensors: ``steepest.fit`` checkpoints both, so a
+resumed run backs off to where the uninterrupted one would. A backoff also
 undoes any other change made to the optimizer since the snapshot (a user's ``scale_lr``).
 """
 
@@ -247,7 +247,8 @@ class SafeStep:
             self._steps_measured = UpdateTracker(self.optimizer)
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters and the loss reference, plain numbers only (the snapshot is not saved)."""
+        """Counters, the loss reference and the live diagnosis, plain numbers and lists (the
+        snapshots, tensors, are in :meth:`snapshots_state`)."""
         return {
             "calls": self.calls,
             "good_steps": self.good_steps,
@@ -269,7 +270,8 @@ class SafeStep:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`; a snapshot is taken at the next good step.
+        """Inverse of :meth:`state_dict`; a snapshot is taken at the next good step, unless
+        :meth:`load_snapshots_state` restores the saved ones.
 
         Every field is checked before any is set: a bad dict raises a ValueError or TypeError
         naming the field and changes nothing.
@@ -287,8 +289,7 @@ class SafeStep:
         self._too_large_windows = checked.pop("too_large_windows")
         for name, value in checked.items():
             setattr(self, name, value)
-        self._snapshot = None
-        self._snapshot_due = True
+        self._snapshot, self._start_snapshot, self._snapshot_due = None, None, True
 
     def snapshots_state(self) -> dict[str, Any]:
         """The in-memory snapshots a backoff goes back to, for a checkpoint that resumes exactly.
@@ -708,16 +709,16 @@ _STATE_FIELDS: dict[str, validation.Check] = {
     "monitor": validation.optional(validation.mapping),
 }
 _STATE_DEFAULTS: dict[str, Any] = {
-    "too_large": 0,
-    "too_large_windows": 0,
-    "last_update_norm": None,
-    "monitor": None,
     "good_steps": 0,
     "nonfinite": 0,
     "scaler_skips": 0,
     "consecutive_skips": 0,
     "lr_cut": 1.0,
     "first_loss": None,
+    "too_large": 0,
+    "too_large_windows": 0,
+    "last_update_norm": None,
+    "monitor": None,
 }
 
 

@@ -218,17 +218,23 @@ def check_before_the_folder(config: Mapping[str, Any], data: DataSplits, model: 
     except (ValueError, TypeError) as error:
         raise ConfigError(_one_line(error)) from error
     check_model_on_data(config, data, model)
+    initialize_model(config, model)
     on_model = f"on model {config['model']}"
-    try:
-        initialize(model, config["init"])
-    except (ValueError, TypeError, RuntimeError) as error:
-        raise ConfigError(f"init = {config['init']!r} {on_model}: {_one_line(error)}") from error
     try:  # a throwaway optimizer: fit builds its own
         parameters = list(model.parameters())
         built = build_optimizer(configured_optimizer(config), parameters, lr, config["clip_norm"])
     except (ValueError, TypeError) as error:
         raise ConfigError(f"optimizer {config['optimizer']} {on_model}: {_one_line(error)}") from error
     return None if config["lr"] == "auto" else type(built).__name__
+
+
+def initialize_model(config: Mapping[str, Any], model: torch.nn.Module) -> None:
+    """Initialize ``model``'s weights as ``config["init"]`` says; a mistake is a ConfigError."""
+    try:
+        initialize(model, config["init"])
+    except (ValueError, TypeError, RuntimeError) as error:
+        on_model = f"init = {config['init']!r} on model {config['model']}"
+        raise ConfigError(f"{on_model}: {_one_line(error)}") from error
 
 
 def check_model_on_data(config: Mapping[str, Any], data: DataSplits, model: torch.nn.Module) -> None:
@@ -502,15 +508,17 @@ def run(
     optimizer_class = check_before_the_folder(config, data, model, total_steps)
     resume_from: Path | None = None
     resumed_state: dict[str, Any] | None = None
+    chosen: dict[str, Any] | None = None  # a resumed lr = "auto" run keeps the choice it started with
     if resume is not None:
         folder = open_run_folder(resume)
+        chosen = saved_choice(folder)
         every = config["checkpoint_every"]
         found = checkpoint_to_resume(
             folder, config, model, optimizer_class, every * steps_per_epoch if every else total_steps
         )
         if found is not None:
             resume_from, resumed_state = found
-            epochs_done = found[1]["loop"]["epochs_done"]
+            epochs_done = resumed_state["loop"]["epochs_done"]
             if epochs_done >= config["epochs"]:
                 if flags.get("epochs") is not None:
                     raise ConfigError(
@@ -521,9 +529,7 @@ def run(
                     say(f"{folder.path} has trained all its {epochs_done} epochs: --epochs N trains more")
                 return SUCCESS
         checkpoints.remove_temporary_files(folder.checkpoints_dir)
-    # lr = "auto" chooses before the folder exists (a failed choice leaves nothing behind); a
-    # resumed run keeps the choice it started with
-    chosen = saved_choice(open_run_folder(resume)) if resume is not None else None
+    # lr = "auto" chooses before the folder exists (a failed choice leaves nothing behind)
     optimizer, lr, chosen = choose_learning_rate(config, model, data, total_steps, say, chosen)
     replanned = None if resumed_state is None else replanned_schedule(config, lr, resumed_state, total_steps)
     if replanned is not None and not config["quiet"]:

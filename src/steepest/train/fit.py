@@ -848,6 +848,9 @@ def fit(
     clip_in_loop = clip_norm is not None and not hasattr(optimizer, "clip_norm")
     # A rule that sets its own step size reports it (``effective_lr``, one per param group).
     reports_step_size = isinstance(getattr(optimizer, "effective_lr", None), list)
+    # The step size a step takes is known before it (Prodigy's d lr, schedule-free's warm-up),
+    # except for a rule that sizes it from the step's loss (MoMo's tau): read after it then.
+    size_known_before = reports_step_size and not rules.requires_loss(optimizer)
     autocast_dtype = PRECISIONS[precision]
     # float16's narrow range needs loss scaling; GradScaler works for any device type with
     # float16 autocast, the CPU included.
@@ -1125,9 +1128,7 @@ def fit(
                 # The update: clipping happens inside the optimizer's step (its clip_norm), after
                 # the GradScaler unscaled the gradients.
                 lr_used = float(optimizer.param_groups[0]["lr"])
-                # The step size this step takes: known before it (Prodigy's d lr, schedule-free's
-                # warm-up), except for a rule that sizes it from this step's loss (MoMo's tau).
-                size_before = float(optimizer.effective_lr[0]) if reports_step_size else None
+                size_before = float(optimizer.effective_lr[0]) if size_known_before else None
                 grad_norm: float | None = None
                 if clip_in_loop or (track_grad_norm and clip_norm is None):
                     if scaler is not None:
@@ -1188,7 +1189,7 @@ def fit(
                 if reports_step_size:
                     # the step size a learning-rate-free rule took (MoMo's tau, Prodigy's d lr),
                     # where ``lr`` is only its cap or factor: logged, shown and plotted with the rest
-                    took = optimizer.effective_lr[0] if rules.requires_loss(optimizer) else size_before
+                    took = size_before if size_known_before else optimizer.effective_lr[0]
                     record.extra["effective_lr"] = float(took)
                 trainer.history.append(record)
                 trainer.notify("on_step_end", record)

@@ -36,7 +36,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from steepest.train.config import ConfigError
-from steepest.train.runs import END, REPORT_FILE, open_run_folder, read_records
+from steepest.train.runs import END, REPORT_FILE, check_writable_place, open_run_folder, read_records
 
 #: Step fields with a plot or column of their own; other numeric fields get a plot each.
 _KNOWN_STEP_FIELDS = frozenset(
@@ -537,14 +537,8 @@ def check_report_output(output: Path) -> None:
         raise ConfigError(f"report: -o {output}: the report is an HTML file; give a name ending in .html")
     if output.is_dir():
         raise ConfigError(f"report: {output} is a folder; give a file name, e.g. -o {output / REPORT_FILE}")
-    # The nearest folder that exists: it must be a folder (not a file on the path) we may write in.
-    existing = output.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"report: cannot write {output}: {existing} is a file, not a folder")
-    writable = os.access(existing, os.W_OK | os.X_OK)
-    if not writable or (output.exists() and not os.access(output, os.W_OK)):
+    check_writable_place(output.parent, f"report: cannot write {output}")
+    if output.exists() and not os.access(output, os.W_OK):
         raise ConfigError(f"report: cannot write {output}: permission denied")
 
 

@@ -168,6 +168,23 @@ def _exists_message(path: Path) -> str:
     )
 
 
+def check_writable_place(path: Path, what: str) -> Path:
+    """The nearest part of ``path`` that exists (``path`` itself, or the folder that would hold
+    it), checked to be a folder we may write in, so that ``path`` can be created or written.
+
+    Raises:
+        ConfigError: ``what``, then the part in the way (a file) or the permission missing.
+    """
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{what}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what}: no permission to write in {existing}")
+    return existing
+
+
 def check_new_run_folder(runs_dir: str | Path, name: str | None, overwrite: bool = False) -> None:
     """Refuse, before any work, a new run folder ``create_run_folder`` could not make.
 
@@ -178,13 +195,7 @@ def check_new_run_folder(runs_dir: str | Path, name: str | None, overwrite: bool
         ConfigError: one line saying which path is in the way.
     """
     runs_dir = Path(runs_dir)
-    existing = runs_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"--runs-dir {runs_dir}: {existing} is a file, not a folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"--runs-dir {runs_dir}: no permission to write in {existing}")
+    existing = check_writable_place(runs_dir, f"--runs-dir {runs_dir}")
     if name is None or existing != runs_dir:
         return
     path = runs_dir / name

@@ -78,6 +78,12 @@ Himmelblau, Rosenbrock, the quadratic, logistic, softmax, least squares; default
 gave 1.48, 1.23 but Rosenbrock 1.36; (0.8, 0.999) missed Beale; beta2 0.99, beta3 0.9, d_coef
 0.7 or 0.85 were worse on the extras; safeguard_warmup changed nothing; DAdaptAdam missed Beale
 and took 2.96x on Himmelblau. Beale in particular turns on a knife's edge of the step size.
+Over 25 starts Adam is flat across rates 0.2 .. 1.5 on both (Beale 62-75 steps, Himmelblau
+57-67) where Prodigy takes 100 and 93: the loss is in Prodigy's own dynamics, not in the rate d
+it settles at. Nor does Adam at a multiple c of the best first step along -sign(g) help (found
+by a 61-point scan, its cost not counted; five starts): c = 1 took 1.19x Beale but 1.26x
+Rosenbrock and 1.21x logistic; c = 2 took 0.81-1.02x on Rosenbrock, the quadratic, logistic
+and least squares but 1.90x Beale, 1.39x Himmelblau and 1.28x softmax. No one c serves all.
 
 Run: ``python benchmarks/tuning_free.py`` (all problems, several minutes on one core),
 ``--quick`` (the three objectives only), ``--problems quadratic mlp``, ``--starts 5``.

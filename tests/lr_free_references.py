@@ -88,12 +88,13 @@ def prodigy_reference(
             state["exp_avg"] = torch.zeros_like(p)
             state["exp_avg_sq"] = torch.zeros_like(p)
         delta_numerator += (d / d0) * dlr * torch.dot(grad.flatten(), (state["p0"] - p).flatten()).item()
-        state["exp_avg"].mul_(beta1).add_(grad, alpha=d * (1 - beta1))
+        if beta1 > 0:
+            state["exp_avg"].mul_(beta1).add_(grad, alpha=d * (1 - beta1))
         state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=d * d * (1 - beta2))
         s_scale = (d / d0) * d if safeguard_warmup else (d / d0) * dlr
         state["s"].mul_(beta3).add_(grad, alpha=s_scale)
         d_denom += state["s"].abs().sum().item()
-        active.append((p, state))
+        active.append((p, grad, state))
     if d_denom == 0:
         return
     d_numerator = d_numerator + delta_numerator
@@ -103,12 +104,15 @@ def prodigy_reference(
     d_max = max(d_max, d_hat)
     d = min(d_max, d * growth_rate)
     group.update(d_numerator=d_numerator, d_denom=d_denom, d=d, d_max=d_max, d_hat=d_hat)
-    for p, state in active:
+    for p, grad, state in active:
         state["step"] += 1
         denom = state["exp_avg_sq"].sqrt().add_(d * eps)
         if weight_decay != 0 and decouple:
             p.add_(p, alpha=-weight_decay * dlr)
-        p.addcdiv_(state["exp_avg"], denom, value=-dlr)
+        if beta1 > 0:
+            p.addcdiv_(state["exp_avg"], denom, value=-dlr)
+        else:  # no exp_avg: a step along g, with the d just estimated
+            p.addcdiv_(grad, denom, value=-dlr * d)
     group["k"] = k + 1
 
 
@@ -294,7 +298,9 @@ def schedulefree_adamw_reference(
     weight_lr_power: float = 2.0,
     maximize: bool = False,
 ) -> None:
-    """One step of schedulefree's AdamWScheduleFreeReference on one param group."""
+    """One step of the paper's schedule-free AdamW (Algorithm 1: Adam's bias correction folded
+    into the rate, and so into lr_max) on one param group: schedulefree's AdamWScheduleFreePaper,
+    and its AdamWScheduleFreeReference before version 1.3."""
     group = _memory(_GROUP_MEMORY, params[0], k=0, weight_sum=0.0, lr_max=-1.0)
     beta1, beta2 = betas
     correction = math.sqrt(1 - beta2 ** (group["k"] + 1))

@@ -211,6 +211,8 @@ SPECS: tuple[Spec, ...] = (
             },
             {"lr": 0.5, "weight_decay": 0.1, "safeguard_warmup": True, "beta3": 0.9, "growth_rate": 1.5},
             {"lr": 1.0, "betas": (0.8, 0.99), "d0": 1e-3, "d_coef": 0.5, "maximize": True},
+            # no momentum: a step along g with the d just estimated, as prodigyopt takes it
+            {"lr": 0.3, "betas": (0.0, 0.999), "weight_decay": 0.1, "decouple": False, "maximize": True},
         ),
         group_override={"lr": 0.5, "betas": (0.5, 0.9), "d0": 1e-4},
         descent_lr=1.0,

@@ -227,6 +227,23 @@ def test_state_dtype_out_of_range_is_a_value_error(state_dtype: Any, error: type
         steepest.Adam(make_params(), state_dtype=state_dtype)
 
 
+@pytest.mark.parametrize(("setting", "value"), [("fused", True), ("state_dtype", torch.bfloat16)])
+@pytest.mark.parametrize("name", [name for name in NAMES if name not in TAKE_FUSED])
+def test_an_execution_option_the_rule_cannot_honour_is_refused_in_a_group(
+    name: str, setting: str, value: Any
+) -> None:
+    # Once taken and ignored (fused=True), or a crash at the first step after some moment
+    # buffers had moved (state_dtype, on Prodigy, D-Adaptation and MoMo).
+    text = f"{setting}={value!r}: {type(OPTIMIZERS[name](make_params())).__name__} has no fused path"
+    with pytest.raises(ValueError, match=text):
+        OPTIMIZERS[name]([{"params": make_params(), setting: value}])
+    optimizer, _ = stepped(name)
+    new_group = {"params": [torch.zeros(2, 2, requires_grad=True)], setting: value}
+    assert_refused(optimizer, lambda: optimizer.add_param_group(new_group), ValueError, text)
+    params = make_params()  # the defaults are no such request
+    take_steps(OPTIMIZERS[name]([{"params": params, "fused": False, "state_dtype": None}]), params)
+
+
 # -- load_state_dict checks the whole state_dict first -----------------------------------------
 def saved(name: str) -> dict[str, Any]:
     """A state_dict of the optimizer called ``name``, after two steps on other parameters."""
@@ -407,6 +424,28 @@ def test_adam_loads_an_sgd_state_dict_as_torch_adam_does() -> None:
         assert ours.param_groups[0][key] == theirs.param_groups[0][key], key
     assert ours.param_groups[0]["betas"] == (0.9, 0.999)  # torch leaves it out and fails at step
     take_steps(ours, params, 1)
+
+
+@pytest.mark.parametrize("name", [name for name in NAMES if name not in CLOSURE_NAMES])
+def test_a_step_saved_as_a_python_int_loads_as_a_tensor(name: str) -> None:
+    # torch before 1.12 and the dadaptation and prodigyopt packages save ``step`` as an int:
+    # it failed at the next step (two tensors in a bucket) or stopped counting (one tensor).
+    optimizer, params = stepped(name)
+    saved = copy.deepcopy(optimizer.state_dict())
+    for entry in saved["state"].values():
+        if "step" in entry:  # (schedule-free counts its steps per group)
+            entry["step"] = int(entry["step"])
+    runs = []
+    for state_dict in (copy.deepcopy(optimizer.state_dict()), saved):
+        resumed = [p.detach().clone().requires_grad_(True) for p in params]
+        follower = OPTIMIZERS[name](resumed)
+        follower.load_state_dict(state_dict)
+        take_steps(follower, resumed, 3)
+        runs.append((resumed, [entry["step"] for entry in follower.state.values() if "step" in entry]))
+    (expected, expected_steps), (got, steps) = runs
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))
+    assert all(torch.is_tensor(step) and float(step) == 5 for step in steps), steps
+    assert [s.dtype for s in steps] == [s.dtype for s in expected_steps]
 
 
 # -- MoMo's loss -------------------------------------------------------------------------------

@@ -180,6 +180,13 @@ class Optimizer(torch.optim.Optimizer):
                     check(name, group[name])
         if group.get("fused") and group.get("foreach"):
             raise ValueError("fused=True and foreach=True cannot both be set: pick one execution path")
+        if not self.supports_fused:  # neither would be honoured: refuse rather than ignore
+            for name in ("fused", "state_dtype"):
+                if group.get(name):
+                    raise ValueError(
+                        f"{name}={group[name]!r}: {type(self).__name__} has no fused path and no "
+                        f"reduced-precision state (its step is not elementwise); leave {name} out"
+                    )
         self._check_group(group)
 
     def _check_shared_settings(self, group: dict[str, Any], first: dict[str, Any]) -> None:
@@ -634,8 +641,10 @@ class Optimizer(torch.optim.Optimizer):
                 if not state:
                     continue
                 for name in scalar_names:
-                    if name in state and torch.is_tensor(state[name]):
-                        state[name] = state[name].to(device="cpu", dtype=_scalar_dtype())
+                    # a plain number too: torch before 1.12, and the dadaptation and prodigyopt
+                    # packages, save ``step`` as a Python int
+                    if name in state:
+                        state[name] = torch.as_tensor(state[name]).to(device="cpu", dtype=_scalar_dtype())
                 if state_dtype is not None:  # torch cast the narrow buffers to the param dtype
                     for name in self._buffer_names(group):
                         if name in state:

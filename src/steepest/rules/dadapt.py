@@ -104,9 +104,11 @@ class DistanceEstimator(Optimizer):
     * :meth:`_statistics_coefficients`, :meth:`_estimate`, :meth:`_update_coefficients`.
 
     The statistics of all of a group's buckets are read in one synchronisation per group
-    and step. A group at lr 0 computes nothing and moves nothing, as in the official
-    packages; a step whose gradients are all zero (||s||_1 = 0, so no estimate can be
-    formed) is skipped after the moment updates, again as there.
+    and step. A group at lr 0 computes nothing and moves nothing, as ``torch.optim`` groups
+    at lr 0 do (the official packages compute nothing for it either, but their decoupled
+    weight decay still shrinks it, at the shared d times the largest lr); a step whose
+    gradients are all zero (||s||_1 = 0, so no estimate can be formed) is skipped after the
+    moment updates, as there.
     """
 
     statistics: ClassVar[Callable[..., Tensor]]

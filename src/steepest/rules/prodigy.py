@@ -40,7 +40,8 @@ def prodigy_statistics(
     if weight_decay != 0:
         grad = add_scaled(grad, param, weight_decay)  # coupled (L2) decay
     progress = inner_product(grad, p0.add(param, alpha=-1))
-    exp_avg.mul_(beta1).add_(grad, alpha=d * (1 - beta1))
+    if beta1 > 0:  # without momentum the update steps along g itself (prodigy_update)
+        exp_avg.mul_(beta1).add_(grad, alpha=d * (1 - beta1))
     exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=d * d * (1 - beta2))
     s.mul_(beta3).add_(grad, alpha=s_scale)
     return torch.stack([progress, absolute_total(s)])
@@ -55,14 +56,25 @@ def prodigy_update(
     step_size: float,
     eps: float,
     decay: float,
+    new_d: float | None = None,
+    weight_decay: float = 0.0,
 ) -> None:
-    """theta <- theta - decay theta - d lr * m / (sqrt(v) + d eps)."""
+    """theta <- theta - decay theta - d lr * m / (sqrt(v) + d eps).
+
+    Without momentum (b1 = 0, ``new_d`` given) m is ``new_d`` * g, with g carrying the L2 term
+    ``weight_decay``: the d this step estimated, as in the prodigyopt package, where m would
+    carry the d of the step before.
+    """
     denom = exp_avg_sq.sqrt().add_(eps)
+    direction = exp_avg
+    if new_d is not None:
+        direction = add_scaled(grad, param, weight_decay) if weight_decay != 0 else grad
+        step_size = step_size * new_d
     if decay != 0:
         # as p - c p, not p (1 - c): with c ~ d0 lr wd tiny, 1 - c would round away the
         # digits of c that the distance estimate reads back from theta_0 - theta.
         param.add_(param, alpha=-decay)
-    param.addcdiv_(exp_avg, denom, value=-step_size)
+    param.addcdiv_(direction, denom, value=-step_size)
 
 
 def _optional_unit_interval(name: str, value: Any) -> None:
@@ -97,7 +109,8 @@ class Prodigy(DistanceEstimator):
         >>> opt = steepest.Prodigy(model.parameters())  # no learning rate to choose
         >>> opt.effective_lr  # [d * lr] per param group, for logging
 
-    State: ``step``, ``s``, ``p0`` (the starting point), ``exp_avg``, ``exp_avg_sq``; per group
+    State: ``step``, ``s``, ``p0`` (the starting point), ``exp_avg`` (left at zero with
+    betas[0] = 0, where the step follows g), ``exp_avg_sq``; per group
     ``d``, ``d_max``, ``d_numerator``, ``d_denom``, ``d_hat``, ``k`` (in ``param_groups``, as in
     the ``prodigyopt`` package). Every param group estimates its own d (the package shares
     one across groups and so cannot give groups different learning rates).
@@ -201,8 +214,11 @@ class Prodigy(DistanceEstimator):
 
     def _update_coefficients(self, group: dict[str, Any], step_size: float) -> dict[str, Any]:
         decoupled = group["weight_decay"] if group["decouple"] else 0.0
+        without_momentum = group["betas"][0] == 0
         return dict(
             step_size=step_size,
             eps=group["d"] * group["eps"],
             decay=decoupled * step_size,
+            new_d=group["d"] if without_momentum else None,
+            weight_decay=group["weight_decay"] - decoupled if without_momentum else 0.0,
         )

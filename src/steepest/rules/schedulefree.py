@@ -361,8 +361,15 @@ class ScheduleFreeAdamW(_ScheduleFree):
 
     State: ``z``, ``exp_avg_sq``; per group ``k``, ``train_mode``, ``weight_sum``, ``lr_max``,
     ``scheduled_lr``.
-    Reference: Defazio et al. 2024, "The Road Less Scheduled"; the ``schedulefree``
-    package's AdamWScheduleFree.
+    This is the paper's algorithm, the ``schedulefree`` package's ``AdamWScheduleFreePaper``
+    (its ``AdamWScheduleFree`` before version 1.3), to rounding. Since 1.3 the package's
+    ``AdamWScheduleFree`` divides v by Adam's bias correction instead of folding it into the
+    rate, so its averaging weights (lr_max) and its weight decay use lr itself: early in a run,
+    and with weight decay, the two take different steps (10-15% apart in the parameters after 40
+    steps at lr 0.05).
+
+    Reference: Defazio et al. 2024, "The Road Less Scheduled" (Algorithm 1); the
+    ``schedulefree`` package's AdamWScheduleFreePaper.
     """
 
     update = staticmethod(schedulefree_adamw_update)

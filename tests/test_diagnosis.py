@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -310,6 +311,96 @@ def test_a_converged_runs_wobble_is_not_a_rate_too_large() -> None:
     assert max(result.history["fun"][1000:]) < 1e-12
     flagged = [str(d) for d in result.diagnoses if d.regime != "good"]
     assert flagged == []
+
+
+# -- what minimize feeds the monitor ------------------------------------------------------------------
+def test_a_maximized_objective_is_read_the_right_way_round() -> None:
+    # Ascending f = -|x - 3|^2: at 0.1 it converges (-45 to ~0), at 1.5 it diverges (-7e61).
+    # Both used to read backwards: "~10x too large" for the first, "good" for the second.
+    def hill(x: torch.Tensor) -> torch.Tensor:
+        return -((x - 3.0) ** 2).sum()
+
+    def regimes(lr: float) -> set[str]:
+        result = steepest.minimize(
+            hill,
+            torch.zeros(5),
+            "sgd",
+            lr=lr,
+            options={"maximize": True},
+            max_iter=100,
+            gtol=None,
+            diagnose=True,
+        )
+        return {d.regime for d in result.diagnoses}
+
+    assert regimes(0.1) == {"good"}
+    assert regimes(1.5) == {"too_large"}
+
+
+def test_a_divergence_that_stops_minimize_is_diagnosed() -> None:
+    # The objective becomes inf at iteration 11, before the first window completes: the run
+    # stopped there and the monitor never heard of it (no diagnosis, no advice).
+    bowl = steepest.problems.quadratic(dim=20, condition=100)
+    result = steepest.minimize(bowl, bowl.x0, "sgd", lr=1e12, max_iter=100, gtol=None, diagnose=True)
+    assert result.status == steepest.stopping.Status.DIVERGED
+    assert [d.regime for d in result.diagnoses] == ["too_large"]
+    assert "diverged" in result.diagnoses[0].reason and result.advice is not None
+    assert result.history["regime"][-1] == "too_large"
+
+
+def test_past_the_stable_limit_the_cut_is_sized_by_the_growth_of_the_loss() -> None:
+    # lambda_max = 100: stable below 0.02. The update ratio of a diverging iterate is lr*lambda
+    # >= 1, which used to cut every such rate 100x; the loss's growth per step sizes it.
+    bowl = steepest.problems.quadratic(dim=20, condition=100.0)
+    for multiple in (1.5, 3.0, 10.0):
+        result = steepest.minimize(
+            bowl, None, "sgd", lr=0.02 * multiple, max_iter=40, gtol=None, diagnose=True
+        )
+        first = result.diagnoses[0]
+        assert first.regime == "too_large" and 0.005 <= first.suggested_lr <= 0.02, (multiple, str(first))
+
+
+def test_the_rate_observed_is_the_one_the_step_took() -> None:
+    # A schedule that cuts the rate 10x at step 30: iteration 29 stepped at 0.06 and was
+    # observed at 0.006, the next step's rate.
+    monitor = RegimeMonitor()
+    seen: list[tuple[int, float]] = []
+    original = monitor.observe
+
+    def spy(step: int, loss: float, *args: Any, lr: float | None = None, **kwargs: Any) -> Any:
+        seen.append((step, lr))
+        return original(step, loss, *args, lr=lr, **kwargs)
+
+    monitor.observe = spy  # type: ignore[method-assign]
+    bowl = steepest.problems.quadratic(dim=20, condition=100.0)
+    result = steepest.minimize(
+        bowl,
+        None,
+        "sgd",
+        lr=lambda step: 0.06 if step < 30 else 0.006,
+        max_iter=40,
+        gtol=None,
+        diagnose=monitor,
+    )
+    assert [rate for _, rate in seen] == result.history["lr"][: len(seen)]
+    assert dict(seen)[29] == 0.06 and dict(seen)[30] == 0.006
+
+
+def test_an_optimizer_without_a_learning_rate_is_diagnosed_without_one() -> None:
+    class PlainDescent(torch.optim.Optimizer):
+        def __init__(self, params: Any, step_size: float = 0.1) -> None:
+            super().__init__(params, {"step_size": step_size})
+
+        @torch.no_grad()
+        def step(self, closure: Any = None) -> None:
+            for group in self.param_groups:
+                for p in group["params"]:
+                    p.sub_(group["step_size"] * p.grad)
+
+    result = steepest.minimize(
+        lambda x: ((x - 1) ** 2).sum(), torch.zeros(3), PlainDescent, max_iter=50, gtol=None, diagnose=True
+    )  # (it raised "lr must be finite, got lr=nan")
+    assert result.diagnoses and all(d.lr is None for d in result.diagnoses)
 
 
 @functools.cache

@@ -449,6 +449,8 @@ def minimize(
         diagnose: True (or a configured :class:`~steepest.lr.RegimeMonitor`) to classify
             the learning-rate regime live: loss, gradient norm and update ratio of every
             iteration; see ``result.advice``, ``result.diagnoses``, ``history["regime"]``.
+            The monitor reads ``fun`` as a loss, -``fun`` when the optimizer maximizes; a
+            non-finite value that stops the run is its last observation (a divergence).
         on_nonfinite: None (default: a non-finite objective stops the run as DIVERGED), or a
             :class:`~steepest.lr.safety.SafeStep` policy: ``"raise"``, ``"skip"``,
             ``"backoff"`` or ``"stop"``. A skipped or backed-off iteration counts in ``nit``
@@ -533,6 +535,18 @@ def minimize(
     tracker = UpdateTracker(optimizer) if monitor is not None else None
     if monitor is not None:
         history["regime"] = []
+    # The monitor reads a loss to minimize: a maximized objective is turned round for it.
+    turned = -1.0 if any(group.get("maximize", False) for group in optimizer.param_groups) else 1.0
+
+    def observe_divergence(iteration: int, fun_value: float, grad_norm: float) -> None:
+        """Report a non-finite value that stops the run to the monitor, as a divergence."""
+        if monitor is not None and not (math.isfinite(fun_value) and math.isfinite(grad_norm)):
+            rate = _learning_rate(optimizer)
+            monitor.observe(
+                iteration, turned * fun_value, grad_norm, lr=rate if math.isfinite(rate) else None
+            )
+            history["regime"][-1] = monitor.latest.regime if monitor.latest is not None else ""
+
     guard = None
     if on_nonfinite is not None or on_spike is not None or safety:
         policy = "stop" if on_nonfinite is None else on_nonfinite  # ("" is a typo, not "stop")
@@ -554,6 +568,7 @@ def minimize(
         if guard is not None:
             verdict = guard.check(value)
             if verdict.should_stop:
+                observe_divergence(iteration, fun_value, grad_norm)
                 stop = Stop(
                     f"stopped by the safe-step policy: {verdict.reason}",
                     success=False,
@@ -582,12 +597,14 @@ def minimize(
             # x did not move: ftol would read that as convergence (scipy reports ABNORMAL)
             stop = Stop(f"no progress: {gave_up}", success=False, status=Status.NO_PROGRESS)
         if stop is not None:
+            observe_divergence(iteration, fun_value, grad_norm)
             break
         with torch.no_grad():
             for kept, leaf in zip(previous, leaves):
                 kept.copy_(leaf)
         if tracker is not None:
             tracker.snapshot()
+        rate = _learning_rate(optimizer)  # the rate this step takes (a schedule moves it after)
         if driven_by_closure:
             optimizer.step(objective.closure)
         else:  # (MoMo's Polyak step reads the loss at this point)
@@ -595,7 +612,12 @@ def minimize(
         if monitor is not None and tracker is not None:
             length, ratio = tracker.measure()
             monitor.observe(
-                iteration, fun_value, grad_norm, ratio, lr=_learning_rate(optimizer), update_norm=length
+                iteration,
+                turned * fun_value,
+                grad_norm,
+                ratio,
+                lr=rate if math.isfinite(rate) else None,  # (an optimizer without one: L-BFGS-like)
+                update_norm=length,
             )
         iteration += 1
         with torch.no_grad():

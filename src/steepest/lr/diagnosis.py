@@ -69,8 +69,9 @@ otherwise:
 
 * divergence: per-step loss growth q; in the quadratic model the stiffest mode grows by
   |1 - lr lambda| per step and the loss by its square, so lr lambda = 1 + sqrt(q) and a good rate
-  (about 1 / lambda) is lr / (1 + sqrt(q));
-* a loss that ends R times above its reference: lr / sqrt(R) (quadratic model: the loss grows
+  (about 1 / lambda) is lr / (1 + sqrt(q)), whatever the loss or the update ratio reached (how
+  far they climbed says how long the blow-up went on, not how far the rate is from a good one);
+* otherwise, a loss that ends R times above its reference: lr / sqrt(R) (quadratic model: the loss grows
   with the square of the overshoot); an update ratio u far above a healthy 10 x ``small_update``:
   lr x (10 small_update / u); the strongest cut wins, at most 100x;
 * too small: in the linear regime a step changes the gradient by about lr lambda of itself, so
@@ -784,16 +785,19 @@ class RegimeMonitor:
         self._slow_windows = 0
         if growth is not None and growth >= _DIVERGING_GROWTH:
             # Quadratic model: the loss grows by (lr*lambda - 1)^2 per step; a good rate is 1/lambda.
+            # Nothing else sizes a geometric blow-up: how far the loss and the update ratio have
+            # climbed says how long it went on (an update ratio of lr*lambda >= 1 already at
+            # 1.2x the stable limit), not how far the rate is from a good one.
             factor = 1.0 / (1.0 + math.sqrt(growth))
         else:
             factor = 1.0 / _DEFAULT_FACTOR
-        above_start = evidence.get("loss_vs_reference")
-        if above_start is not None:
-            # Quadratic model: the loss grows with the square of the overshoot.
-            factor = min(factor, 1.0 / math.sqrt(above_start))
-        update_ratio = evidence.get("update_ratio")
-        if update_ratio is not None and update_ratio > 0:
-            factor = min(factor, self._healthy_update / update_ratio)
+            above_start = evidence.get("loss_vs_reference")
+            if above_start is not None:
+                # Quadratic model: the loss grows with the square of the overshoot.
+                factor = min(factor, 1.0 / math.sqrt(above_start))
+            update_ratio = evidence.get("update_ratio")
+            if update_ratio is not None and update_ratio > 0:
+                factor = min(factor, self._healthy_update / update_ratio)
         factor = min(max(factor, 1.0 / _MAX_REDUCTION), 0.5)
         return Diagnosis("too_large", span, evidence, reason, factor, lr)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from typing import Any
 
 import numpy as np
@@ -401,6 +402,54 @@ def test_an_optimizer_without_a_learning_rate_is_diagnosed_without_one() -> None
         lambda x: ((x - 1) ** 2).sum(), torch.zeros(3), PlainDescent, max_iter=50, gtol=None, diagnose=True
     )  # (it raised "lr must be finite, got lr=nan")
     assert result.diagnoses and all(d.lr is None for d in result.diagnoses)
+
+
+def test_a_loss_with_an_offset_is_read_from_its_floor() -> None:
+    # A quadratic plus 1e5 at a good rate: the gradient norm falls to 2% while the loss stays
+    # within 0.1% of 1e5, which read "stuck where it started: ~10x too large". Read from its
+    # floor, it is the quadratic itself.
+    bowl = steepest.problems.quadratic(dim=20, condition=100.0)
+    result = steepest.minimize(
+        lambda x: bowl(x) + 1e5,
+        bowl.x0,
+        "sgd",
+        lr=0.01,
+        max_iter=200,
+        gtol=None,
+        diagnose=RegimeMonitor(floor=1e5),
+    )
+    assert {d.regime for d in result.diagnoses} == {"good"}, [str(d) for d in result.diagnoses]
+
+
+def test_a_loss_below_the_floor_warns_once() -> None:
+    monitor = RegimeMonitor(window=4)
+    with pytest.warns(RuntimeWarning, match=r"loss -1 is below floor=0.*RegimeMonitor\(floor="):
+        monitor.observe(0, -1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monitor.observe(1, -2.0)
+    with pytest.raises(ValueError, match="floor"):
+        RegimeMonitor(floor=math.nan)
+
+
+def test_a_gradient_of_zero_is_a_stationary_point_not_a_crawl() -> None:
+    # Started at the minimum (or a constant objective): nothing moves because nothing needs to.
+    # It read "~1000x too small: try 1e2".
+    result = steepest.minimize(
+        lambda x: (x**2).sum(), torch.zeros(3), "sgd", lr=0.1, max_iter=100, gtol=None, diagnose=True
+    )
+    assert {d.regime for d in result.diagnoses} == {"good"}, [str(d) for d in result.diagnoses]
+
+
+def test_a_rate_of_zero_is_one_rate_and_says_so() -> None:
+    # Every observation at 0 counted as a new rate (0 is not within 2x of 0), so every window
+    # started afresh and read "good: keep 0".
+    result = steepest.minimize(
+        lambda x: ((x - 1) ** 2).sum(), torch.zeros(3), "sgd", lr=0.0, max_iter=100, gtol=None, diagnose=True
+    )
+    assert result.diagnoses[-1].regime == "too_small"
+    assert result.advice == "learning rate is 0: the parameters cannot move"
+    assert "-0.0" not in result.diagnoses[-1].reason
 
 
 @functools.cache
@@ -801,6 +850,13 @@ def test_advice_sentences() -> None:
     assert small.advice == "learning rate looks ~300x too small: try 3e-3"
     good = Diagnosis("good", (0, 19), evidence, "fine", lr=0.1)
     assert good.advice == "learning rate looks good: keep 1e-1"
+    # the rate in use is shown to two digits (1.5 read "keep 2e0"); a suggestion to one
+    assert (
+        Diagnosis("good", (0, 19), evidence, "fine", lr=1.5).advice == "learning rate looks good: keep 1.5e0"
+    )
+    assert Diagnosis("good", (0, 19), evidence, "fine", lr=0.15).advice.endswith("keep 1.5e-1")
+    halted = Diagnosis("too_small", (0, 19), evidence, "crawl", factor=1000.0, lr=0.0)
+    assert halted.advice == "learning rate is 0: the parameters cannot move"
     unsized = Diagnosis("too_large", (0, 19), evidence, "x", factor=0.5)  # no lr reported
     assert unsized.advice == "learning rate looks ~2x too large" and unsized.suggested_lr is None
     assert str(large).startswith("steps 0-19: learning rate looks ~10x too large")

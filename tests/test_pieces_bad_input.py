@@ -275,6 +275,12 @@ def test_safe_step_refuses_a_bad_grad_norm_before_counting_the_call(
     assert guard.check(1.0, grad_norm=torch.tensor(0.5)).action == "step"  # a good one is taken
 
 
+def test_safe_step_refuses_a_regime_window_the_monitor_cannot_take() -> None:
+    # Windows of 2 or 3 passed, then failed at the first regime check, naming "window".
+    with pytest.raises(ValueError, match="regime_window must be >= 4, got regime_window=3"):
+        SafeStep(SGD([torch.zeros(2, requires_grad=True)], lr=0.1), on_too_large="stop", regime_window=3)
+
+
 @pytest.mark.parametrize(
     ("source", "error", "message"),
     [

@@ -92,6 +92,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -181,12 +182,14 @@ class Diagnosis:
     @property
     def advice(self) -> str:
         """One line of advice: the regime, the size of the change, the rate to try."""
+        if self.lr == 0 and self.regime != "good":  # no factor of 0 makes a rate to try
+            return "learning rate is 0: the parameters cannot move"
         target = "" if self.suggested_lr is None else f": try {_format_rate(self.suggested_lr)}"
         if self.regime == "too_large":
             return f"learning rate looks ~{_format_factor(1 / self.factor)}x too large{target}"
         if self.regime == "too_small":
             return f"learning rate looks ~{_format_factor(self.factor)}x too small{target}"
-        keep = "" if self.lr is None else f": keep {_format_rate(self.lr)}"
+        keep = "" if self.lr is None else f": keep {_format_rate(self.lr, digits=2)}"
         return f"learning rate looks good{keep}"
 
     def __str__(self) -> str:
@@ -254,6 +257,11 @@ class RegimeMonitor:
             while its loss is above this fraction of its first value (default 0.25; assumes a
             non-negative loss).
         significance: how many noise standard errors a rise must exceed (default 3).
+        floor: the lowest the loss can go (default 0, as for a training loss). The rules compare
+            losses relatively ("ends 2x above where it started", "within 10% of the
+            reference"), so they read ``loss - floor``; an objective with a constant offset or
+            negative values (a log-likelihood, a quadratic plus 1e5) needs its lower bound here,
+            else a good rate can read as too large. A loss below the floor warns once.
 
     Example:
         >>> monitor = RegimeMonitor(window=20)
@@ -279,6 +287,7 @@ class RegimeMonitor:
         stationary_fraction: float = 0.1,
         progress_fraction: float = 0.25,
         significance: float = 3.0,
+        floor: float = 0.0,
     ) -> None:
         self.window = _check_int("window", window, minimum=4)
         self.patience = _check_int("patience", patience, minimum=1)
@@ -288,6 +297,8 @@ class RegimeMonitor:
         self.stationary_fraction = validation.closed_unit_interval("stationary_fraction", stationary_fraction)
         self.progress_fraction = validation.closed_unit_interval("progress_fraction", progress_fraction)
         self.significance = validation.nonnegative("significance", significance)
+        self.floor = validation.real("floor", floor)
+        self._below_floor_warned = False
         self._healthy_update = _TARGET_UPDATE_MULTIPLE * self.small_update
         self.reset()
 
@@ -338,7 +349,16 @@ class RegimeMonitor:
                 that swings with the batches from one the rate throws about.
         """
         step = _check_int("step", step, minimum=-(2**63))
-        loss = _as_float("loss", loss, allow_nonfinite=True)
+        loss = _as_float("loss", loss, allow_nonfinite=True) - self.floor
+        if loss < 0 and not self._below_floor_warned:
+            self._below_floor_warned = True
+            warnings.warn(
+                f"loss {loss + self.floor:.4g} is below floor={self.floor:g}: the regime diagnosis "
+                "compares losses relatively and reads them from the floor; give "
+                "RegimeMonitor(floor=<a lower bound of the loss>)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
         grad = _as_float("grad_norm", grad_norm, allow_nonfinite=True, missing=math.nan)
         ratio = _as_float("update_ratio", update_ratio, allow_nonfinite=True, missing=math.nan)
         rate = _as_float("lr", lr, allow_nonfinite=False, missing=math.nan)
@@ -390,7 +410,7 @@ class RegimeMonitor:
         """
         previous = self._previous_lr
         self._previous_lr = lr
-        if previous is None or not (previous / _NEW_RATE < lr < previous * _NEW_RATE):
+        if previous is None or (lr != previous and not previous / _NEW_RATE < lr < previous * _NEW_RATE):
             if previous is not None:
                 # Where the run stood when the new rate took over: the medians of the last
                 # losses and gradient norms, robust to the wild batches a too large rate leaves.
@@ -721,7 +741,9 @@ class RegimeMonitor:
         # crawled down (the stiff directions of a valley settling at lr * lambda_max ~ 0.04
         # per step) says nothing of convergence.
         small_gradient = m.grad_fraction is not None and m.grad_fraction < self.stationary_fraction
-        stationary = small_gradient and not linear
+        # a gradient of exactly 0 (started at a minimum, or a constant objective) is stationary
+        # outright; no ratio to its first value exists, since the first was 0 too
+        stationary = (small_gradient and not linear) or m.evidence.get("grad_norm") == 0.0
         barely_moving = (m.update_ratio is not None and m.update_ratio < self.small_update) or linear
         far = first is not None and first > 0 and m.end > self.progress_fraction * first
         # Steps that move the parameters by 10x small_update or more are not too small, whatever
@@ -758,7 +780,7 @@ class RegimeMonitor:
             # directions; the largest one-step change seen (~ lr * lambda_max) bounds the increase.
             stiffest = largest if small_gradient and linear else None
             factor = self._too_small_factor(m.decrease_per_step, m.grad_change, m.update_ratio, stiffest)
-            decrease = max(m.decrease_per_step, 0.0)
+            decrease = max(m.decrease_per_step, 0.0) + 0.0  # (+ 0.0: no '-0.0e+00')
             what = [f"the loss fell by {decrease:.1e} per step for {self._slow_windows} windows"]
             if m.grad_fraction is not None:
                 what.append(f"the gradient norm is still {m.grad_fraction:.0%} of its first value")
@@ -1226,9 +1248,12 @@ def _format_factor(factor: float) -> str:
     return f"{float(f'{factor:.1g}'):g}"
 
 
-def _format_rate(rate: float) -> str:
-    """3e-4 style: one significant digit, no zero padding in the exponent."""
+def _format_rate(rate: float, digits: int = 1) -> str:
+    """3e-4 style: ``digits`` significant digits (trailing zeros dropped), no zero padding in the
+    exponent. One for a suggestion (its size is a model's guess); two for the rate in use."""
     if rate == 0:
         return "0"
-    mantissa, exponent = f"{rate:.0e}".split("e")
+    mantissa, exponent = f"{rate:.{digits - 1}e}".split("e")
+    if "." in mantissa:
+        mantissa = mantissa.rstrip("0").rstrip(".")
     return f"{mantissa}e{int(exponent)}"

@@ -212,7 +212,7 @@ class SafeStep:
         # Snapshots cost a copy of the parameters and the optimizer state (and a checkpoint
         # keeps them): only a policy that backs off ever goes back to one.
         self._backs_off = "backoff" in (on_nonfinite, on_spike, on_too_large)
-        self.regime_window = _int("regime_window", regime_window, 2)
+        self.regime_window = _int("regime_window", regime_window, 4)  # a RegimeMonitor's least window
         self.regime_patience = _int("regime_patience", regime_patience, 1)
         self._snapshot: dict[str, Any] | None = None
         self._start_snapshot: dict[str, Any] | None = None

@@ -22,10 +22,13 @@ made (reference minus the lowest level reached): a converged run's wobble, 1e-30
      quarter window) at twice the reference. A large rate does not always produce a NaN: on
      logistic regression or a small network it throws the iterate to worse places and the
      loss simply ends above where it started;
-  4. the loss oscillates without net progress: at least half of the steps change direction,
-     the robust (Theil-Sen) net decrease is under 10% of the distance the loss travelled, the
-     swings exceed 5% of the loss, the loss is no better than half its first value, the
-     parameters are not standing still, the swings are within 10x of what the steps can do to
+  4. the loss oscillates without net progress: at least half of the steps change direction
+     (the sign of the loss's change from one step to the next, which to first order is the
+     sign of the directional derivative along the step, g . delta theta: read from the loss,
+     it needs no extra pass over the parameters and holds for any optimizer), the robust
+     (Theil-Sen) net decrease is under 10% of the distance the loss travelled, the swings
+     exceed 5% of the loss, the loss is no better than half its first value, the parameters
+     are not standing still, the swings are within 10x of what the steps can do to
      the loss to first order (gradient norm x step length, when the step length is reported:
      beyond that they are the batches' noise, as at a rate far too small), the level is not a
      new low (2 standard errors below the lowest of this rate's earlier windows) under swings

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import signal
@@ -674,3 +675,92 @@ def test_lr_auto_keeps_the_step_of_a_rule_that_sets_its_own(tmp_path: Path) -> N
     choice = json.loads((tmp_path / "auto" / "lr_choice.json").read_text())
     assert (choice["method"], choice["policy"], choice["lr"]) == ("Prodigy", "lr_free", 0.5)
     assert "no range test" in choice["reason"]
+
+
+def test_train_help_says_what_lr_auto_may_run(capsys: pytest.CaptureFixture[str]) -> None:
+    # it said "'auto' finds one with a range test": the default adamw runs as Prodigy, untested
+    assert cli.main(["train", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "finds one with a range test" not in out
+    assert "'auto' chooses one, possibly with another method (the Adam family runs as Prodigy" in out
+    assert "SGD may run as MoMo, the rest get a range test)" in out
+
+
+def test_lr_find_help_says_how_the_schedule_peaks_are_derived(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["lr-find", "--help"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "peak = min(m x c, max(e, c)), m = 2 for warmup_cosine, 3 for one_cycle" in out
+
+
+def test_train_measures_the_gradient_norm_for_the_diagnosis_on_every_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # fit measures it on the CPU only unless asked: on CUDA the diagnosis had the loss alone
+    asked: list[dict] = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs)
+        return fit(*args, **kwargs)
+
+    fit = cli.command.fit
+    monkeypatch.setattr(cli.command, "fit", spy)
+    argv = run_args(tmp_path, "run", "--model", "softmax", "--dataset", "wine", "--epochs", "1", "--quiet")
+    assert cli.main(argv) == 0
+    assert asked[0]["track_grad_norm"] is True
+
+
+@pytest.mark.parametrize(
+    ("flags", "code"),
+    [
+        # a window ends at steps 20, 40, 60: none but 60 a multiple of 3, and 20, 40 were lost
+        (["--lr", "3e-3", "--log-every", "3"], 0),
+        # the loss is NaN at a step off the interval: neither it nor its diagnosis was logged
+        (["--optimizer", "sgd", "--lr", "1e5", "--schedule", "constant", "--log-every", "5"], 1),
+    ],
+)
+def test_log_every_keeps_every_diagnosis_window_and_the_step_the_run_stopped_on(
+    tmp_path: Path, flags: list[str], code: int
+) -> None:
+    argv = run_args(tmp_path, "run", "--model", "mlp", "--epochs", "3", "--quiet", *flags)
+    assert cli.main(argv) == code
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [record for record in records if "kind" not in record]
+    end = records[-1]
+    assert end["kind"] == "end" and steps[-1]["step"] == end["step"]  # the step the run stopped on
+    advised = [record["step"] for record in steps if record.get("advice")]
+    if code == 0:
+        assert end["step"] == 60 and advised == [20, 40, 60]
+    else:  # diverged: the last step is NaN, and it ends a window, diagnosed too large
+        assert math.isnan(steps[-1]["loss"]) and advised == [20, end["step"]]
+        assert steps[-1]["regime"] == "too_large" and "too large" in steps[-1]["advice"]
+
+
+def test_a_resumed_run_does_not_announce_its_regime_again() -> None:
+    from steepest.train.command import DiagnoseRegime
+    from steepest.train.fit import StepRecord
+
+    def climbing(step: int) -> StepRecord:  # a loss that rises 10x a step: too large
+        return StepRecord(
+            step=step,
+            epoch=1,
+            batch_in_epoch=step,
+            loss=10.0**step,
+            lr=0.1,
+            grad_norm=1.0,
+            clipped=False,
+            examples=1,
+            examples_per_second=1.0,
+            elapsed=0.0,
+            total_steps=None,
+        )
+
+    said: list[str] = []
+    first = DiagnoseRegime(window=4, say=said.append)
+    for step in range(1, 5):
+        first.on_step_end(None, climbing(step))
+    assert len(said) == 1 and "too large" in said[0]
+    resumed = DiagnoseRegime(window=4, say=said.append)
+    resumed.load_state_dict(first.state_dict())
+    for step in range(5, 9):
+        resumed.on_step_end(None, climbing(step))
+    assert resumed.monitor.latest.regime == "too_large" and len(said) == 1  # it said it again

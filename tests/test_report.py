@@ -156,3 +156,36 @@ def test_html_escapes_run_labels(tmp_path: Path) -> None:
     (run / "config.toml").write_text('label = "<b>bold</b>"\n')
     page = write_report([run], tmp_path / "out.html").read_text()
     assert "&lt;b&gt;bold&lt;/b&gt;" in page and "<b>bold</b>" not in page
+
+
+def test_the_latest_advice_is_the_latest_windows_verdict(tmp_path: Path) -> None:
+    # A run logged before good windows carried advice: the last advice, at step 10, said
+    # "lower the learning rate 3x", and the report showed it though every later window was good.
+    run = make_run(tmp_path, "old", 0.1, regime=True)
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        if line.get("step", 0) > 10:
+            line.pop("advice", None)
+    (run / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    page = write_report([run], tmp_path / "out.html").read_text()
+    assert "<td>good from step 11 on (step 10: lower the learning rate 3x)</td>" in page
+    # every window's advice logged, the good ones too: the latest is shown as it is
+    page = write_report([make_run(tmp_path, "new", 0.1, regime=True)], tmp_path / "new.html").read_text()
+    assert "<td>keep it</td>" in page
+
+
+def test_an_lr_auto_run_shows_the_method_and_rate_that_ran(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "auto", 10.0)
+    (run / "config.toml").write_text('optimizer = "sgd"\nlr = "auto"\nepochs = 4\n')
+    choice = {"lr": 10.0, "method": "MoMo", "options": {"beta": 0.9}, "policy": "lr_free",
+              "reason": "MoMo with lr=10: the model has more parameters than examples", "evaluations": 0}
+    (run / "lr_choice.json").write_text(json.dumps(choice))
+    page = write_report([run], tmp_path / "out.html").read_text()
+    # it said optimizer sgd, lr auto, though MoMo ran with lr 10
+    assert "<td>MoMo (auto, for sgd)</td>" in page and "<td>10 (auto)</td>" in page
+    assert "<td>0 evaluations (lr_free)</td>" in page
+    assert "MoMo at lr 10, 0 evaluations (lr_free): MoMo with lr=10: the model has more" in page
+    # a file it cannot read leaves the configuration as it is, and the report still written
+    (run / "lr_choice.json").write_text("{damaged")
+    page = write_report([run], tmp_path / "out.html").read_text()
+    assert "<td>sgd</td>" in page and "<td>auto</td>" in page and "lr = auto" not in page

@@ -57,6 +57,7 @@ class RegimeStepRecord(StepRecord):
 
     regime: str = "good"
     advice: str = ""
+    safety: str | None = None
 
 
 @dataclass
@@ -176,6 +177,26 @@ def test_metrics_every_n_steps_keeps_the_last(tmp_path: Path) -> None:
     path = tmp_path / "metrics.jsonl"
     simulate(MetricsWriter(path, every=5), 1, 12)
     assert [s["step"] for s in read_metrics(path)[0]] == [5, 10, 12]
+
+
+def test_metrics_every_n_steps_keeps_steps_with_events_and_the_one_the_run_stopped_on(tmp_path: Path) -> None:
+    # The run stops at step 7 of 12 (a divergence, a criterion, Ctrl-C): only total_steps
+    # told the writer a step was the last, and step 7 was never written.
+    path = tmp_path / "metrics.jsonl"
+    writer = MetricsWriter(path, every=5)
+    trainer = FakeTrainer(total_steps=12)
+    writer.on_fit_start(trainer)
+    for step in range(1, 8):
+        events = {"advice": "looks good"} if step == 3 else {"safety": "skip: spike"} if step == 4 else {}
+        trainer.step = step
+        writer.on_step_end(trainer, step_record(step, **{"regime": "good", "advice": "", **events}))
+    writer.on_evaluate(trainer, EvalRecord(7, 2, {"val_loss": 0.5}, 3.5))
+    writer.on_fit_end(trainer, SimpleNamespace(stopped_by="diverged"))
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(line.get("kind", "step"), line["step"]) for line in lines] == [
+        ("step", 3), ("step", 4), ("step", 5), ("eval", 7), ("step", 7), ("end", 7)
+    ]
+    assert lines[0]["advice"] == "looks good"
 
 
 def test_extra_fields_are_written(tmp_path: Path) -> None:

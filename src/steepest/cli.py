@@ -460,7 +460,9 @@ def build_parser() -> argparse.ArgumentParser:
         "lr-find",
         help="learning-rate range test on the data and model train would use",
         description="Sweep the learning rate upward over short runs (several repeats), print "
-        "the suggested rates and their spread, and plot the curve. Data, model, "
+        "the suggested rates and their spread, and plot the curve. The schedule peaks it prints "
+        "are derived from the consensus rate c and the rate of lowest loss e: peak = min(m x c, "
+        "max(e, c)), m = 2 for warmup_cosine, 3 for one_cycle. Data, model, "
         "optimizer, batch size, seed and init take the same flags (and --config file) as train.",
         allow_abbrev=False,
     )

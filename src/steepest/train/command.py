@@ -34,7 +34,15 @@ from steepest.train.config import (
     validate_config,
 )
 from steepest.train.data import DataSplits, load_dataset
-from steepest.train.fit import StepRecord, Trainer, build_optimizer, fit
+from steepest.train.fit import (
+    StepRecord,
+    Trainer,
+    build_optimizer,
+    choice_from_record,
+    choice_record,
+    choose_lr_for_run,
+    fit,
+)
 from steepest.train.loop import (
     DEFAULT_LEARNING_RATES,
     HEAVY_BALL,
@@ -74,8 +82,11 @@ class DiagnoseRegime:
     """Callback: classify the learning-rate regime live and annotate each step's record.
 
     Feeds :class:`steepest.lr.RegimeMonitor` with every step's loss, gradient norm and rate;
-    the latest regime (and, when a window completes, its advice) goes into ``record.extra``
-    for the metrics file, the progress display and the report. Its state is checkpointed.
+    the latest regime goes into ``record.extra`` for the metrics file, the progress display and
+    the report, and so does, on the step that completes a window, that window's advice (the
+    verdict, "looks good" included: metrics.jsonl always logs that step). ``say`` announces a
+    change to a regime other than good. Its state is checkpointed; the regime announced last is
+    the latest diagnosis's, so a resumed run does not announce it again.
     """
 
     name = "regime"
@@ -91,18 +102,20 @@ class DiagnoseRegime:
         )
         if self.monitor.latest is not None:
             record.extra["regime"] = self.monitor.latest.regime
-        if diagnosis is not None and diagnosis.regime != "good":
-            record.extra["advice"] = diagnosis.advice
-            if self.say is not None and diagnosis.regime != self._last_regime:
-                self.say(f"step {record.step}: {diagnosis.advice}")
-        if diagnosis is not None:
-            self._last_regime = diagnosis.regime
+        if diagnosis is None:
+            return
+        record.extra["advice"] = diagnosis.advice
+        if self.say is not None and diagnosis.regime not in ("good", self._last_regime):
+            self.say(f"step {record.step}: {diagnosis.advice}")
+        self._last_regime = diagnosis.regime
 
     def state_dict(self) -> dict[str, Any]:
         return self.monitor.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.monitor.load_state_dict(state)
+        latest = self.monitor.latest
+        self._last_regime = None if latest is None else latest.regime
 
 
 def resolve(flags: Mapping[str, Any], config_path: str | None, resume: str | None) -> dict[str, Any]:
@@ -366,56 +379,75 @@ def choose_learning_rate(
     data: DataSplits,
     total_steps: int,
     say: Callable,
-    chosen: Mapping[str, Any] | None = None,
-) -> tuple[Any, Any, dict[str, Any] | None]:
+    chosen: Any = None,
+) -> tuple[Any, Any, Any]:
     """The optimizer, its ``lr`` argument (a schedule peaking at the chosen rate), and for
-    ``lr = "auto"`` the record of the choice (``lr_choice.json``).
+    ``lr = "auto"`` the :class:`steepest.lr.LRChoice` (recorded in ``lr_choice.json``).
 
     ``lr = "auto"`` asks :func:`steepest.lr.choose_lr` (a range test, or a learning-rate-free
     method: Prodigy for the Adam family, MoMo for SGD on a network with more parameters than
-    examples) and says what it chose and why; ``chosen``, a resumed run's record, is taken as
-    it is (the run continues with the rate it started with, and no range test runs again).
+    examples) on the run's steps (``batch_size * accumulate`` examples, clipped at
+    ``clip_norm``), and says what it chose and why unless ``quiet``; ``chosen``, a resumed
+    run's choice (:func:`saved_choice`), is taken as it is (the run continues with the rate it
+    started with, and no range test runs again).
     """
     if config["lr"] != "auto":
         optimizer = configured_optimizer(config)
         peak = config["lr"] if config["lr"] is not None else default_learning_rate(config)
         return optimizer, build_schedule(config["schedule"], peak, config["warmup"], total_steps), None
     if chosen is None:
-        choice = learning_rate_tools.choose_lr(
+        chosen = choose_lr_for_run(
             model,
             data.train,
-            config["optimizer"],
-            options=optimizer_options(config),
-            loss_fn=loss_function(data),
+            rules.by_name(config["optimizer"]),
+            optimizer_options(config),
+            loss_function(data),
             batch_size=config["batch_size"],
+            accumulate=config["accumulate"],
+            clip_norm=config["clip_norm"],
             seed=config["seed"],
         )
-        say(f"lr auto: {choice}")
-        chosen = {
-            "lr": choice.lr,
-            "method": choice.method.__name__,
-            "options": choice.options,
-            "policy": choice.policy,
-            "reason": choice.reason,
-        }
-    optimizer = partial(rules.by_name(chosen["method"]), **chosen["options"])
-    lr = build_schedule(config["schedule"], chosen["lr"], config["warmup"], total_steps)
-    return optimizer, lr, dict(chosen)
+        if not config["quiet"]:
+            say(f"lr auto: {chosen}")
+    optimizer = partial(chosen.method, **chosen.options)
+    lr = build_schedule(config["schedule"], chosen.lr, config["warmup"], total_steps)
+    return optimizer, lr, chosen
 
 
-def saved_choice(folder: RunFolder) -> dict[str, Any] | None:
-    """A resumed ``lr = "auto"`` run's ``lr_choice.json`` (None when it has none)."""
+def saved_choice(
+    folder: RunFolder, config: Mapping[str, Any], model: torch.nn.Module, state: Mapping[str, Any] | None
+) -> Any:
+    """A resumed ``lr = "auto"`` run's choice, from its ``lr_choice.json``, checked in full
+    before anything is written: the run continues with it, and never chooses again.
+
+    The file must be there (without it the rate the run trained at is unknown: choosing again
+    would train on with another); its ``method`` one steepest knows and, with a checkpoint
+    (``state``), the optimizer whose state the checkpoint holds; its ``lr`` a positive finite
+    number; its ``options`` ones the optimizer takes (a throwaway one is built on ``model``).
+
+    Raises:
+        ConfigError: one line naming the file and what is wrong with it.
+    """
     path = folder.path / "lr_choice.json"
+    refuse = f"cannot resume {folder.path}"
     if not path.is_file():
-        return None
+        raise ConfigError(
+            f"{refuse}: lr = 'auto', and its lr_choice.json, which holds the rate it runs with, is "
+            "missing; start afresh with --overwrite"
+        )
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        rules.by_name(record["method"])
-        float(record["lr"])
-        dict(record["options"])
-    except (OSError, ValueError, TypeError, KeyError) as error:
-        raise ConfigError(f"cannot resume {folder.path}: its lr_choice.json is damaged ({error})") from None
-    return record
+    except (OSError, ValueError) as error:  # (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+        raise ConfigError(f"{refuse}: its lr_choice.json cannot be read: {_one_line(error)}") from None
+    taken_with = None if state is None else state.get("config", {}).get("optimizer")
+    try:
+        choice = choice_from_record(record, rules.by_name(config["optimizer"]), taken_with)
+        build_optimizer(
+            partial(choice.method, **choice.options), list(model.parameters()), choice.lr, config["clip_norm"]
+        )
+    except (ValueError, TypeError) as error:
+        raise ConfigError(f"{refuse}: its lr_choice.json is damaged: {_one_line(error)}") from None
+    return choice
 
 
 def configured_optimizer(config: Mapping[str, Any]) -> str | partial:
@@ -508,14 +540,15 @@ def run(
     optimizer_class = check_before_the_folder(config, data, model, total_steps)
     resume_from: Path | None = None
     resumed_state: dict[str, Any] | None = None
-    chosen: dict[str, Any] | None = None  # a resumed lr = "auto" run keeps the choice it started with
+    chosen: Any = None  # a resumed lr = "auto" run keeps the choice it started with
     if resume is not None:
         folder = open_run_folder(resume)
-        chosen = saved_choice(folder)
         every = config["checkpoint_every"]
         found = checkpoint_to_resume(
             folder, config, model, optimizer_class, every * steps_per_epoch if every else total_steps
         )
+        if config["lr"] == "auto":
+            chosen = saved_choice(folder, config, model, None if found is None else found[1])
         if found is not None:
             resume_from, resumed_state = found
             epochs_done = resumed_state["loop"]["epochs_done"]
@@ -535,8 +568,8 @@ def run(
     if replanned is not None and not config["quiet"]:
         say(replanned)
     folder = run_folder(config, resume, overwrite)
-    if chosen is not None:
-        (folder.path / "lr_choice.json").write_text(json.dumps(chosen, indent=2) + "\n")
+    if chosen is not None and resume is None:  # (a resumed run's is the one it read)
+        (folder.path / "lr_choice.json").write_text(json.dumps(choice_record(chosen), indent=2) + "\n")
 
     quiet = config["quiet"]
     callbacks: list[Any] = [DiagnoseRegime(say=None if quiet else say)]
@@ -577,6 +610,10 @@ def run(
         resume=resume_from if resume_from is not None else False,
         seed=config["seed"],
         metrics=("accuracy",) if data.task == "classification" else (),
+        # the regime diagnosis reads the gradient norm and the step's length: measured on every
+        # device (fit's default measures them on the CPU only; on CUDA the diagnosis had the
+        # loss alone, and read a network killed by too large a rate as ~1000x too small)
+        track_grad_norm=True,
     )
     scores = test_metrics(model, data)
     (folder.path / "test_metrics.json").write_text(json.dumps(scores, indent=2) + "\n")

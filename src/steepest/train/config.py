@@ -265,8 +265,9 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
         "lr",
         float,
         _RUN.lr,
-        "peak learning rate; 'auto' finds one with a range test (default: one that works for "
-        "the optimizer on the digits)",
+        "peak learning rate; 'auto' chooses one, possibly with another method (the Adam family "
+        "runs as Prodigy, SGD may run as MoMo, the rest get a range test) (default: one that "
+        "works for the optimizer on the digits)",
         positive_finite,
         keywords=("auto",),
     ),
@@ -316,7 +317,9 @@ TRAIN_OPTIONS: tuple[Option, ...] = (
     Option("name", str, None, "run folder name under runs_dir (default: date, time and optimizer)",
            _folder_name),
     Option("runs_dir", Path, "runs", "folder that holds the run folders"),
-    Option("log_every", int, 1, "optimizer steps between two lines of metrics.jsonl", at_least(1)),
+    Option("log_every", int, 1, "optimizer steps between two lines of metrics.jsonl (a step that "
+           "ends a diagnosis window, the guard acted on, or the run stopped on is always logged)",
+           at_least(1)),
     Option("checkpoint_every", int, 1, "epochs between checkpoints (0: only at the end)", at_least(0)),
     Option("keep_last", int, 3, "checkpoints kept; older ones are deleted", at_least(1)),
     Option("eval_every", int, 1, "epochs between two validation passes", at_least(1)),

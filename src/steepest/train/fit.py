@@ -129,7 +129,8 @@ class FitResult:
         success: True when a convergence criterion (target, patience, ...) ended the run.
         steps: optimizer steps done; epochs: epochs begun; seconds: wall-clock time.
         model: the trained model (with the best parameters when patience restored them).
-        lr_choice: with ``lr="auto"``, the :class:`steepest.lr.LRChoice` (rate, method, reason).
+        lr_choice: with ``lr="auto"``, the :class:`steepest.lr.LRChoice` (rate, method, reason);
+            a resumed run's is the one its checkpoint recorded (without the range test's curves).
     """
 
     history: list[StepRecord]
@@ -397,6 +398,144 @@ def build_optimizer(
     if clip_norm is not None and isinstance(built, SteepestOptimizer) and built.clip_norm is None:
         built.clip_norm = clip_norm
     return built
+
+
+def choose_lr_for_run(
+    model: nn.Module,
+    data: Any,
+    optimizer: type[torch.optim.Optimizer],
+    options: Mapping[str, Any],
+    loss_function: LossFunction,
+    *,
+    batch_size: int,
+    accumulate: int,
+    clip_norm: float | None,
+    seed: int,
+) -> Any:
+    """``lr="auto"`` for a run of fit (or ``steepest train``): :func:`steepest.lr.choose_lr`
+    on the steps the run will take.
+
+    ``data`` is what fit takes: an (X, y) pair or a TensorDataset of two tensors goes to the
+    choice as the pair; a DataLoader as it is; any other Dataset as a shuffling DataLoader of
+    its own, whose order torch's global generator draws (the choice seeds it and puts it back
+    afterwards), so that the run's own shuffling generator is left untouched and the run that
+    follows is the one given the chosen rate. A step of the choice sees ``batch_size *
+    accumulate`` examples, as a step of the run does (a DataLoader's batches as they come);
+    a steepest optimizer clips at ``clip_norm`` in the choice as in the run (torch.optim's
+    have no clip_norm: fit clips for them, and the choice runs them unclipped). The choice
+    runs in float32, whatever the run's precision. Returns the :class:`steepest.lr.LRChoice`.
+    """
+    from steepest.engine import Optimizer as SteepestOptimizer
+    from steepest.lr import choose_lr
+
+    settings = dict(options)
+    if clip_norm is not None and issubclass(optimizer, SteepestOptimizer):
+        settings["clip_norm"] = clip_norm
+    step_size = batch_size * accumulate
+    pair = _tensor_pair(data)
+    if pair is not None:
+        data = pair
+    elif isinstance(data, Dataset):
+        data = DataLoader(data, batch_size=step_size, shuffle=True)
+    return choose_lr(
+        model, data, optimizer, options=settings, loss_fn=loss_function, batch_size=step_size, seed=seed
+    )
+
+
+def choice_record(choice: Any) -> dict[str, Any]:
+    """An :class:`steepest.lr.LRChoice` as plain values, safe in JSON and in a checkpoint: the
+    record ``lr_choice.json`` and fit's checkpoints keep of it.
+
+    ``lr``, ``method`` (the class's name), ``options``, ``policy``, ``reason`` and
+    ``evaluations`` (what the choice cost), then what it measured, each only when it did:
+    ``suggestions`` and ``spread`` (the range test), ``trials`` (``[rate, score]``, the score
+    None for a trial that failed), ``curvature`` and ``safety``.
+    """
+    record: dict[str, Any] = {
+        "lr": float(choice.lr),
+        "method": choice.method.__name__,
+        "options": dict(choice.options),
+        "policy": choice.policy,
+        "reason": choice.reason,
+        "evaluations": int(choice.evaluations),
+    }
+    if choice.suggestions:
+        record["suggestions"] = {rule: float(rate) for rule, rate in choice.suggestions.items()}
+    if math.isfinite(choice.spread):
+        record["spread"] = float(choice.spread)
+    if choice.trials:
+        record["trials"] = [
+            [float(rate), float(score) if math.isfinite(score) else None] for rate, score in choice.trials
+        ]
+    if math.isfinite(choice.curvature):
+        record["curvature"] = float(choice.curvature)
+    if choice.safety:
+        record["safety"] = dict(choice.safety)
+    return record
+
+
+def choice_from_record(
+    record: Any, asked: type[torch.optim.Optimizer], checkpoint_optimizer: str | None = None
+) -> Any:
+    """The :class:`steepest.lr.LRChoice` a :func:`choice_record` holds, checked: a resumed run
+    continues with the choice it started with, and never chooses again.
+
+    ``method`` must be the class ``asked`` for or one steepest knows by name (the stand-ins
+    Prodigy and MoMo), and the class ``checkpoint_optimizer`` names when given (the checkpoint
+    holds that optimizer's state); ``lr`` a positive finite number; ``options`` a dict of
+    keyword arguments, without ``lr``.
+
+    Raises:
+        ValueError: the first field that is missing or wrong, named with its value.
+    """
+    from steepest.lr import LRChoice
+
+    if not isinstance(record, Mapping):
+        raise ValueError(f"it is not a record of a choice: {record!r:.80}")
+    for key in ("lr", "method", "options"):
+        if key not in record:
+            raise ValueError(f"it has no {key}")
+    name, rate, options = record["method"], record["lr"], record["options"]
+    if not isinstance(name, str):
+        raise ValueError(f"method must be an optimizer's name, got method={name!r}")
+    method = asked if name == asked.__name__ else rules.by_name(name, "method")
+    if checkpoint_optimizer is not None and checkpoint_optimizer != method.__name__:
+        raise ValueError(f"method={name!r}, but the checkpoint holds the state of {checkpoint_optimizer}")
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate > 0):
+        raise ValueError(f"lr must be a positive finite number, got lr={rate!r}")
+    if (
+        not isinstance(options, Mapping)
+        or not all(isinstance(key, str) for key in options)
+        or "lr" in options
+    ):
+        raise ValueError(
+            f"options must be a dict of keyword arguments other than lr, got options={options!r}"
+        )
+    evaluations = record.get("evaluations", 0)
+    if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 0:
+        raise ValueError(f"evaluations must be a whole number >= 0, got evaluations={evaluations!r}")
+    try:  # what the choice measured: shown, never used to train
+        measured = {
+            "suggestions": {str(rule): float(value) for rule, value in record.get("suggestions", {}).items()},
+            "spread": float(record.get("spread", math.nan)),
+            "trials": [
+                (float(trial), math.inf if score is None else float(score))
+                for trial, score in record.get("trials", [])
+            ],
+            "curvature": float(record.get("curvature", math.nan)),
+            "safety": {str(key): str(value) for key, value in record.get("safety", {}).items()},
+        }
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ValueError(f"its measurements are damaged ({error})") from None
+    return LRChoice(
+        float(rate),
+        method,
+        str(record.get("policy", "")),
+        str(record.get("reason", "")),
+        evaluations=evaluations,
+        options=dict(options),
+        **measured,
+    )
 
 
 def _resolve_loss(loss: str | LossFunction) -> LossFunction:
@@ -681,8 +820,10 @@ def fit(
             factory or an instance holds must be the model's parameters, or some of them
             (those left out stay as they are), at least one trainable.
         lr: learning rate, a float or a schedule ``step -> rate``; None keeps the optimizer's
-            default; ``"auto"`` chooses one (``steepest.lr.choose_lr``). Only for a name, a
-            class or a partial of a class.
+            default; ``"auto"`` chooses one (``steepest.lr.choose_lr``) on the run's data, its
+            steps of ``batch_size * accumulate`` examples and its ``clip_norm`` (see
+            :func:`choose_lr_for_run`); a checkpoint records the choice, and a resumed run
+            keeps it. Only for a name, a class or a partial of a class.
         epochs: passes over ``data``; max_steps: optimizer steps. With neither, 10 epochs.
         batch_size: examples per micro-batch (default 64); a step sees
             ``batch_size * accumulate`` examples.
@@ -811,13 +952,38 @@ def fit(
         # A short range test (it restores the model and every random state afterwards) or a
         # learning-rate-free method; see steepest.lr.choose_lr for the policy. The options
         # (momentum, ...) shape the choice; the choice says how to build what runs (its options:
-        # the caller's, or those a stand-in takes, or their translation).
-        from steepest.lr import choose_lr
-
+        # the caller's, or those a stand-in takes, or their translation). A resumed run keeps
+        # the choice its checkpoint recorded: chosen again (from a model already trained) it
+        # would report a rate the run never used.
         cls, options = class_and_options
-        lr_choice = choose_lr(
-            model, data, cls, options=options, loss_fn=loss_function, batch_size=batch_size, seed=seed
-        )
+        if resumed is not None:
+            if resumed.get("lr_choice") is None:
+                taken_with = resumed["config"].get("lr")
+                raise ValueError(
+                    "resume: the checkpoint holds no record of an lr='auto' choice ("
+                    + (
+                        "it was written by an older steepest"
+                        if taken_with == "auto"
+                        else f"it was taken with lr={taken_with!r}"
+                    )
+                    + "): resume with the rate it ran with"
+                )
+            try:
+                lr_choice = choice_from_record(resumed["lr_choice"], cls, resumed["config"]["optimizer"])
+            except ValueError as error:
+                raise ValueError(f"resume: the checkpoint's lr='auto' choice: {error}") from None
+        else:
+            lr_choice = choose_lr_for_run(
+                model,
+                data,
+                cls,
+                options,
+                loss_function,
+                batch_size=batch_size,
+                accumulate=accumulate,
+                clip_norm=clip_norm,
+                seed=seed,
+            )
         lr = lr_choice.lr
         optimizer = partial(lr_choice.method, **lr_choice.options)
 
@@ -955,6 +1121,8 @@ def fit(
             "history": [asdict(record) for record in trainer.history],
             "evaluations": [asdict(record) for record in trainer.evaluations],
             "config": config,
+            # with lr="auto", what was chosen: a resumed run continues with it
+            "lr_choice": None if lr_choice is None else choice_record(lr_choice),
         }
 
     def save() -> None:

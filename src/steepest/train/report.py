@@ -9,7 +9,10 @@ there is no JavaScript, so it can be mailed, attached to an issue or opened offl
 - a regime strip (too large / too small / good) when the steps carry a ``regime``;
 - any other numeric field the steps carry, one small plot each;
 - a summary table: configuration highlights, steps, best and final validation metrics, time,
-  why the run stopped, the last advice, and the safe-step guard's events (backoffs, skips).
+  why the run stopped, the latest diagnosis window's advice, and the safe-step guard's events
+  (backoffs, skips);
+- for a run with ``lr = "auto"``, what ran (from its ``lr_choice.json``): the method and rate
+  chosen in the table, and below it why, and what choosing cost.
 
 With several runs, every plot overlays them on the same axes (the legend names the runs) and
 the table has one row per run: the page compares optimizers or learning rates directly.
@@ -23,6 +26,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 import os
 import unicodedata
@@ -37,6 +41,9 @@ from matplotlib.figure import Figure
 
 from steepest.train.config import ConfigError
 from steepest.train.runs import END, REPORT_FILE, check_writable_place, open_run_folder, read_records
+
+#: What ``steepest train --lr auto`` chose, in the run folder beside config.toml.
+LR_CHOICE_FILE = "lr_choice.json"
 
 #: Step fields with a plot or column of their own; other numeric fields get a plot each.
 _KNOWN_STEP_FIELDS = frozenset(
@@ -69,6 +76,7 @@ class RunData:
     steps: list[dict[str, Any]]
     evals: list[dict[str, Any]]
     end: dict[str, Any] | None = None
+    lr_choice: dict[str, Any] | None = None  # lr_choice.json of an lr = "auto" run
     label: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -110,7 +118,22 @@ def load_run(path: str | Path) -> RunData:
             evals.append(record)
         elif kind == END:
             end = record
-    return RunData(folder.name, folder.path, folder.read_config(), steps, evals, end)
+    choice = _read_lr_choice(folder.path / LR_CHOICE_FILE)
+    return RunData(folder.name, folder.path, folder.read_config(), steps, evals, end, choice)
+
+
+def _read_lr_choice(path: Path) -> dict[str, Any] | None:
+    """An ``lr = "auto"`` run's choice: a dict with a numeric ``lr`` and a ``method`` name, or
+    None (no file, or not one steepest wrote: the report shows the configuration then)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or not isinstance(record.get("method"), str):
+        return None
+    if isinstance(record.get("lr"), bool) or not isinstance(record.get("lr"), (int, float)):
+        return None
+    return record
 
 
 # --------------------------------------------------------------------------- plots
@@ -373,6 +396,43 @@ def _final(evals: list[dict[str, Any]], key: str) -> str:
     return ""
 
 
+def _configured(run: RunData, key: str) -> str:
+    """A configuration highlight as the run used it: with ``lr = "auto"``, the method and the
+    rate chosen (``MoMo (auto, for sgd)``, ``10 (auto)``), not ``sgd`` and ``auto``."""
+    choice = run.lr_choice
+    if choice is not None and key == "optimizer":
+        asked = run.config.get("optimizer")
+        return f"{choice['method']} (auto, for {asked})" if asked else str(choice["method"])
+    if choice is not None and key == "lr":
+        return f"{choice['lr']:.4g} (auto)"
+    return _format(run.config.get(key))
+
+
+def choice_cost(choice: dict[str, Any]) -> str:
+    """What ``lr = "auto"`` spent choosing, in words: ``"278 evaluations (range_test)"``."""
+    evaluations = choice.get("evaluations")
+    spent = f"{evaluations} evaluations" if isinstance(evaluations, int) else "cost not recorded"
+    return f"{spent} ({choice['policy']})" if isinstance(choice.get("policy"), str) else spent
+
+
+def latest_advice(steps: list[dict[str, Any]]) -> str:
+    """The advice of the latest diagnosis window the steps record.
+
+    Runs log every window's advice ("looks good" included) on the step that completes it. In
+    a run logged before good windows carried one, the latest advice may be older than good
+    windows that followed it (their steps carry ``regime`` "good"): that is said instead.
+    """
+    for index in range(len(steps) - 1, -1, -1):
+        advice = steps[index].get("advice")
+        if not advice:
+            continue
+        later_good = [r["step"] for r in steps[index + 1 :] if r.get("regime") == "good"]
+        if later_good and steps[index].get("regime") != "good":
+            return f"good from step {later_good[0]} on (step {steps[index]['step']}: {advice})"
+        return str(advice)
+    return ""
+
+
 def summary_rows(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
     """The summary table: (column headers, one row of text per run)."""
     eval_keys: dict[str, None] = {}
@@ -384,7 +444,8 @@ def summary_rows(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
     headers = ["run", *_CONFIG_HIGHLIGHTS, "steps", "epochs run"]
     for key in eval_keys:
         headers += [f"best {key}", f"final {key}"]
-    headers += ["final train loss", "time", "stopped by", "regimes", "last advice", "safety events"]
+    headers += ["final train loss", "time", "stopped by", "regimes", "latest advice", "safety events",
+                "lr choice cost"]
     rows = []
     for run in runs:
         last = run.steps[-1] if run.steps else {}
@@ -393,7 +454,7 @@ def summary_rows(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
         if run.end and isinstance(run.end.get("elapsed"), (int, float)):
             elapsed = run.end["elapsed"]
         epochs_run = max([r.get("epoch", 0) or 0 for r in run.steps + run.evals] or [0])
-        row = [run.label, *(_format(run.config.get(key)) for key in _CONFIG_HIGHLIGHTS),
+        row = [run.label, *(_configured(run, key) for key in _CONFIG_HIGHLIGHTS),
                str(last_step), str(epochs_run)]
         for key in eval_keys:
             lower_is_better = "loss" in key or "error" in key
@@ -404,7 +465,7 @@ def summary_rows(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
                 regimes[record["regime"]] = regimes.get(record["regime"], 0) + 1
         total = sum(regimes.values())
         regime_text = ", ".join(f"{name} {count / total:.0%}" for name, count in regimes.items())
-        advice = next((r["advice"] for r in reversed(run.steps) if r.get("advice")), "")
+        advice = latest_advice(run.steps)
         # what the safe-step guard did: "backoff: <reason>", "skip: <reason>", ... per step
         events: dict[str, int] = {}
         for record in run.steps:
@@ -416,8 +477,9 @@ def summary_rows(runs: list[RunData]) -> tuple[list[str], list[list[str]]]:
             f"{elapsed:.1f} s" if elapsed else "",
             _format((run.end or {}).get("stopped_by")),
             regime_text,
-            str(advice),
+            advice,
             ", ".join(f"{action} x{count}" for action, count in events.items()),
+            "" if run.lr_choice is None else choice_cost(run.lr_choice),
         ]
         rows.append(row)
     # Columns empty for every run (no clipping configured, no regimes) only add noise.
@@ -454,6 +516,15 @@ def render_html(runs: list[RunData], plots: dict[str, str]) -> str:
     table = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>"]
     table += ["<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows]
     table.append("</table>")
+    choices = [
+        f"<p><b>{html.escape(run.label)}</b>: {html.escape(str(run.lr_choice['method']))} at lr "
+        f"{run.lr_choice['lr']:.4g}, {html.escape(choice_cost(run.lr_choice))}: "
+        f"{html.escape(str(run.lr_choice.get('reason', '')))}</p>"
+        for run in runs
+        if run.lr_choice is not None
+    ]
+    if choices:
+        choices.insert(0, "<h2>Learning rate chosen (lr = auto)</h2>")
     figures = []
     for stem, uri in plots.items():
         caption = _PLOT_TITLES.get(stem, stem.removeprefix("extra_"))
@@ -472,6 +543,7 @@ def render_html(runs: list[RunData], plots: dict[str, str]) -> str:
             f'<p class="muted">runs: {sources}</p>',
             "<h2>Summary</h2>",
             *table,
+            *choices,
             "<h2>Curves</h2>",
             *figures,
             "</body></html>",

@@ -3,6 +3,7 @@
 Layout of ``runs/<name>/``::
 
     config.toml      the resolved configuration (``steepest.train.config.dump_config``)
+    lr_choice.json   with ``lr = "auto"``: the method and rate chosen, why, and what choosing cost
     metrics.jsonl    one JSON object per logged step, and one per evaluation ({"kind": "eval"})
     checkpoints/     the fit loop's checkpoints
     report.html      ``steepest report``; plots as PNG beside it
@@ -343,6 +344,19 @@ def read_metrics(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str,
 # --------------------------------------------------------------------------- callbacks
 
 
+#: Step fields that get their step logged at any ``log_every``: the advice of the diagnosis
+#: window the step completes (``DiagnoseRegime``), what the safe-step guard did.
+ALWAYS_LOGGED = ("advice", "safety")
+
+
+def must_log(record: Any) -> bool:
+    """Whether a step's record is logged whatever the logging interval: it carries an event
+    (``ALWAYS_LOGGED``: a diagnosis window's advice, the safe-step guard's action)."""
+    extra = getattr(record, "extra", None)
+    fields = extra if isinstance(extra, Mapping) else {}
+    return any(fields.get(key) or getattr(record, key, None) for key in ALWAYS_LOGGED)
+
+
 class MetricsWriter:
     """Callback that appends one JSON line per logged step and per evaluation to metrics.jsonl.
 
@@ -352,7 +366,11 @@ class MetricsWriter:
 
     Args:
         path: the metrics.jsonl to write.
-        every: log one step in ``every`` (default 1); the last step of the run is always logged.
+        every: log one step in ``every`` (default 1). Always logged besides: a step that
+            carries an event (:func:`must_log`: it completes a diagnosis window, the guard
+            acted) and the run's last step, however it ended (its planned length, a
+            divergence, a stopping criterion, Ctrl-C); that one, when off the interval, is
+            written at the end of the fit, after the evaluation of the same step.
 
     Example:
         >>> writer = MetricsWriter("runs/x/metrics.jsonl", every=10)  # doctest: +SKIP
@@ -366,6 +384,7 @@ class MetricsWriter:
         self.path = Path(path)
         self.every = every
         self._file: IO[str] | None = None
+        self._unwritten: Any = None  # the latest step, while it is not logged
 
     def on_fit_start(self, trainer: Any) -> None:
         """Open the file for appending, after dropping any line past the step we start from."""
@@ -375,16 +394,24 @@ class MetricsWriter:
             _write_atomically(self.path, "".join(_dumps(record) + "\n" for record in kept))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = self.path.open("a", encoding="utf-8", buffering=1)  # line-buffered
+        self._unwritten = None
 
     def on_step_end(self, trainer: Any, record: Any) -> None:
-        """Write the step's line if it is one of every ``every`` steps, or the run's last."""
+        """Write the step's line if it is one of every ``every`` steps, carries an event, or is
+        the last of the planned run; else hold it, in case the run ends on it."""
         is_last = record.total_steps is not None and record.step >= record.total_steps
-        if record.step % self.every == 0 or is_last:
-            line = record_to_dict(record)
-            line.pop("total_steps", None)  # the same on every line; the config has it
-            if line.get("update_norm") is None:  # measured on some steps only (fit's track_grad_norm)
-                line.pop("update_norm", None)
-            self._write(line)
+        if record.step % self.every == 0 or is_last or must_log(record):
+            self._write_step(record)
+        else:
+            self._unwritten = record
+
+    def _write_step(self, record: Any) -> None:
+        line = record_to_dict(record)
+        line.pop("total_steps", None)  # the same on every line; the config has it
+        if line.get("update_norm") is None:  # measured on some steps only (fit's track_grad_norm)
+            line.pop("update_norm", None)
+        self._write(line)
+        self._unwritten = None
 
     def on_evaluate(self, trainer: Any, record: Any) -> None:
         """Write ``{"kind": "eval", "step", "epoch", "elapsed", **metrics}``."""
@@ -399,7 +426,10 @@ class MetricsWriter:
             os.fsync(self._file.fileno())
 
     def on_fit_end(self, trainer: Any, result: Any) -> None:
-        """Write a last ``{"kind": "end"}`` line (the step and why the run stopped) and close."""
+        """Write the run's last step if it was held back, then a last ``{"kind": "end"}`` line
+        (the step and why the run stopped), and close."""
+        if self._unwritten is not None:
+            self._write_step(self._unwritten)
         line: dict[str, Any] = {"kind": END, "step": int(getattr(trainer, "step", 0) or 0)}
         for field in ("stopped_by", "message", "elapsed", "seconds"):
             value = getattr(result, field, None)

@@ -328,7 +328,7 @@ def test_a_stand_in_is_built_with_the_options_it_takes_in_fit_as_in_minimize():
     choice = choose_lr(
         problems.quadratic(10, 10.0), optimizer="adamw", options={"weight_decay": 0.1, "amsgrad": True}
     )
-    assert choice.method is Prodigy and choice.options == {"weight_decay": 0.1}
+    assert choice.method is Prodigy and choice.options == {"weight_decay": 0.1, "decouple": True}
     assert "not taken by Prodigy: ['amsgrad']" in choice.reason
     sgd = choose_lr(problems.quadratic(10, 10.0), optimizer="sgd", options=MOMENTUM)
     assert sgd.method is SGD and sgd.options == MOMENTUM
@@ -343,7 +343,10 @@ def test_a_stand_in_is_built_with_the_options_it_takes_in_fit_as_in_minimize():
         max_steps=2,
         batch_size=32,
     )
-    assert run.lr_choice.method is Prodigy and run.lr_choice.options == {"weight_decay": 0.1}
+    assert run.lr_choice.method is Prodigy and run.lr_choice.options == {
+        "weight_decay": 0.1,
+        "decouple": True,
+    }
 
 
 def test_trials_that_kill_the_network_do_not_end_the_walk(single_thread):
@@ -389,3 +392,247 @@ def test_a_rule_that_sets_its_own_step_keeps_it_without_a_range_test(
     assert choice.options == {"weight_decay": 1e-4}
     # asked for, the range test still sweeps the factor
     assert choose_lr(objective, None, method, policy="range_test", steps=10).policy == "range_test"
+
+
+# -- closure-driven methods, the cost counted, maximizing ------------------------------------------
+class Counting:
+    """An objective that counts its calls (each with the backward pass the caller takes)."""
+
+    def __init__(self, problem) -> None:
+        self.problem, self.x0, self.calls = problem, problem.x0, 0
+
+    def __call__(self, x):
+        self.calls += 1
+        return self.problem(x)
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "newton", "newtoncg", torch.optim.LBFGS])
+def test_a_closure_driven_method_keeps_its_default_lr_at_no_cost(method, single_thread):
+    # Its line search (or Newton step) sizes every step: a range test chose lr=50 for Newton on a
+    # quadratic, and counted 130 "evaluations" where the objective was called 539 times.
+    problem = Counting(problems.quadratic(20, 100.0))
+    choice = choose_lr(problem, optimizer=method)
+    cls = rules_class(method)
+    assert (choice.method, choice.lr, choice.policy, choice.evaluations) == (cls, 1.0, "lr_free", 0)
+    assert problem.calls == 0 and choice.range_test is None and "line search" in choice.reason
+    if method == "newton":  # a quadratic: one full Newton step lands on the minimum
+        run = minimize(problems.quadratic(20, 100.0), None, method, lr="auto", max_iter=20)
+        assert run.success and run.nit == 1 and run.lr_choice.lr == 1.0
+
+
+def rules_class(method):
+    return steepest.rules.by_name(method) if isinstance(method, str) else method
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "rmsprop"])
+def test_the_reported_cost_is_every_evaluation_of_the_objective(method, single_thread):
+    # L-BFGS's line search evaluates several times per step: steps undercounted it 4-8x
+    problem = Counting(problems.quadratic(10, 10.0))
+    choice = choose_lr(problem, optimizer=method, policy="range_test", steps=10, trial_steps=5)
+    assert choice.evaluations == problem.calls
+    steps = len(choice.range_test.lrs) + 5 * len(choice.trials)
+    assert (problem.calls > steps) == (method == "lbfgs")
+
+
+def concave(x):
+    """-1/2 (x - 3)' A (x - 3), A = diag(1 .. 100): to be maximized, its maximum 0 at x = 3."""
+    return -0.5 * (torch.logspace(0, 2, 10, dtype=x.dtype) * (x - 3) ** 2).sum()
+
+
+@pytest.mark.parametrize("method", ["lion", "rmsprop", "adagrad"])
+def test_a_maximizer_is_chosen_for_as_the_minimizer_of_the_objective_turned_round(method, single_thread):
+    # Read as a loss, the rising objective looked like a divergence: Lion chose 50 (0.324 for -f),
+    # every trial of RMSprop and Adagrad failed.
+    x0 = torch.zeros(10)
+    up = choose_lr(concave, None, method, options={"maximize": True}, x0=x0)
+    down = choose_lr(lambda x: -concave(x), None, method, x0=x0)
+    assert up.lr == down.lr and up.trials == down.trials and up.policy == "range_test"
+    assert any(math.isfinite(score) for _, score in up.trials)
+
+
+# -- a stochastic EmpiricalRisk in minimize ---------------------------------------------------------
+class LoggingRisk(EmpiricalRisk):
+    """Keeps the batch (its example indices) of every evaluation."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.log: list[torch.Tensor] = []
+
+    def __call__(self, x):
+        value = super().__call__(x)
+        self.log.append(self._indices.clone())
+        return value
+
+
+def linear_risk(generator=None, risk=EmpiricalRisk):
+    torch.manual_seed(0)
+    inputs = torch.randn(200, 3)
+    targets = inputs @ torch.tensor([1.0, -2.0, 3.0]) + 0.1 * torch.randn(200)
+    return risk(lambda w, batch: batch @ w, F.mse_loss, (inputs, targets), batch_size=10, generator=generator)
+
+
+@pytest.mark.parametrize("own_generator", [False, True])
+def test_choosing_on_a_stochastic_risk_leaves_the_run_as_given_the_chosen_rate(own_generator, single_thread):
+    # The choice drew 596 batches from the risk's stream: the run that followed saw other batches,
+    # and risk.steps, epoch and examples_seen counted the choice's draws.
+    def run(lr):
+        risk = linear_risk(torch.Generator().manual_seed(1) if own_generator else None)
+        torch.manual_seed(123)
+        result = minimize(risk, torch.zeros(3), "rmsprop", lr=lr, max_iter=30, gtol=None)
+        return result, (risk.steps, risk.epoch, risk.step_in_epoch, risk.examples_seen)
+
+    auto, counters = run("auto")
+    given, expected = run(auto.lr_choice.lr)
+    assert counters == expected == (31, 1, 11, 310)
+    assert auto.history["fun"] == given.history["fun"] and torch.equal(auto.x, given.x)
+
+
+def test_the_trials_on_a_stochastic_risk_see_the_same_batches_and_are_judged_as_mini_batches(
+    monkeypatch, single_thread
+):
+    from steepest.lr import auto
+
+    risk = linear_risk(torch.Generator().manual_seed(1), LoggingRisk)
+    trials: list[list[torch.Tensor]] = []
+    trial = auto._trial
+
+    def logged(*args, **kwargs):
+        first = len(risk.log)
+        outcome = trial(*args, **kwargs)
+        trials.append(risk.log[first : first + 5])
+        return outcome
+
+    monkeypatch.setattr(auto, "_trial", logged)
+    choice = minimize(risk, torch.zeros(3), "sgd", options=MOMENTUM, lr="auto", max_iter=1).lr_choice
+    assert choice.policy == "range_test" and len(trials) >= 2
+    for batches in trials[1:]:  # (each trial drew its own batches before)
+        assert all(torch.equal(a, b) for a, b in zip(batches, trials[0]))
+    # mini-batch trials: 80 steps, tolerance 1.2 (40 and 2 before, the deterministic settings)
+    assert "x 80 steps" in choice.reason and "within 1.2x of the best" in choice.reason
+    noisy = choose_lr(
+        lambda x: (x**2).sum() * (1 + 0.1 * torch.rand(())), optimizer="sgd", x0=torch.ones(3), noisy=True
+    )
+    assert "x 80 steps" in noisy.reason
+
+
+def test_the_curvature_estimate_leaves_the_random_state_as_it_found_it():
+    # An objective that draws (dropout): the run after lr="auto" started on other draws.
+    weights = torch.linspace(-1, 1, 8)
+
+    def dropped(x):
+        return (F.dropout(x, 0.5) * weights).pow(2).sum()
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    choice = choose_lr(dropped, optimizer="sgd", x0=torch.ones(8))
+    assert choice.policy == "curvature" and torch.equal(torch.rand(3), expected)
+
+
+# -- DataLoader generators --------------------------------------------------------------------------
+def loader_with_generator():
+    torch.manual_seed(0)
+    inputs = torch.randn(256, 8)
+    targets = (inputs[:, 0] + inputs[:, 1] > 0).long()
+    dataset = torch.utils.data.TensorDataset(inputs, targets)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(7)
+    )
+
+
+def test_trials_on_a_loader_with_its_own_generator_see_the_same_batches(monkeypatch, single_thread):
+    from steepest.lr import auto
+
+    loader = loader_with_generator()
+    torch.manual_seed(1)
+    model = torch.nn.Linear(8, 2)
+    firsts: list[torch.Tensor] = []
+    seen: list[torch.Tensor] = []
+    model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].clone()))
+    trial = auto._trial
+
+    def logged(*args, **kwargs):
+        first = len(seen)
+        outcome = trial(*args, **kwargs)
+        firsts.append(seen[first])
+        return outcome
+
+    monkeypatch.setattr(auto, "_trial", logged)
+    before = loader.generator.get_state()
+    choose_lr(model, loader, "rmsprop", steps=10, trial_steps=10)
+    assert torch.equal(loader.generator.get_state(), before)
+    assert len(firsts) >= 2 and all(torch.equal(first, firsts[0]) for first in firsts)
+
+
+def test_fit_with_a_loader_s_own_generator_runs_as_given_the_chosen_rate(single_thread):
+    def run(lr):
+        loader = loader_with_generator()
+        torch.manual_seed(1)
+        model = torch.nn.Linear(8, 2)
+        result = steepest.fit(model, loader, "cross_entropy", "rmsprop", lr=lr, max_steps=8)
+        return result, [p.detach().clone() for p in model.parameters()]
+
+    auto, auto_params = run("auto")
+    _, given_params = run(auto.lr_choice.lr)
+    assert all(torch.equal(a, b) for a, b in zip(auto_params, given_params))
+
+
+# -- stand-ins: MoMo's and Prodigy's options --------------------------------------------------------
+def over_parameterized():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.ReLU(), torch.nn.Linear(32, 3))
+    return model, (torch.randn(64, 8), torch.randint(0, 3, (64,)))
+
+
+def test_momo_takes_the_options_it_has_and_names_the_others(single_thread):
+    model, data = over_parameterized()
+    options = {"momentum": 0.9, "dampening": 0.5, "clip_norm": 1.0, "foreach": False, "nesterov": False}
+    choice = choose_lr(model, data, "sgd", options=options)
+    assert choice.method is steepest.MoMo
+    assert choice.options == {"beta": 0.9, "clip_norm": 1.0, "foreach": False}
+    assert "not taken by MoMo: ['dampening']" in choice.reason
+    assert "1.13x" in choice.reason and "CNN 1.13x" in steepest.lr.auto.__doc__  # the same figure
+    # MoMo cannot ascend: a maximizing SGD keeps SGD (and its maximize), chosen by trials
+    up = choose_lr(model, data, "sgd", options={"momentum": 0.9, "maximize": True}, steps=10, trial_steps=10)
+    assert up.method is SGD and up.policy == "range_test" and up.options["maximize"] is True
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "options", "decouple"),
+    [
+        ("adam", {"weight_decay": 0.1}, False),
+        ("nadam", {"weight_decay": 0.1}, False),
+        (torch.optim.Adamax, {"weight_decay": 0.1}, False),
+        ("nadam", {"weight_decay": 0.1, "decoupled_weight_decay": True}, True),
+        ("adamw", {"weight_decay": 0.1}, True),
+        (torch.optim.AdamW, {"weight_decay": 0.1}, True),
+        ("adam", {}, None),
+    ],
+)
+def test_prodigy_keeps_the_kind_of_the_adam_family_weight_decay(optimizer, options, decouple):
+    # Adam's weight_decay is an L2 term in the gradient; Prodigy decouples by default
+    choice = choose_lr(problems.quadratic(10, 10.0), optimizer=optimizer, options=options)
+    assert choice.method is Prodigy and choice.options.get("decouple") is decouple
+    assert ("decouple=" in choice.reason) == (decouple is not None)
+    assert "not taken" not in choice.reason  # decoupled_weight_decay is translated, not dropped
+
+
+def test_the_adam_family_is_what_the_docs_say():
+    for klass in (torch.optim.RAdam, torch.optim.Adamax, torch.optim.NAdam):
+        assert is_adam_family(klass) and is_adam_family(klass.__name__)
+        assert klass.__name__ in is_adam_family.__doc__ and klass.__name__ in steepest.lr.auto.__doc__
+
+
+def test_the_caller_s_safety_settings_join_the_back_off_the_choice_asks_for(single_thread):
+    # Himmelblau from (0, 0): the start's curvature gives a rate that diverges twice on the way;
+    # safety={"snapshot_every": 5} once dropped the back-off, and the run stopped as diverged.
+    run = minimize(
+        problems.himmelblau(),
+        None,
+        "sgd",
+        options=MOMENTUM,
+        lr="auto",
+        max_iter=2000,
+        safety={"snapshot_every": 5},
+    )
+    assert run.success and run.safety["backoffs"] >= 1, run.message

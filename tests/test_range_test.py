@@ -458,3 +458,64 @@ def test_a_rule_that_differentiates_the_loss_twice_gets_a_closure_that_keeps_the
     result = range_test(steepest.problems.rosenbrock(), None, steepest.Newton, max_lr=10.0, steps=10)
     assert np.isfinite(result.losses).all()
     assert result.losses[0, -1] < result.losses[0, 0]
+
+
+def test_every_evaluation_of_the_loss_is_counted_a_line_search_s_too() -> None:
+    # L-BFGS evaluates its closure several times per step: counting steps undercounted the cost
+    calls = []
+    bowl = Bowl()
+
+    def counted(x: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return bowl(x)
+
+    counted.x0 = bowl.x0
+    result = range_test(counted, None, steepest.LBFGS, min_lr=1e-3, max_lr=1.0, steps=10, repeats=1)
+    assert result.evaluations == [len(calls)] and len(calls) > 10
+    calls.clear()
+    plain = range_test(counted, None, steepest.SGD, max_lr=1.0, steps=20, repeats=1)
+    (stop,) = plain.stopped_at
+    assert plain.evaluations == [len(calls)] == [20 if stop is None else stop + 1]
+
+
+def test_a_maximizing_optimizer_reads_the_objective_turned_round() -> None:
+    # Ascending -f is descending f step for step: the same curve, the same suggestions. Read as a
+    # loss, the rising objective was a divergence at the first steps.
+    bowl = Bowl()
+
+    def upside_down(x: torch.Tensor) -> torch.Tensor:
+        return -bowl(x)
+
+    upside_down.x0 = bowl.x0
+    sweep = {"min_lr": 1e-5, "max_lr": 1.0, "steps": 40, "repeats": 1}
+    down = range_test(bowl, None, steepest.SGD, **sweep)
+    up = range_test(upside_down, None, functools.partial(steepest.SGD, maximize=True), **sweep)
+    np.testing.assert_array_equal(up.losses, down.losses)
+    assert up.stopped_at == down.stopped_at and up.consensus == down.consensus
+
+    def mixed(params):
+        other = torch.zeros(2, requires_grad=True)
+        return steepest.SGD([{"params": params, "maximize": True}, {"params": [other]}], lr=1.0)
+
+    with pytest.raises(ValueError, match="maximize"):
+        range_test(bowl, None, mixed, **sweep)
+
+
+@pytest.mark.parametrize("where", ["loader", "sampler"])
+def test_a_dataloader_s_own_generator_is_seeded_for_each_repeat_and_restored(where) -> None:
+    # fit's run after lr="auto" shuffled from where the choice had left the loader's generator
+    images, labels = digits()
+    dataset = torch.utils.data.TensorDataset(images, labels)
+    generator = torch.Generator().manual_seed(7)
+    if where == "loader":
+        loader = torch.utils.data.DataLoader(dataset, batch_size=64, shuffle=True, generator=generator)
+    else:
+        sampler = torch.utils.data.RandomSampler(dataset, generator=generator)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=64, sampler=sampler)
+    before = generator.get_state()
+    first = range_test(mlp(), loader, steepest.SGD, steps=12, repeats=2)
+    assert torch.equal(generator.get_state(), before)
+    generator.manual_seed(99)  # wherever the caller's generator stands, the same seed, the same test
+    again = range_test(mlp(), loader, steepest.SGD, steps=12, repeats=2)
+    np.testing.assert_array_equal(first.losses, again.losses)
+    assert not np.array_equal(first.losses[0], first.losses[1])  # repeats see other orders

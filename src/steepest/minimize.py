@@ -46,6 +46,7 @@ from steepest import rules, stopping
 from steepest.clipping import global_norm
 from steepest.lr.auto import LRChoice, choose_lr
 from steepest.lr.diagnosis import Diagnosis, RegimeMonitor, UpdateTracker
+from steepest.lr.range_test import RandomState
 from steepest.lr.safety import SafeStep, check_settings
 from steepest.stopping import Status, Stop
 
@@ -426,9 +427,13 @@ def minimize(
         lr: the learning rate (a float or a schedule ``step -> float``); None keeps the
             optimizer's default. Not with a factory. ``"auto"``: chosen by
             :func:`steepest.lr.auto.choose_lr` before the run (an Adam-family method runs
-            as Prodigy with lr=1; SGD gets 0.9 of its stable limit at the start's curvature,
-            and the run backs off from a divergence unless ``on_nonfinite`` says otherwise;
-            others get a short range test and trials); ``result.lr_choice`` says what and why.
+            as Prodigy with lr=1, 0.5 on a stochastic objective; a closure-driven method
+            (L-BFGS, Newton) keeps lr=1, its line search sizes the steps; SGD gets 0.9 of its
+            stable limit at the start's curvature, and the run backs off from a divergence
+            unless ``on_nonfinite`` says otherwise, ``on_spike`` and ``safety`` joining that
+            back-off; others get a short range test and trials, on a stochastic
+            :class:`EmpiricalRisk` with batches it draws, the same for every trial, its batch
+            stream and counters put back afterwards); ``result.lr_choice`` says what and why.
         options: other keyword arguments of the optimizer class (``{"momentum": 0.9}``).
             For a class with torch.optim.LBFGS's arguments, minimize sets ``max_iter=1``
             (one iteration per step, so that its criteria see every iteration), a
@@ -499,10 +504,13 @@ def minimize(
             raise ValueError(f"lr must be a number, a schedule, None or 'auto', got lr={lr!r}")
         lr_choice, method, options = _auto_lr(fun, x0, leaves, method, options)
         lr = lr_choice.lr
-        if lr_choice.safety and on_nonfinite is None and on_spike is None and not safety:
-            # the chosen rate comes with a guard (the curvature policy: a path that meets stiffer
-            # curvature than the start's backs off); the caller's own policy, if any, wins
+        # The chosen rate may come with a guard (the curvature policy: a path that meets stiffer
+        # curvature than the start's backs off). A policy the caller set wins over the guard's
+        # for the same event; the caller's other settings (on_spike, safety's snapshot_every,
+        # ...) join it rather than remove it: without the back-off that rate may diverge.
+        if on_nonfinite is None:
             on_nonfinite = lr_choice.safety.get("on_nonfinite")
+        if on_spike is None:
             on_spike = lr_choice.safety.get("on_spike")
     optimizer = _build_optimizer(method, leaves, lr, options)
     driven_by_closure = rules.requires_closure(optimizer)
@@ -678,7 +686,16 @@ def _auto_lr(
     method: Any,
     options: Mapping[str, Any] | None,
 ) -> tuple[LRChoice, type[torch.optim.Optimizer], dict[str, Any]]:
-    """lr="auto": the choice, the class to build and the options it accepts."""
+    """lr="auto": the choice, the class to build and the options it accepts.
+
+    The choice leaves ``fun`` and the random states as it found them, so that the run that
+    follows is the run given the chosen rate. A stochastic :class:`EmpiricalRisk` hands the
+    choice batches its own sampler draws, as mini-batch data: every trial sees the same
+    batches and is judged as on mini-batches (``choose_lr`` with ``data``); its batch stream,
+    counters and generator are put back afterwards. Another stochastic objective (an
+    ``is_stochastic`` one with a ``next_batch``) draws a batch at every call, which the choice
+    cannot replay (``noisy``): its trials see different batches and its state moves on.
+    """
     if isinstance(method, str):
         method = _method_class(method)
     if not (isinstance(method, type) and issubclass(method, torch.optim.Optimizer)):
@@ -691,15 +708,47 @@ def _auto_lr(
     start = [leaf.detach().clone() for leaf in leaves]
     stochastic = bool(getattr(fun, "is_stochastic", False))
     next_batch = getattr(fun, "next_batch", None)
+    risk = fun if isinstance(fun, EmpiricalRisk) else None
+    # (drawing the choice's batches moves the risk's generator, or torch's global one)
+    saved_random = RandomState.capture()
+    saved_risk = None if risk is None else dict(vars(risk))
+    saved_generator = None if risk is None or risk.generator is None else risk.generator.get_state()
+    try:
+        if risk is not None and stochastic:
 
-    def objective(point: list[Tensor]) -> Tensor:
-        if stochastic and callable(next_batch):
-            next_batch()
-        return fun(_rebuild(x0, iter(point)))
+            def drawn() -> Iterator[Tensor]:
+                # choose_lr keeps as many as its longest pass reads, and replays them
+                while True:
+                    risk.next_batch()
+                    yield risk._indices
 
-    choice = choose_lr(
-        objective, None, method, x0=start, options=options, repeats=3 if stochastic else 1, noisy=stochastic
-    )
+            def on_batch(point: list[Tensor], indices: Tensor) -> Tensor:
+                risk._indices = indices
+                return risk(_rebuild(x0, iter(point)))
+
+            choice = choose_lr(on_batch, drawn(), method, x0=start, options=options, repeats=3)
+        else:
+
+            def objective(point: list[Tensor]) -> Tensor:
+                if stochastic and callable(next_batch):
+                    next_batch()
+                return fun(_rebuild(x0, iter(point)))
+
+            choice = choose_lr(
+                objective,
+                None,
+                method,
+                x0=start,
+                options=options,
+                repeats=3 if stochastic else 1,
+                noisy=stochastic,
+            )
+    finally:
+        saved_random.restore()
+        if risk is not None:
+            vars(risk).update(saved_risk)
+            if saved_generator is not None:
+                risk.generator.set_state(saved_generator)
     return choice, choice.method, dict(choice.options)
 
 

@@ -15,8 +15,9 @@ What the single-shot finders of fastai and Lightning get wrong, and what this on
 * **The finder must leave no trace.** Lightning's finder leaves the model at the diverged
   weights (#6675) and its trainer with the sweep's schedule (#12670, fixed in #14113); fastai's
   keeps optimizer state around (#2892, #3013). Here the sweep builds its own optimizer, never
-  touches the caller's, and restores every parameter, buffer, gradient, train/eval flag and the
-  torch, numpy and Python random states bit for bit, even when the sweep raises.
+  touches the caller's, and restores every parameter, buffer, gradient, train/eval flag, the
+  torch, numpy and Python random states and a DataLoader's own generator bit for bit, even when
+  the sweep raises.
 * **One rule is one opinion.** "Steepest descent of the loss" picks a noise dip as easily as
   the real descent; "minimum / 10" is only as good as the minimum. Here three named rules run on
   every repeat and the consensus is their median in log space, clipped below the earliest
@@ -80,7 +81,9 @@ class RangeTestResult:
     Attributes:
         lrs: the swept learning rates, shape (steps,).
         losses: the raw loss at each rate, one row per repeat, shape (repeats, steps); NaN past
-            the point where that repeat stopped.
+            the point where that repeat stopped. For an optimizer that maximizes
+            (``maximize=True``) it is the objective turned round, -f, so that for every reader
+            of the curve lower is better and a rising curve a divergence.
         smoothed: each row smoothed without lag (a centred running median, then a centred
             running mean, over ``2 * half_width + 1`` points), NaN past the stop; the rules and
             the plot read these.
@@ -98,6 +101,9 @@ class RangeTestResult:
         deterministic: True when a second repeat reproduced the first bit for bit (full-batch,
             no dropout), so further repeats were skipped as pointless.
         notes: warnings about the sweep (range too narrow, loss never fell, ...).
+        evaluations: per repeat, the loss evaluations (each with its backward pass) the sweep
+            spent: one per step, more for an optimizer whose step calls its closure again
+            (L-BFGS's line search, Newton's backtracking).
     """
 
     lrs: np.ndarray
@@ -113,6 +119,7 @@ class RangeTestResult:
     smoothing: float
     deterministic: bool = False
     notes: list[str] = field(default_factory=list)
+    evaluations: list[int] = field(default_factory=list)
 
     @property
     def repeats(self) -> int:
@@ -276,9 +283,15 @@ def range_test(
     not finite; read the suggestions off the loss smoothed without lag.
 
     Every repeat starts from the same parameters with a fresh optimizer, and seeds torch, numpy
-    and Python's ``random`` with ``seed + repeat`` (so batch orders and dropout differ between
-    repeats and the whole test is reproducible). Afterwards the model's parameters, buffers,
-    gradients and train/eval flags and all three random states are restored bit for bit.
+    and Python's ``random`` with ``seed + repeat``, and so the generator of a DataLoader (or of
+    its sampler) that has its own (so batch orders and dropout differ between repeats, and the
+    same seed gives the same batches: the whole test is reproducible). Afterwards the model's
+    parameters, buffers, gradients and train/eval flags, all three global random states and
+    the data's own generators are restored bit for bit.
+
+    An optimizer that maximizes (``maximize=True`` in every param group) climbs the objective:
+    the sweep records -f, so the rules read the same falling-then-rising curve as for a
+    minimizer (a mix of maximizing and minimizing groups has no one curve and is refused).
 
     Suggestion rules, on each repeat's lag-free smoothed curve up to its stop (:data:`RULES`):
 
@@ -358,7 +371,7 @@ def range_test(
         lrs = np.linspace(min_lr, max_lr, steps)
     # Captured before the data is read: a one-shot iterator (a shuffling DataLoader's, a
     # generator) may draw from the random generators as it yields its batches.
-    saved_random = RandomState.capture()
+    saved_random = RandomState.capture(data)
     try:
         task = _Task.build(model_or_objective, data, optimizer, loss_fn, batch_size, x0, steps, min_lr)
     except BaseException:
@@ -367,14 +380,16 @@ def range_test(
     try:
         rows: list[np.ndarray] = []
         stops: list[int | None] = []
+        evaluations: list[int] = []
         seeds: list[int] = []
         deterministic = False
         for repeat in range(repeats):
             repeat_seed = seed + repeat
-            _seed_everything(repeat_seed)
-            row, stop = _sweep(task, lrs, smoothing, diverge_factor, repeat_seed)
+            _seed_everything(repeat_seed, saved_random.generators)
+            row, stop, spent = _sweep(task, lrs, smoothing, diverge_factor, repeat_seed)
             rows.append(row)
             stops.append(stop)
+            evaluations.append(spent)
             seeds.append(repeat_seed)
             if repeat == 1 and np.array_equal(rows[0], rows[1], equal_nan=True):
                 deterministic = True
@@ -386,7 +401,9 @@ def range_test(
     losses = np.vstack(rows)
     half_width = max(1, round(steps / _POINTS_PER_HALF_WIDTH))
     smoothed = np.vstack([_smooth_without_lag(row, stop, half_width) for row, stop in zip(losses, stops)])
-    return _analyse(lrs, losses, smoothed, stops, seeds, mode, smoothing, deterministic)
+    result = _analyse(lrs, losses, smoothed, stops, seeds, mode, smoothing, deterministic)
+    result.evaluations = evaluations
+    return result
 
 
 def check_sweep(
@@ -407,11 +424,13 @@ def check_sweep(
 
 def _sweep(
     task: _Task, lrs: np.ndarray, smoothing: float, diverge_factor: float | None, seed: int
-) -> tuple[np.ndarray, int | None]:
-    """One sweep from the task's starting point; the raw losses (NaN past the stop) and the stop."""
+) -> tuple[np.ndarray, int | None, int]:
+    """One sweep from the task's starting point: the raw losses (-f for a maximizer; NaN past
+    the stop), the stop, and the loss evaluations spent (a closure-driven step makes several)."""
     params = task.start()
     optimizer = task.make_optimizer(params)
     ratios = _group_ratios(optimizer)
+    turned = _orientation(optimizer)
     needs_closure = rules.requires_closure(optimizer)
     # Newton differentiates the loss itself, twice: its closure hands it the loss with its graph
     # (backward(create_graph=True) would tie each parameter and its gradient in a reference cycle)
@@ -419,12 +438,15 @@ def _sweep(
     batches = task.batches(seed)
     losses = np.full(len(lrs), np.nan)
     average, best = 0.0, math.inf
+    evaluations = 0
     for index, lr in enumerate(lrs):
         for group, ratio in zip(optimizer.param_groups, ratios):
             _set_lr(group, float(lr) * ratio)
         batch = next(batches)
 
         def closure(batch: Any = batch) -> Tensor:
+            nonlocal evaluations
+            evaluations += 1  # (a line search calls it again: each call is an evaluation)
             optimizer.zero_grad(set_to_none=True)
             loss = task.loss(params, batch)
             if not differentiates_itself:
@@ -432,7 +454,7 @@ def _sweep(
             return loss
 
         loss = closure()
-        value = float(loss.detach())
+        value = turned * float(loss.detach())
         losses[index] = value
         if not math.isfinite(value):
             if index == 0:  # at min_lr's first step nothing has moved yet: no curve to read
@@ -440,7 +462,7 @@ def _sweep(
                     f"the loss is {value} at the starting point, before any step: "
                     "there is no learning rate to find"
                 )
-            return losses, index
+            return losses, index, evaluations
         if needs_closure:
             optimizer.step(closure)
         else:
@@ -456,8 +478,23 @@ def _sweep(
         smooth = average / (1 - smoothing ** (index + 1))
         best = min(best, smooth)
         if diverge_factor is not None and index > 0 and smooth - best > (diverge_factor - 1) * abs(best):
-            return losses, index
-    return losses, None
+            return losses, index, evaluations
+    return losses, None, evaluations
+
+
+def _orientation(optimizer: torch.optim.Optimizer) -> float:
+    """-1 when the optimizer maximizes (every group's ``maximize``), 1 when it minimizes.
+
+    The sweep records the loss times this, so that a maximizer's rising objective reads as a
+    falling curve; groups that disagree leave no one curve to read.
+    """
+    flags = {bool(group.get("maximize", False)) for group in optimizer.param_groups}
+    if len(flags) > 1:
+        raise ValueError(
+            "the optimizer maximizes in some param groups and minimizes in others "
+            "(maximize=True in only some): the range test reads one loss curve"
+        )
+    return -1.0 if flags == {True} else 1.0
 
 
 # -- reading the curves ------------------------------------------------------------------------
@@ -773,7 +810,8 @@ class _Data:
                 yield self.sequence[index]
 
     def _iterable_stream(self) -> Iterator[Any]:
-        # A DataLoader reshuffles from torch's global generator, which each repeat has seeded.
+        # A DataLoader reshuffles from torch's global generator or its own, which each repeat has
+        # seeded.
         while True:
             empty = True
             for batch in self.iterable:
@@ -831,17 +869,22 @@ class _ModuleSnapshot:
 
 @dataclass
 class RandomState:
-    """torch (CPU and initialised CUDA devices), numpy and Python random states."""
+    """torch (CPU and initialised CUDA devices), numpy and Python random states, and the
+    generators the data draws its order from (a DataLoader's or its sampler's own)."""
 
     torch_cpu: Tensor
     torch_cuda: list[Tensor] | None
     numpy: Any
     python: Any
+    generators: list[torch.Generator] = field(default_factory=list)
+    generator_states: list[Tensor] = field(default_factory=list)
 
     @classmethod
-    def capture(cls) -> RandomState:
+    def capture(cls, data: Any = None) -> RandomState:
         cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-        return cls(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate())
+        generators = _data_generators(data)
+        states = [generator.get_state() for generator in generators]
+        return cls(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate(), generators, states)
 
     def restore(self) -> None:
         torch.set_rng_state(self.torch_cpu)
@@ -849,12 +892,32 @@ class RandomState:
             torch.cuda.set_rng_state_all(self.torch_cuda)
         np.random.set_state(self.numpy)
         random.setstate(self.python)
+        for generator, state in zip(self.generators, self.generator_states):
+            generator.set_state(state)
 
 
-def _seed_everything(seed: int) -> None:
+def _data_generators(data: Any) -> list[torch.Generator]:
+    """The torch generators a DataLoader shuffles with besides the global one: its own
+    ``generator`` (which its RandomSampler shares) and a sampler's or batch sampler's own."""
+    sampler = getattr(data, "sampler", None)
+    batch_sampler = getattr(data, "batch_sampler", None)
+    owners = (data, sampler, batch_sampler, getattr(batch_sampler, "sampler", None))
+    found: dict[int, torch.Generator] = {}
+    for owner in owners:
+        generator = getattr(owner, "generator", None)
+        if isinstance(generator, torch.Generator):
+            found.setdefault(id(generator), generator)
+    return list(found.values())
+
+
+def _seed_everything(seed: int, generators: Sequence[torch.Generator] = ()) -> None:
+    """Seed torch, numpy, Python and the data's own generators: a sweep or a trial with the
+    same seed then sees the same batches (and dropout), whichever generator draws them."""
     torch.manual_seed(seed)
     np.random.seed(seed)
     random.seed(seed)
+    for generator in generators:
+        generator.manual_seed(seed)
 
 
 # -- optimizers ---------------------------------------------------------------------------------

@@ -427,7 +427,7 @@ def test_schedule_peaks_summary_and_plot(tmp_path) -> None:
     summary = lr_find_summary(result)
     for rule in (*RULES, "consensus"):
         assert rule in summary
-    assert f"{result.consensus:.3g}" in summary and "2 repeat(s)" in summary
+    assert f"{result.consensus:.3g}" in summary and "2 repeats (different batch orders)" in summary
     with pytest.raises(TypeError, match="RangeTestResult"):
         lr_find_summary({"consensus": 1.0})
 
@@ -437,6 +437,7 @@ def test_schedule_peaks_summary_and_plot(tmp_path) -> None:
     labels_drawn = [line.get_label() for line in ax.get_lines()]
     assert any(label.startswith("consensus") for label in labels_drawn)
     assert sum(label.split(":")[0] in RULES for label in labels_drawn) == len(RULES)
+    assert {label.split(":")[0] for label in labels_drawn} >= {"warmup_cosine peak", "one_cycle peak"}
     from matplotlib.figure import Figure
 
     own_axes = Figure().add_subplot()
@@ -519,3 +520,11 @@ def test_a_dataloader_s_own_generator_is_seeded_for_each_repeat_and_restored(whe
     again = range_test(mlp(), loader, steepest.SGD, steps=12, repeats=2)
     np.testing.assert_array_equal(first.losses, again.losses)
     assert not np.array_equal(first.losses[0], first.losses[1])  # repeats see other orders
+
+
+def test_one_repeat_is_said_as_one() -> None:
+    # "1 repeat(s) (different batch orders)": there was one order
+    images, labels = digits()
+    result = range_test(mlp(), (images, labels), steepest.SGD, steps=20, repeats=1)
+    first = lr_find_summary(result).splitlines()[0]
+    assert first.startswith("learning-rate range test: 1 repeat x 20 steps"), first

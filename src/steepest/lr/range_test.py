@@ -154,7 +154,8 @@ class RangeTestResult:
     def suggest_schedule(self, kind: str = "warmup_cosine", total_steps: int = 1000) -> float:
         """Peak learning rate for a warm-up + cosine or a one-cycle schedule.
 
-        Rule: peak = min(m * consensus, edge), m = 2 for ``warmup_cosine``, 3 for ``one_cycle``.
+        Rule: peak = min(m * consensus, max(edge, consensus)), m = 2 for ``warmup_cosine``, 3 for
+        ``one_cycle``.
 
         Why: the consensus is a good *constant* rate. A linear warm-up followed by a cosine
         (or linear) anneal to zero spends on average half of its peak, whatever its length, so
@@ -162,9 +163,10 @@ class RangeTestResult:
         and ending with small steps. One-cycle (Smith 2018) deliberately runs its middle phase
         at the largest rate that still trains, using it as a regulariser, hence a slightly
         larger multiple. Neither may exceed ``edge``, the rate at which the loss stopped falling
-        in some repeat. The rule depends on ``total_steps`` only through that averaging
-        argument, which holds for every length; the argument is checked, and kept in the
-        signature so a caller states the run it plans.
+        in some repeat (nor fall below the consensus, where the edge lies below it). The rule
+        depends on ``total_steps`` only through that averaging argument, which holds for every
+        length; the argument is checked, and kept in the signature so a caller states the run
+        it plans.
 
         Args:
             kind: ``"warmup_cosine"`` or ``"one_cycle"``.
@@ -181,8 +183,9 @@ class RangeTestResult:
     def plot(self, path: str | None = None, ax: Any = None) -> Any:
         """Draw loss versus learning rate: the median curve, the spread, the suggestions.
 
-        Each repeat is a faint line, the band between the lowest and highest repeat is shaded,
-        each rule's suggestion is a dashed vertical line and the consensus a solid one.
+        Each repeat is a faint line, the band between the lowest and highest repeat is shaded
+        (the spread a single sweep would hide), each rule's suggestion is a dashed vertical line,
+        the consensus a solid one, and the peaks of :meth:`suggest_schedule` dotted ones.
         matplotlib is imported here, not at import time, and no pyplot window is opened.
 
         Args:
@@ -211,6 +214,9 @@ class RangeTestResult:
         for rule, value in self.suggestions.items():
             ax.axvline(value, color=styles.get(rule, "gray"), linestyle="--", label=f"{rule}: {value:.2g}")
         ax.axvline(self.consensus, color="tab:red", linewidth=2, label=f"consensus: {self.consensus:.2g}")
+        for kind, color in zip(SCHEDULE_KINDS, ("tab:brown", "tab:pink")):
+            peak = self.suggest_schedule(kind)
+            ax.axvline(peak, color=color, linestyle=":", linewidth=1.5, label=f"{kind} peak: {peak:.2g}")
         if self.mode == "exponential":
             ax.set_xscale("log")
         finite = self.median[np.isfinite(self.median)]
@@ -220,7 +226,7 @@ class RangeTestResult:
             ax.set_ylim(bottom - margin, start + 4 * margin + (start - bottom))
         ax.set_xlabel("learning rate")
         ax.set_ylabel("loss (smoothed)")
-        ax.set_title(f"learning-rate range test, {self.repeats} repeat(s)")
+        ax.set_title(f"learning-rate range test, {_repeats(self.repeats)}")
         ax.legend(fontsize="small")
         if path is not None:
             figure.savefig(path)
@@ -236,9 +242,12 @@ def lr_find_summary(result: RangeTestResult) -> str:
     if not isinstance(result, RangeTestResult):
         raise TypeError(f"result must be a RangeTestResult, got {type(result).__name__}")
     lrs = result.lrs
-    kind = "deterministic, further repeats skipped" if result.deterministic else "different batch orders"
+    if result.deterministic:
+        kind = " (deterministic, further repeats skipped)"
+    else:
+        kind = " (different batch orders)" if result.repeats > 1 else ""
     lines = [
-        f"learning-rate range test: {result.repeats} repeat(s) ({kind}) x {len(lrs)} steps, "
+        f"learning-rate range test: {_repeats(result.repeats)}{kind} x {len(lrs)} steps, "
         f"lr {lrs[0]:.3g} .. {lrs[-1]:.3g} ({result.mode})"
     ]
     stops = ", ".join("-" if index is None else f"{lrs[index]:.3g}" for index in result.stopped_at)
@@ -256,6 +265,10 @@ def lr_find_summary(result: RangeTestResult) -> str:
     lines.append(f"schedules: {peaks}")
     lines.extend(f"note: {note}" for note in result.notes)
     return "\n".join(lines)
+
+
+def _repeats(count: int) -> str:
+    return f"{count} repeat" if count == 1 else f"{count} repeats"
 
 
 # -- the sweep ---------------------------------------------------------------------------------

@@ -84,6 +84,9 @@ it settles at. Nor does Adam at a multiple c of the best first step along -sign(
 by a 61-point scan, its cost not counted; five starts): c = 1 took 1.19x Beale but 1.26x
 Rosenbrock and 1.21x logistic; c = 2 took 0.81-1.02x on Rosenbrock, the quadratic, logistic
 and least squares but 1.90x Beale, 1.39x Himmelblau and 1.28x softmax. No one c serves all.
+Nor Adam's own step (bias-corrected, unweighted moments) at Prodigy's estimate d as its rate
+(five starts): d then grows far more slowly than in Prodigy, whose moments carry d: 1.6-7.4x
+on all seven objectives (d0 = 1e-3: 1.6-5.3x).
 
 Run: ``python benchmarks/tuning_free.py`` (all problems, several minutes on one core),
 ``--quick`` (the three objectives only), ``--problems quadratic mlp``, ``--starts 5``.

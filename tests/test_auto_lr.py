@@ -617,6 +617,15 @@ def test_prodigy_keeps_the_kind_of_the_adam_family_weight_decay(optimizer, optio
     assert "not taken" not in choice.reason  # decoupled_weight_decay is translated, not dropped
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", torch.optim.AdamW])
+def test_adamw_s_own_default_decay_goes_to_prodigy(optimizer):
+    # AdamW without a weight_decay decays by its default, 0.01: it ran as Prodigy with none
+    choice = choose_lr(problems.quadratic(10, 10.0), optimizer=optimizer)
+    assert choice.options == {"weight_decay": 0.01, "decouple": True}, choice.options
+    plain = choose_lr(problems.quadratic(10, 10.0), optimizer="adam")  # Adam's default is 0
+    assert "weight_decay" not in plain.options
+
+
 def test_the_adam_family_is_what_the_docs_say():
     for klass in (torch.optim.RAdam, torch.optim.Adamax, torch.optim.NAdam):
         assert is_adam_family(klass) and is_adam_family(klass.__name__)

@@ -822,11 +822,17 @@ def _prodigy_weight_decay(cls: type, settings: Mapping[str, Any]) -> tuple[dict[
     Rule: coupled (an L2 term added to the gradient: Adam, NAdam, RAdam, Adamax) ->
     ``decouple=False``; decoupled (AdamW, or ``decoupled_weight_decay=True``) -> ``decouple=True``.
     Why: Prodigy decouples by default, which would turn the caller's L2 penalty into another
-    regularizer (its effect scales with the step size, not with the gradient's).
+    regularizer (its effect scales with the step size, not with the gradient's). A weight_decay
+    left out is the optimizer's own default (AdamW's 0.01), not Prodigy's 0: asking for AdamW
+    asks for its decay.
     """
     given = dict(settings)
     # translated, not dropped: it says which kind of decay the caller's weight_decay is
     decoupled = bool(given.pop("decoupled_weight_decay", _is_adamw(cls)))
+    if "weight_decay" not in given:
+        default = _parameters(cls).get("weight_decay")
+        if default is not None and isinstance(default.default, (int, float)) and default.default:
+            given["weight_decay"] = float(default.default)
     if not float(given.get("weight_decay", 0.0) or 0.0):
         return given, ""
     given["decouple"] = decoupled

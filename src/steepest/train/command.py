@@ -390,6 +390,11 @@ def choose_learning_rate(
     ``clip_norm``), and says what it chose and why unless ``quiet``; ``chosen``, a resumed
     run's choice (:func:`saved_choice`), is taken as it is (the run continues with the rate it
     started with, and no range test runs again).
+
+    The chosen constant rate is the schedule's peak as it is, not the 2x or 3x that lr-find
+    advises over its consensus (which runs low): over 10 epochs of the default cosine, RMSprop
+    and Lion on the digits MLP and CNN (3 seeds each) ended as accurate or more at the chosen
+    rate than at twice it in 10 of 12 runs (Lion on the MLP: 93-95% against 64-94%).
     """
     if config["lr"] != "auto":
         optimizer = configured_optimizer(config)

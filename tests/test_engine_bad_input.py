@@ -432,16 +432,17 @@ def test_a_step_saved_as_a_python_int_loads_as_a_tensor(name: str) -> None:
     # it failed at the next step (two tensors in a bucket) or stopped counting (one tensor).
     optimizer, params = stepped(name)
     saved = copy.deepcopy(optimizer.state_dict())
+    if not any("step" in entry for entry in saved["state"].values()):
+        pytest.skip(f"{name} counts its steps per group, not per parameter")
     for entry in saved["state"].values():
-        if "step" in entry:  # (schedule-free counts its steps per group)
-            entry["step"] = int(entry["step"])
+        entry["step"] = int(entry["step"])
     runs = []
     for state_dict in (copy.deepcopy(optimizer.state_dict()), saved):
         resumed = [p.detach().clone().requires_grad_(True) for p in params]
         follower = OPTIMIZERS[name](resumed)
         follower.load_state_dict(state_dict)
         take_steps(follower, resumed, 3)
-        runs.append((resumed, [entry["step"] for entry in follower.state.values() if "step" in entry]))
+        runs.append((resumed, [entry["step"] for entry in follower.state.values()]))
     (expected, expected_steps), (got, steps) = runs
     assert all(torch.equal(a, b) for a, b in zip(expected, got))
     assert all(torch.is_tensor(step) and float(step) == 5 for step in steps), steps

@@ -528,3 +528,20 @@ def test_one_repeat_is_said_as_one() -> None:
     result = range_test(mlp(), (images, labels), steepest.SGD, steps=20, repeats=1)
     first = lr_find_summary(result).splitlines()[0]
     assert first.startswith("learning-rate range test: 1 repeat x 20 steps"), first
+
+
+def test_groups_that_disagree_on_maximize_are_refused() -> None:
+    # a maximizer's curve is read turned round; groups that disagree have no one curve
+    model = mlp()
+    params = list(model.parameters())
+    mixed = steepest.SGD([{"params": params[:1], "maximize": True}, {"params": params[1:]}], lr=0.1)
+    with pytest.raises(ValueError, match="maximizes in some param groups and minimizes in others"):
+        steepest.rules.loss_sign(mixed)
+    with pytest.raises(ValueError, match="maximizes in some param groups"):
+        range_test(
+            model,
+            digits(),
+            lambda p: steepest.SGD([{"params": p[:1], "maximize": True}, {"params": p[1:]}], lr=1e-7),
+            steps=10,
+            repeats=1,
+        )

@@ -544,15 +544,12 @@ def minimize(
     if monitor is not None:
         history["regime"] = []
     # The monitor reads a loss to minimize: a maximized objective is turned round for it.
-    turned = -1.0 if any(group.get("maximize", False) for group in optimizer.param_groups) else 1.0
+    turned = rules.loss_sign(optimizer) if monitor is not None else 1.0
 
-    def observe_divergence(iteration: int, fun_value: float, grad_norm: float) -> None:
+    def observe_divergence(iteration: int, fun_value: float, grad_norm: float, rate: float) -> None:
         """Report a non-finite value that stops the run to the monitor, as a divergence."""
         if monitor is not None and not (math.isfinite(fun_value) and math.isfinite(grad_norm)):
-            rate = _learning_rate(optimizer)
-            monitor.observe(
-                iteration, turned * fun_value, grad_norm, lr=rate if math.isfinite(rate) else None
-            )
+            monitor.observe(iteration, turned * fun_value, grad_norm, lr=_known(rate))
             history["regime"][-1] = monitor.latest.regime if monitor.latest is not None else ""
 
     guard = None
@@ -569,14 +566,15 @@ def minimize(
         grad_norm = float(global_norm(objective.gradients()))
         history["fun"].append(fun_value)
         history["grad_norm"].append(grad_norm)
-        history["lr"].append(_learning_rate(optimizer))
+        rate = _learning_rate(optimizer)  # the rate this iteration's step takes
+        history["lr"].append(rate)
         if monitor is not None:
             latest = monitor.latest
             history["regime"].append("" if latest is None else latest.regime)
         if guard is not None:
             verdict = guard.check(value)
             if verdict.should_stop:
-                observe_divergence(iteration, fun_value, grad_norm)
+                observe_divergence(iteration, fun_value, grad_norm, rate)
                 stop = Stop(
                     f"stopped by the safe-step policy: {verdict.reason}",
                     success=False,
@@ -605,14 +603,13 @@ def minimize(
             # x did not move: ftol would read that as convergence (scipy reports ABNORMAL)
             stop = Stop(f"no progress: {gave_up}", success=False, status=Status.NO_PROGRESS)
         if stop is not None:
-            observe_divergence(iteration, fun_value, grad_norm)
+            observe_divergence(iteration, fun_value, grad_norm, rate)
             break
         with torch.no_grad():
             for kept, leaf in zip(previous, leaves):
                 kept.copy_(leaf)
         if tracker is not None:
             tracker.snapshot()
-        rate = _learning_rate(optimizer)  # the rate this step takes (a schedule moves it after)
         if driven_by_closure:
             optimizer.step(objective.closure)
         else:  # (MoMo's Polyak step reads the loss at this point)
@@ -624,7 +621,7 @@ def minimize(
                 turned * fun_value,
                 grad_norm,
                 ratio,
-                lr=rate if math.isfinite(rate) else None,  # (an optimizer without one: L-BFGS-like)
+                lr=_known(rate),
                 update_norm=length,
             )
         iteration += 1
@@ -709,10 +706,9 @@ def _auto_lr(
     stochastic = bool(getattr(fun, "is_stochastic", False))
     next_batch = getattr(fun, "next_batch", None)
     risk = fun if isinstance(fun, EmpiricalRisk) else None
-    # (drawing the choice's batches moves the risk's generator, or torch's global one)
-    saved_random = RandomState.capture()
+    # (drawing the choice's batches moves the risk's own generator, or torch's global one)
+    saved_random = RandomState.capture(risk)
     saved_risk = None if risk is None else dict(vars(risk))
-    saved_generator = None if risk is None or risk.generator is None else risk.generator.get_state()
     try:
         if risk is not None and stochastic:
 
@@ -747,8 +743,6 @@ def _auto_lr(
         saved_random.restore()
         if risk is not None:
             vars(risk).update(saved_risk)
-            if saved_generator is not None:
-                risk.generator.set_state(saved_generator)
     return choice, choice.method, dict(choice.options)
 
 
@@ -823,6 +817,11 @@ def _learning_rate(optimizer: torch.optim.Optimizer) -> float:
         return float(value)
     except (TypeError, ValueError):
         return math.nan
+
+
+def _known(rate: float) -> float | None:
+    """The rate for the regime monitor: None for an optimizer without one (NaN in the history)."""
+    return rate if math.isfinite(rate) else None
 
 
 # --------------------------------------------------------------------------- empirical risk

@@ -271,6 +271,105 @@ class LRChoice:
     def __str__(self) -> str:
         return f"lr={self.lr:.3g} with {self.method.__name__} ({self.policy}): {self.reason}"
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, safe in JSON and in a checkpoint: what ``lr_choice.json`` and fit's
+        checkpoints keep of the choice (not the range test's curves).
+
+        ``lr``, ``method`` (the class's name), ``options``, ``policy``, ``reason`` and
+        ``evaluations`` (what the choice cost), then what it measured, each only when it did:
+        ``suggestions`` and ``spread`` (the range test), ``trials`` (``[rate, score]``, the score
+        None for a trial that failed), ``curvature`` and ``safety``.
+        """
+        record: dict[str, Any] = {
+            "lr": float(self.lr),
+            "method": self.method.__name__,
+            "options": dict(self.options),
+            "policy": self.policy,
+            "reason": self.reason,
+            "evaluations": int(self.evaluations),
+        }
+        if self.suggestions:
+            record["suggestions"] = {rule: float(rate) for rule, rate in self.suggestions.items()}
+        if math.isfinite(self.spread):
+            record["spread"] = float(self.spread)
+        if self.trials:
+            record["trials"] = [
+                [float(rate), float(score) if math.isfinite(score) else None] for rate, score in self.trials
+            ]
+        if math.isfinite(self.curvature):
+            record["curvature"] = float(self.curvature)
+        if self.safety:
+            record["safety"] = dict(self.safety)
+        return record
+
+    @classmethod
+    def from_dict(
+        cls, record: Any, asked: type[torch.optim.Optimizer], trained_with: str | None = None
+    ) -> LRChoice:
+        """Inverse of :meth:`to_dict`, checked: a resumed run continues with the choice it started
+        with, and never chooses again.
+
+        ``method`` must be the class ``asked`` for or one steepest knows by name (the stand-ins
+        Prodigy and MoMo), and the class ``trained_with`` names when given (a checkpoint holds
+        that optimizer's state); ``lr`` a positive finite number; ``options`` a dict of keyword
+        arguments, without ``lr``.
+
+        Raises:
+            ValueError: the first field that is missing or wrong, named with its value.
+        """
+        if not isinstance(record, Mapping):
+            raise ValueError(f"it is not a record of a choice: {record!r:.80}")
+        for key in ("lr", "method", "options"):
+            if key not in record:
+                raise ValueError(f"it has no {key}")
+        name, rate, options = record["method"], record["lr"], record["options"]
+        if not isinstance(name, str):
+            raise ValueError(f"method must be an optimizer's name, got method={name!r}")
+        method = asked if name == asked.__name__ else rules.by_name(name, "method")
+        if trained_with is not None and trained_with != method.__name__:
+            raise ValueError(f"method={name!r}, but the checkpoint holds the state of {trained_with}")
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, (int, float))
+            or not (math.isfinite(rate) and rate > 0)
+        ):
+            raise ValueError(f"lr must be a positive finite number, got lr={rate!r}")
+        if (
+            not isinstance(options, Mapping)
+            or not all(isinstance(key, str) for key in options)
+            or "lr" in options
+        ):
+            raise ValueError(
+                f"options must be a dict of keyword arguments other than lr, got options={options!r}"
+            )
+        evaluations = record.get("evaluations", 0)
+        if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 0:
+            raise ValueError(f"evaluations must be a whole number >= 0, got evaluations={evaluations!r}")
+        try:  # what the choice measured: shown, never used to train
+            measured = {
+                "suggestions": {
+                    str(rule): float(value) for rule, value in record.get("suggestions", {}).items()
+                },
+                "spread": float(record.get("spread", math.nan)),
+                "trials": [
+                    (float(trial), math.inf if score is None else float(score))
+                    for trial, score in record.get("trials", [])
+                ],
+                "curvature": float(record.get("curvature", math.nan)),
+                "safety": {str(key): str(value) for key, value in record.get("safety", {}).items()},
+            }
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"its measurements are damaged ({error})") from None
+        return cls(
+            float(rate),
+            method,
+            str(record.get("policy", "")),
+            str(record.get("reason", "")),
+            evaluations=evaluations,
+            options=dict(options),
+            **measured,
+        )
+
 
 def is_adam_family(optimizer: Any) -> bool:
     """True for Adam, AdamW, NAdam, RAdam, Adamax (steepest's or torch's, or a subclass), by class or name.
@@ -386,7 +485,7 @@ def choose_lr(
     settings = dict(options or {})
     if "lr" in settings:
         raise ValueError(f"options must not hold lr (it is what is chosen), got options={settings!r}")
-    _check_options(cls, settings)
+    built = _check_options(cls, settings)
     own_prodigy = issubclass(cls, Prodigy)  # asked for by name: it keeps its own step, as below
     if policy == "lr_free" or (policy == "auto" and (is_adam_family(cls) or own_prodigy)):
         rate = _PRODIGY_LR[stochastic]
@@ -414,7 +513,7 @@ def choose_lr(
         return LRChoice(rate, method, "lr_free", why, evaluations=0, options=kept)
     if "lr" not in _parameters(cls):
         raise ValueError(f"optimizer {cls.__name__} has no lr argument to choose")
-    if policy == "auto" and rules.requires_closure(_stand_in(cls, settings)):
+    if policy == "auto" and rules.requires_closure(built):
         return _closure_choice(cls, settings)
     if policy == "auto" and _sets_its_own_step(cls):
         return _own_step_choice(cls, settings)
@@ -423,7 +522,7 @@ def choose_lr(
         if choice is not None:
             return choice
     curvature_cost = 0  # gradients spent on a curvature estimate that gave no rate
-    if policy == "auto" and not stochastic and not noisy and _is_gradient_descent(cls):
+    if policy == "auto" and not stochastic and _is_gradient_descent(cls):
         choice, curvature_cost = _curvature_choice(objective_or_model, cls, settings, x0, seed)
         if choice is not None:
             return choice
@@ -848,29 +947,24 @@ def _is_adamw(cls: type) -> bool:
     return any(klass.__name__.lower() == "adamw" for klass in cls.__mro__)
 
 
-def _check_options(cls: type[torch.optim.Optimizer], settings: Mapping[str, Any]) -> None:
+def _check_options(cls: type[torch.optim.Optimizer], settings: Mapping[str, Any]) -> torch.optim.Optimizer:
     """``cls`` takes ``settings``: a misspelt option fails here, before a stand-in (Prodigy,
-    MoMo) drops the options it does not take, and so does a value out of range."""
-    try:
-        parameters = inspect.signature(cls).parameters
-    except (TypeError, ValueError):
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    unknown = sorted(set(settings) - set(parameters))
-    if unknown:
-        taken = sorted(set(parameters) - {"params", "lr"})
-        raise TypeError(f"{cls.__name__} takes no option {unknown}; its options are {taken}")
-    # and their values, as the constructor checks them (on a stand-in parameter: a choice made
-    # for momentum=-0.9 would be read off an optimizer the run can never build)
-    _stand_in(cls, settings)
+    MoMo) drops the options it does not take, and so does a value out of range.
 
-
-def _stand_in(cls: type[torch.optim.Optimizer], settings: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """``cls`` built with ``settings`` on a stand-in parameter (lr=1e-3 where lr has no default):
-    what the run will build, for the questions only an instance answers (needs it a closure?)."""
-    parameter = _parameters(cls).get("lr")
-    needs_lr = parameter is not None and parameter.default is inspect.Parameter.empty
+    Returns ``cls`` built with ``settings`` on a stand-in parameter (lr=1e-3 where lr has no
+    default): what the run will build, for the questions only an instance answers (needs it a
+    closure?).
+    """
+    parameters = _parameters(cls)
+    if parameters and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        unknown = sorted(set(settings) - set(parameters))
+        if unknown:
+            taken = sorted(set(parameters) - {"params", "lr"})
+            raise TypeError(f"{cls.__name__} takes no option {unknown}; its options are {taken}")
+    # and their values, as the constructor checks them (a choice made for momentum=-0.9 would be
+    # read off an optimizer the run can never build)
+    lr = parameters.get("lr")
+    needs_lr = lr is not None and lr.default is inspect.Parameter.empty
     return cls([torch.zeros(2, 2, requires_grad=True)], **({"lr": 1e-3} if needs_lr else {}), **settings)
 
 

@@ -443,7 +443,7 @@ def _sweep(
     params = task.start()
     optimizer = task.make_optimizer(params)
     ratios = _group_ratios(optimizer)
-    turned = _orientation(optimizer)
+    turned = rules.loss_sign(optimizer)
     needs_closure = rules.requires_closure(optimizer)
     # Newton differentiates the loss itself, twice: its closure hands it the loss with its graph
     # (backward(create_graph=True) would tie each parameter and its gradient in a reference cycle)
@@ -493,21 +493,6 @@ def _sweep(
         if diverge_factor is not None and index > 0 and smooth - best > (diverge_factor - 1) * abs(best):
             return losses, index, evaluations
     return losses, None, evaluations
-
-
-def _orientation(optimizer: torch.optim.Optimizer) -> float:
-    """-1 when the optimizer maximizes (every group's ``maximize``), 1 when it minimizes.
-
-    The sweep records the loss times this, so that a maximizer's rising objective reads as a
-    falling curve; groups that disagree leave no one curve to read.
-    """
-    flags = {bool(group.get("maximize", False)) for group in optimizer.param_groups}
-    if len(flags) > 1:
-        raise ValueError(
-            "the optimizer maximizes in some param groups and minimizes in others "
-            "(maximize=True in only some): the range test reads one loss curve"
-        )
-    return -1.0 if flags == {True} else 1.0
 
 
 # -- reading the curves ------------------------------------------------------------------------

@@ -95,6 +95,26 @@ def differentiates_twice(optimizer: _torch.optim.Optimizer) -> bool:
     return bool(getattr(optimizer, "closure_create_graph", False))
 
 
+def loss_sign(optimizer: _torch.optim.Optimizer) -> float:
+    """-1 when ``optimizer`` maximizes (``maximize=True`` in every param group), 1 when it
+    minimizes: what turns its objective into a loss to read, lower being better.
+
+    The range test, ``lr="auto"`` and the regime diagnosis in minimize read losses times this.
+    Groups that disagree leave no one loss to read: a ValueError.
+
+    Example:
+        >>> loss_sign(steepest.SGD([torch.zeros(2, requires_grad=True)], lr=0.1, maximize=True))
+        -1.0
+    """
+    flags = {bool(group.get("maximize", False)) for group in optimizer.param_groups}
+    if len(flags) > 1:
+        raise ValueError(
+            "the optimizer maximizes in some param groups and minimizes in others "
+            "(maximize=True in only some): there is no one loss curve to read"
+        )
+    return -1.0 if flags == {True} else 1.0
+
+
 def loss_keywords(optimizer: _torch.optim.Optimizer, loss: Any) -> dict[str, Any]:
     """The keyword arguments a loop passes to ``optimizer.step`` besides a closure:
     ``{"loss": loss}`` for a rule that reads it (:func:`requires_loss`), else none.

@@ -38,8 +38,6 @@ from steepest.train.fit import (
     StepRecord,
     Trainer,
     build_optimizer,
-    choice_from_record,
-    choice_record,
     choose_lr_for_run,
     fit,
 )
@@ -55,6 +53,7 @@ from steepest.train.progress import Progress
 from steepest.train.report import write_report
 from steepest.train.runs import (
     END,
+    LR_CHOICE_FILE,
     MetricsWriter,
     RunFolder,
     TensorBoardWriter,
@@ -85,8 +84,8 @@ class DiagnoseRegime:
     the latest regime goes into ``record.extra`` for the metrics file, the progress display and
     the report, and so does, on the step that completes a window, that window's advice (the
     verdict, "looks good" included: metrics.jsonl always logs that step). ``say`` announces a
-    change to a regime other than good. Its state is checkpointed; the regime announced last is
-    the latest diagnosis's, so a resumed run does not announce it again.
+    change to a regime other than good (from the monitor's previous diagnosis, which its
+    checkpointed state holds: a resumed run does not announce it again).
     """
 
     name = "regime"
@@ -94,9 +93,9 @@ class DiagnoseRegime:
     def __init__(self, window: int = 20, say: Callable[[str], None] | None = None) -> None:
         self.monitor = learning_rate_tools.RegimeMonitor(window=window)
         self.say = say
-        self._last_regime: str | None = None
 
     def on_step_end(self, trainer: Trainer, record: StepRecord) -> None:
+        previous = self.monitor.latest  # the verdict announced last, or found good
         diagnosis = self.monitor.observe(
             record.step, record.loss, grad_norm=record.grad_norm, lr=record.lr, update_norm=record.update_norm
         )
@@ -105,17 +104,15 @@ class DiagnoseRegime:
         if diagnosis is None:
             return
         record.extra["advice"] = diagnosis.advice
-        if self.say is not None and diagnosis.regime not in ("good", self._last_regime):
-            self.say(f"step {record.step}: {diagnosis.advice}")
-        self._last_regime = diagnosis.regime
+        if self.say is not None and diagnosis.regime != "good":
+            if previous is None or diagnosis.regime != previous.regime:
+                self.say(f"step {record.step}: {diagnosis.advice}")
 
     def state_dict(self) -> dict[str, Any]:
         return self.monitor.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.monitor.load_state_dict(state)
-        latest = self.monitor.latest
-        self._last_regime = None if latest is None else latest.regime
 
 
 def resolve(flags: Mapping[str, Any], config_path: str | None, resume: str | None) -> dict[str, Any]:
@@ -433,7 +430,7 @@ def saved_choice(
     Raises:
         ConfigError: one line naming the file and what is wrong with it.
     """
-    path = folder.path / "lr_choice.json"
+    path = folder.path / LR_CHOICE_FILE
     refuse = f"cannot resume {folder.path}"
     if not path.is_file():
         raise ConfigError(
@@ -446,7 +443,8 @@ def saved_choice(
         raise ConfigError(f"{refuse}: its lr_choice.json cannot be read: {_one_line(error)}") from None
     taken_with = None if state is None else state.get("config", {}).get("optimizer")
     try:
-        choice = choice_from_record(record, rules.by_name(config["optimizer"]), taken_with)
+        asked = rules.by_name(config["optimizer"])
+        choice = learning_rate_tools.LRChoice.from_dict(record, asked, taken_with)
         build_optimizer(
             partial(choice.method, **choice.options), list(model.parameters()), choice.lr, config["clip_norm"]
         )
@@ -574,7 +572,7 @@ def run(
         say(replanned)
     folder = run_folder(config, resume, overwrite)
     if chosen is not None and resume is None:  # (a resumed run's is the one it read)
-        (folder.path / "lr_choice.json").write_text(json.dumps(choice_record(chosen), indent=2) + "\n")
+        (folder.path / LR_CHOICE_FILE).write_text(json.dumps(chosen.to_dict(), indent=2) + "\n")
 
     quiet = config["quiet"]
     callbacks: list[Any] = [DiagnoseRegime(say=None if quiet else say)]

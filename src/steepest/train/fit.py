@@ -40,7 +40,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from steepest import clipping, rules
 from steepest import stopping as stopping_criteria
+from steepest.engine import Optimizer as SteepestOptimizer
 from steepest.engine import validation
+from steepest.lr.auto import LRChoice, choose_lr
 from steepest.lr.range_test import RandomState
 from steepest.train import checkpoint as checkpoints
 
@@ -348,7 +350,6 @@ def _check_built(optimizer: torch.optim.Optimizer, clip_norm: float | None, para
     that requires grad, and nothing else: an optimizer built for other tensors would step
     them and leave the model as it was.
     """
-    from steepest.engine import Optimizer as SteepestOptimizer
 
     name = type(optimizer).__name__
     if rules.requires_closure(optimizer):
@@ -377,7 +378,6 @@ def build_optimizer(
     """The optimizer fit drives on ``params``, from a name, a class (or a partial of one), a
     factory ``params -> optimizer`` or an instance (kept as it is), checked once built (what
     ``_check_optimizer`` can tell before building, it has told already)."""
-    from steepest.engine import Optimizer as SteepestOptimizer
 
     if (class_and_options := _class_and_options(optimizer)) is not None:
         cls, options = class_and_options
@@ -425,8 +425,6 @@ def choose_lr_for_run(
     have no clip_norm: fit clips for them, and the choice runs them unclipped). The choice
     runs in float32, whatever the run's precision. Returns the :class:`steepest.lr.LRChoice`.
     """
-    from steepest.engine import Optimizer as SteepestOptimizer
-    from steepest.lr import choose_lr
 
     settings = dict(options)
     if clip_norm is not None and issubclass(optimizer, SteepestOptimizer):
@@ -439,102 +437,6 @@ def choose_lr_for_run(
         data = DataLoader(data, batch_size=step_size, shuffle=True)
     return choose_lr(
         model, data, optimizer, options=settings, loss_fn=loss_function, batch_size=step_size, seed=seed
-    )
-
-
-def choice_record(choice: Any) -> dict[str, Any]:
-    """An :class:`steepest.lr.LRChoice` as plain values, safe in JSON and in a checkpoint: the
-    record ``lr_choice.json`` and fit's checkpoints keep of it.
-
-    ``lr``, ``method`` (the class's name), ``options``, ``policy``, ``reason`` and
-    ``evaluations`` (what the choice cost), then what it measured, each only when it did:
-    ``suggestions`` and ``spread`` (the range test), ``trials`` (``[rate, score]``, the score
-    None for a trial that failed), ``curvature`` and ``safety``.
-    """
-    record: dict[str, Any] = {
-        "lr": float(choice.lr),
-        "method": choice.method.__name__,
-        "options": dict(choice.options),
-        "policy": choice.policy,
-        "reason": choice.reason,
-        "evaluations": int(choice.evaluations),
-    }
-    if choice.suggestions:
-        record["suggestions"] = {rule: float(rate) for rule, rate in choice.suggestions.items()}
-    if math.isfinite(choice.spread):
-        record["spread"] = float(choice.spread)
-    if choice.trials:
-        record["trials"] = [
-            [float(rate), float(score) if math.isfinite(score) else None] for rate, score in choice.trials
-        ]
-    if math.isfinite(choice.curvature):
-        record["curvature"] = float(choice.curvature)
-    if choice.safety:
-        record["safety"] = dict(choice.safety)
-    return record
-
-
-def choice_from_record(
-    record: Any, asked: type[torch.optim.Optimizer], checkpoint_optimizer: str | None = None
-) -> Any:
-    """The :class:`steepest.lr.LRChoice` a :func:`choice_record` holds, checked: a resumed run
-    continues with the choice it started with, and never chooses again.
-
-    ``method`` must be the class ``asked`` for or one steepest knows by name (the stand-ins
-    Prodigy and MoMo), and the class ``checkpoint_optimizer`` names when given (the checkpoint
-    holds that optimizer's state); ``lr`` a positive finite number; ``options`` a dict of
-    keyword arguments, without ``lr``.
-
-    Raises:
-        ValueError: the first field that is missing or wrong, named with its value.
-    """
-    from steepest.lr import LRChoice
-
-    if not isinstance(record, Mapping):
-        raise ValueError(f"it is not a record of a choice: {record!r:.80}")
-    for key in ("lr", "method", "options"):
-        if key not in record:
-            raise ValueError(f"it has no {key}")
-    name, rate, options = record["method"], record["lr"], record["options"]
-    if not isinstance(name, str):
-        raise ValueError(f"method must be an optimizer's name, got method={name!r}")
-    method = asked if name == asked.__name__ else rules.by_name(name, "method")
-    if checkpoint_optimizer is not None and checkpoint_optimizer != method.__name__:
-        raise ValueError(f"method={name!r}, but the checkpoint holds the state of {checkpoint_optimizer}")
-    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not (math.isfinite(rate) and rate > 0):
-        raise ValueError(f"lr must be a positive finite number, got lr={rate!r}")
-    if (
-        not isinstance(options, Mapping)
-        or not all(isinstance(key, str) for key in options)
-        or "lr" in options
-    ):
-        raise ValueError(
-            f"options must be a dict of keyword arguments other than lr, got options={options!r}"
-        )
-    evaluations = record.get("evaluations", 0)
-    if isinstance(evaluations, bool) or not isinstance(evaluations, int) or evaluations < 0:
-        raise ValueError(f"evaluations must be a whole number >= 0, got evaluations={evaluations!r}")
-    try:  # what the choice measured: shown, never used to train
-        measured = {
-            "suggestions": {str(rule): float(value) for rule, value in record.get("suggestions", {}).items()},
-            "spread": float(record.get("spread", math.nan)),
-            "trials": [
-                (float(trial), math.inf if score is None else float(score))
-                for trial, score in record.get("trials", [])
-            ],
-            "curvature": float(record.get("curvature", math.nan)),
-            "safety": {str(key): str(value) for key, value in record.get("safety", {}).items()},
-        }
-    except (TypeError, ValueError, AttributeError) as error:
-        raise ValueError(f"its measurements are damaged ({error})") from None
-    return LRChoice(
-        float(rate),
-        method,
-        str(record.get("policy", "")),
-        str(record.get("reason", "")),
-        evaluations=evaluations,
-        options=dict(options),
-        **measured,
     )
 
 
@@ -969,7 +871,7 @@ def fit(
                     + "): resume with the rate it ran with"
                 )
             try:
-                lr_choice = choice_from_record(resumed["lr_choice"], cls, resumed["config"]["optimizer"])
+                lr_choice = LRChoice.from_dict(resumed["lr_choice"], cls, resumed["config"]["optimizer"])
             except ValueError as error:
                 raise ValueError(f"resume: the checkpoint's lr='auto' choice: {error}") from None
         else:
@@ -1122,7 +1024,7 @@ def fit(
             "evaluations": [asdict(record) for record in trainer.evaluations],
             "config": config,
             # with lr="auto", what was chosen: a resumed run continues with it
-            "lr_choice": None if lr_choice is None else choice_record(lr_choice),
+            "lr_choice": None if lr_choice is None else lr_choice.to_dict(),
         }
 
     def save() -> None:

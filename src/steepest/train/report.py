@@ -40,10 +40,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from steepest.train.config import ConfigError
-from steepest.train.runs import END, REPORT_FILE, check_writable_place, open_run_folder, read_records
-
-#: What ``steepest train --lr auto`` chose, in the run folder beside config.toml.
-LR_CHOICE_FILE = "lr_choice.json"
+from steepest.train.runs import (
+    END,
+    LR_CHOICE_FILE,
+    REPORT_FILE,
+    check_writable_place,
+    open_run_folder,
+    read_records,
+)
 
 #: Step fields with a plot or column of their own; other numeric fields get a plot each.
 _KNOWN_STEP_FIELDS = frozenset(

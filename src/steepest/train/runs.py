@@ -37,6 +37,8 @@ CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 REPORT_FILE = "report.html"
+#: What ``steepest train --lr auto`` chose (``LRChoice.to_dict``), beside config.toml.
+LR_CHOICE_FILE = "lr_choice.json"
 
 #: ``kind`` of the lines of metrics.jsonl. A line without ``kind`` is a step.
 STEP, EVAL, END = "step", "eval", "end"

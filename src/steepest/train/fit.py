@@ -39,10 +39,11 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from steepest import clipping, rules
+from steepest import lr as learning_rate_tools  # (choose_lr read at the call: tests stand in for it)
 from steepest import stopping as stopping_criteria
 from steepest.engine import Optimizer as SteepestOptimizer
 from steepest.engine import validation
-from steepest.lr.auto import LRChoice, choose_lr
+from steepest.lr.auto import LRChoice
 from steepest.lr.range_test import RandomState
 from steepest.train import checkpoint as checkpoints
 
@@ -435,7 +436,7 @@ def choose_lr_for_run(
         data = pair
     elif isinstance(data, Dataset):
         data = DataLoader(data, batch_size=step_size, shuffle=True)
-    return choose_lr(
+    return learning_rate_tools.choose_lr(
         model, data, optimizer, options=settings, loss_fn=loss_function, batch_size=step_size, seed=seed
     )
 

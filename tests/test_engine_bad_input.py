@@ -433,7 +433,7 @@ def test_a_step_saved_as_a_python_int_loads_as_a_tensor(name: str) -> None:
     optimizer, params = stepped(name)
     saved = copy.deepcopy(optimizer.state_dict())
     if not any("step" in entry for entry in saved["state"].values()):
-        pytest.skip(f"{name} counts its steps per group, not per parameter")
+        pytest.skip(f"{name} keeps no per-parameter step")
     for entry in saved["state"].values():
         entry["step"] = int(entry["step"])
     runs = []
